@@ -1,0 +1,164 @@
+"""`convoai`: run, migrate and administer the platform."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+
+import asyncpg
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from services.registry import MIGRATED_SCHEMAS, SERVICES, ServiceSpec
+from shared.broker import BrokerUnavailable, wait_for_broker
+from shared.logging import configure_logging, redact_url
+from shared.migrations import upgrade_to_head
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("convoai")
+
+EXIT_DEPENDENCY_UNAVAILABLE = 3
+
+
+class DatabaseUnavailable(RuntimeError):
+    """PostgreSQL did not answer within the start-up budget."""
+
+
+async def wait_for_database(
+    database_url: str, timeout_s: float, *, server_only: bool = False
+) -> None:
+    """Retry until PostgreSQL answers; `server_only` checks the server, not the database."""
+    url = make_url(database_url)
+    if server_only:
+        url = url.set(database="postgres")
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+        except asyncpg.InvalidCatalogNameError:
+            raise DatabaseUnavailable(
+                f"database {url.database!r} does not exist at {redact_url(database_url)}; "
+                "run `convoai migrate` first"
+            ) from None
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL unreachable at {redact_url(database_url)} after {attempt} "
+                    f"attempts ({type(exc).__name__}: {exc})"
+                ) from None
+            log.warning(
+                "database unreachable, retrying",
+                extra={"url": redact_url(database_url), "attempt": attempt, "error": str(exc)},
+            )
+            await asyncio.sleep(1.0)
+        else:
+            await conn.close()
+            return
+
+
+class GracefulServer(uvicorn.Server):
+    """Exits 0 after a signal-initiated graceful shutdown (uvicorn re-raises the signal)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+async def _serve(spec: ServiceSpec, settings: object, host: str, port: int) -> int:
+    if isinstance(settings, ServiceSettings):
+        try:
+            await wait_for_broker(settings.amqp_url, settings.broker_connect_timeout_s)
+            await wait_for_database(settings.database_url, settings.broker_connect_timeout_s)
+        except (BrokerUnavailable, DatabaseUnavailable) as exc:
+            print(f"convoai serve {spec.name}: {exc}", file=sys.stderr)
+            return EXIT_DEPENDENCY_UNAVAILABLE
+    app = spec.create_app(settings)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips="*",
+        timeout_graceful_shutdown=15,
+        ws_max_size=1024 * 1024,
+    )
+    server = GracefulServer(config)
+    await server.serve()
+    return 0 if server.started else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    spec = SERVICES[args.service]
+    settings = spec.load_settings(instance_id=args.instance_id, port=args.port)
+    level = getattr(settings, "log_level", "INFO")
+    fmt = getattr(settings, "log_format", "kv")
+    configure_logging(spec.name, level, fmt)
+    port = args.port or getattr(settings, "port", spec.default_port)
+    return asyncio.run(_serve(spec, settings, args.host, port))
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    settings = ServiceSettings()
+    configure_logging("migrate", settings.log_level, settings.log_format)
+    try:
+        asyncio.run(
+            wait_for_database(
+                settings.database_url, settings.broker_connect_timeout_s, server_only=True
+            )
+        )
+    except DatabaseUnavailable as exc:
+        print(f"convoai migrate: {exc}", file=sys.stderr)
+        return EXIT_DEPENDENCY_UNAVAILABLE
+    asyncio.run(upgrade_to_head(settings.database_url, MIGRATED_SCHEMAS))
+    print(f"migrated schemas: {', '.join(MIGRATED_SCHEMAS)}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.runner import run_local_stack
+
+    return run_local_stack(workers=args.workers, host=args.host)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convoai", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole platform locally (Ctrl-C stops it)")
+    up.add_argument("--workers", type=int, default=2, help="chat worker processes (default 2)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run one process")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: the service's own port")
+    serve.add_argument(
+        "--instance-id", default=None, help="name of this replica (default: random)"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="create the database if needed and apply migrations")
+    migrate.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Composition root of mock_llm, an OpenAI-compatible chat-completions server for offline runs."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.mock_llm.settings import MockLLMSettings
+from shared.health import health_router
+
+SERVICE = "mock_llm"
+
+
+def create_app(settings: MockLLMSettings | None = None) -> FastAPI:
+    settings = settings or MockLLMSettings()
+    app = FastAPI(title="ConvoAI mock LLM")
+    app.state.settings = settings
+    app.include_router(health_router(SERVICE, settings.instance_id or SERVICE, {}))
+    return app

@@ -1,0 +1,1 @@
+"""Code every ConvoAI service imports: settings, events, topology, database, security, ids, logging."""

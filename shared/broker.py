@@ -1,0 +1,100 @@
+"""Connecting to RabbitMQ, declaring the shared topology, publishing events with confirms."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+from faststream.rabbit import Channel, RabbitBroker
+
+from shared.events import Event
+from shared.logging import redact_url
+from shared.topology import Topology
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class BrokerUnavailable(RuntimeError):
+    """RabbitMQ did not answer within the start-up budget."""
+
+
+def create_broker(amqp_url: str, *, prefetch: int | None = None, graceful_timeout: float = 30.0) -> RabbitBroker:
+    """A FastStream broker on a robust connection; publisher confirms are on for every channel."""
+    return RabbitBroker(
+        amqp_url,
+        default_channel=Channel(prefetch_count=prefetch, publisher_confirms=True),
+        graceful_timeout=graceful_timeout,
+        reconnect_interval=1.0,
+        log_level=logging.DEBUG,
+        app_id="convoai",
+    )
+
+
+async def wait_for_broker(amqp_url: str, timeout_s: float) -> None:
+    """Retry until RabbitMQ accepts a connection, logging each attempt; raise after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            connection = await aio_pika.connect(amqp_url, timeout=5)
+        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable(
+                    f"RabbitMQ unreachable at {redact_url(amqp_url)} after {attempt} attempts "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+            log.warning(
+                "broker unreachable, retrying",
+                extra={"url": redact_url(amqp_url), "attempt": attempt, "error": str(exc)},
+            )
+            await asyncio.sleep(min(1.0, remaining))
+        else:
+            await connection.close()
+            return
+
+
+async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
+    """Declare every durable exchange and queue (idempotent), so no event is routed nowhere."""
+    for exchange in (topology.events, topology.stream, topology.control, topology.dead_letters):
+        await broker.declare_exchange(exchange)
+    events = await broker.declare_exchange(topology.events)
+    dead_letters = await broker.declare_exchange(topology.dead_letters)
+    for queue in (topology.chat_requests, topology.analytics_events):
+        declared = await broker.declare_queue(queue)
+        await declared.bind(events, routing_key=queue.routing_key)
+        dead = topology.dead_letter_queue(queue)
+        declared_dead = await broker.declare_queue(dead)
+        await declared_dead.bind(dead_letters, routing_key=queue.name)
+
+
+class EventPublisher:
+    """Publishes domain events to `<ns>.events`: persistent, confirmed, routing key = type."""
+
+    def __init__(self, broker: RabbitBroker, topology: Topology) -> None:
+        self._broker = broker
+        self._topology = topology
+
+    async def publish(self, event: Event) -> None:
+        await self.publish_raw(
+            event.type, event.model_dump_json().encode(), str(event.event_id), event.correlation_id
+        )
+
+    async def publish_raw(
+        self, routing_key: str, body: bytes, message_id: str, correlation_id: str | None = None
+    ) -> None:
+        await self._broker.publish(
+            body,
+            exchange=self._topology.events,
+            routing_key=routing_key,
+            persist=True,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            content_type="application/json",
+            timeout=PUBLISH_TIMEOUT_S,
+        )

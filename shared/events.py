@@ -1,0 +1,279 @@
+"""The event catalogue (DESIGN §3): one pydantic model per domain event, routing key = `type`.
+
+Events are versioned by adding optional fields; consumers ignore fields they do not know, so an
+older consumer keeps working when a producer adds one. A breaking change bumps `version`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Envelope every event carries."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    routing_key: ClassVar[str]
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=_now)
+    producer: str
+    user_id: str | None = None
+    correlation_id: str | None = None
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        default = cls.model_fields["type"].default
+        if isinstance(default, str):
+            cls.routing_key = default
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+class UserRegistered(Event):
+    """Sent when a new account is created (self-registration, admin or CLI)."""
+
+    type: Literal["user.registered"] = "user.registered"
+    username: str
+    roles: list[str] = Field(default_factory=list)
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class UserLoggedIn(Event):
+    """Sent when a user exchanges correct credentials for tokens."""
+
+    type: Literal["user.logged_in"] = "user.logged_in"
+    username: str
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class UserLoginFailed(Event):
+    """Sent when a login attempt is refused (wrong password, unknown user, locked, inactive)."""
+
+    type: Literal["user.login_failed"] = "user.login_failed"
+    username_attempted: str
+    reason: str
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class UserLoggedOut(Event):
+    """Sent when a user revokes their refresh token by logging out."""
+
+    type: Literal["user.logged_out"] = "user.logged_out"
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+class UserUpdated(Event):
+    """Sent when a user's profile, roles, active flag or password changes."""
+
+    type: Literal["user.updated"] = "user.updated"
+    changed_fields: list[str]
+    roles: list[str] | None = None
+    is_active: bool | None = None
+    actor_id: str | None = None
+
+
+class UserDeleted(Event):
+    """Sent when an account is deleted."""
+
+    type: Literal["user.deleted"] = "user.deleted"
+    actor_id: str | None = None
+
+
+# --- conversations -------------------------------------------------------------------------
+
+
+class ConversationCreated(Event):
+    """Sent when a user starts a conversation."""
+
+    type: Literal["conversation.created"] = "conversation.created"
+    conversation_id: str
+    assistant_id: str | None = None
+    model: str | None = None
+
+
+class ConversationRenamed(Event):
+    """Sent when a conversation's title changes."""
+
+    type: Literal["conversation.renamed"] = "conversation.renamed"
+    conversation_id: str
+
+
+class ConversationEnded(Event):
+    """Sent when a user ends a conversation (it accepts no more messages)."""
+
+    type: Literal["conversation.ended"] = "conversation.ended"
+    conversation_id: str
+
+
+class ConversationDeleted(Event):
+    """Sent when a conversation and its messages are deleted."""
+
+    type: Literal["conversation.deleted"] = "conversation.deleted"
+    conversation_id: str
+
+
+# --- messages and replies ------------------------------------------------------------------
+
+
+class MessageSent(Event):
+    """Sent when the gateway has stored a user's message; it asks the workers for a reply."""
+
+    type: Literal["message.sent"] = "message.sent"
+    conversation_id: str
+    message_id: str
+    content_length: int = 0
+
+
+class ReplyStarted(Event):
+    """Sent when a worker has begun streaming the reply to a user message."""
+
+    type: Literal["reply.started"] = "reply.started"
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    model: str
+    attempt: int = 1
+
+
+class ReplyCompleted(Event):
+    """Sent when a reply has been fully generated and stored."""
+
+    type: Literal["reply.completed"] = "reply.completed"
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float = 0.0
+    duration_ms: float = 0.0
+    finish_reason: str | None = None
+
+
+class ReplyFailed(Event):
+    """Sent when a reply could not be generated; `error_code` is what the client shows."""
+
+    type: Literal["reply.failed"] = "reply.failed"
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    model: str | None = None
+    error_code: str
+    duration_ms: float = 0.0
+
+
+class ReplyCancelled(Event):
+    """Sent when a user stopped a reply mid-stream; the partial reply is stored."""
+
+    type: Literal["reply.cancelled"] = "reply.cancelled"
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    duration_ms: float = 0.0
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+class HttpRequestRecord(BaseModel):
+    """One HTTP request as seen by a service's middleware."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    route: str
+    method: str
+    status: int
+    duration_ms: float
+    user_id: str | None = None
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class HttpRequestCompleted(Event):
+    """Sent (batched) when a service has answered HTTP requests; one record per request."""
+
+    type: Literal["http.request.completed"] = "http.request.completed"
+    service: str
+    requests: list[HttpRequestRecord]
+
+
+KnownEvent = Annotated[
+    UserRegistered
+    | UserLoggedIn
+    | UserLoginFailed
+    | UserLoggedOut
+    | UserUpdated
+    | UserDeleted
+    | ConversationCreated
+    | ConversationRenamed
+    | ConversationEnded
+    | ConversationDeleted
+    | MessageSent
+    | ReplyStarted
+    | ReplyCompleted
+    | ReplyFailed
+    | ReplyCancelled
+    | HttpRequestCompleted,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.routing_key: cls
+    for cls in (
+        UserRegistered,
+        UserLoggedIn,
+        UserLoginFailed,
+        UserLoggedOut,
+        UserUpdated,
+        UserDeleted,
+        ConversationCreated,
+        ConversationRenamed,
+        ConversationEnded,
+        ConversationDeleted,
+        MessageSent,
+        ReplyStarted,
+        ReplyCompleted,
+        ReplyFailed,
+        ReplyCancelled,
+        HttpRequestCompleted,
+    )
+}
+
+_known_event_adapter: TypeAdapter[KnownEvent] = TypeAdapter(KnownEvent)
+_envelope_adapter: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+class UnknownEventType(ValueError):
+    """Raised for a well-formed envelope whose `type` this code does not know."""
+
+    def __init__(self, event_type: str) -> None:
+        super().__init__(f"unknown event type {event_type!r}")
+        self.event_type = event_type
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
+    """Decode one event; raises `UnknownEventType` or pydantic's `ValidationError`."""
+    data = raw if isinstance(raw, dict) else _envelope_adapter.validate_json(raw)
+    event_type = data.get("type")
+    if isinstance(event_type, str) and event_type not in EVENT_TYPES:
+        raise UnknownEventType(event_type)
+    return _known_event_adapter.validate_python(data)

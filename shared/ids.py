@@ -1,0 +1,28 @@
+"""Random, non-sequential, URL-safe identifiers with a fixed length per kind of entity."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from enum import IntEnum
+
+_ALPHABET = string.ascii_letters + string.digits + "-_"
+
+
+class IdKind(IntEnum):
+    """Length of the id of each entity (DESIGN §5)."""
+
+    USER = 16
+    CONVERSATION = 12
+    ASSISTANT = 12
+    MESSAGE = 10
+
+
+def new_id(kind: IdKind) -> str:
+    """A fresh id for `kind`: `kind` characters from a 64-symbol URL-safe alphabet."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(kind))
+
+
+def is_valid_id(value: str, kind: IdKind) -> bool:
+    """Whether `value` could be an id of `kind` (cheap check before touching the database)."""
+    return len(value) == kind and all(c in _ALPHABET for c in value)

@@ -1,0 +1,84 @@
+"""Structured logging: one event per line, key=value or JSON, with secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_SECRET_PATTERNS = (
+    # ?token=... / &access_token=... in URLs (uvicorn access log of the WebSocket route)
+    (re.compile(r"((?:access_|refresh_)?token=)[^&\s\"']+", re.IGNORECASE), r"\1[REDACTED]"),
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1[REDACTED]"),
+    (re.compile(r"(password[\"']?\s*[:=]\s*[\"']?)[^\s,\"'&}]+", re.IGNORECASE), r"\1[REDACTED]"),
+    (re.compile(r"\$argon2id?\$[^\s\"']+"), "[REDACTED-HASH]"),
+    # any JWT-shaped string, wherever it appears
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[REDACTED-JWT]"),
+    (re.compile(r"(amqps?://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
+    (re.compile(r"(postgres(?:ql)?(?:\+asyncpg)?://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
+)
+
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_url(url: str) -> str:
+    """`amqp://guest:secret@host/` → `amqp://guest:***@host/`, for messages that name a URL."""
+    return redact(url)
+
+
+class _StructuredFormatter(logging.Formatter):
+    def __init__(self, service: str, fmt: str) -> None:
+        super().__init__()
+        self.service = service
+        self.fmt = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                fields[key] = value
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.fmt == "json":
+            line = json.dumps(fields, default=str)
+        else:
+            line = " ".join(f"{k}={_kv(v)}" for k, v in fields.items())
+        return redact(line)
+
+
+def _kv(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "kv") -> None:
+    """Route every logger (ours, uvicorn's, FastStream's) through one redacting formatter."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StructuredFormatter(service, fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream", "aio_pika", "aiormq"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    # aiormq/aio_pika are chatty at INFO during reconnects; warnings are enough.
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)

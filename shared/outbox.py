@@ -1,0 +1,181 @@
+"""Transactional outbox: events are written with the change that makes them true, then relayed.
+
+`Outbox.unit_of_work()` commits the session and publishes its staged events right away (the fast
+path, so a chat message reaches a worker without waiting for a poll). Anything the fast path could
+not publish — broker down, process killed after commit — stays in the table and the relay loop
+publishes it later. Several instances relay side by side: rows are claimed with
+`FOR UPDATE SKIP LOCKED`. Consumers are idempotent on `event_id`, so the rare double publish
+(fast path slower than the relay's grace period) is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.broker import EventPublisher
+from shared.db import transaction
+from shared.events import Event
+
+log = logging.getLogger(__name__)
+
+_STAGED_KEY = "convoai.outbox.staged"
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The `outbox` table in the schema of `metadata`; each owning service has its own."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", String(36), nullable=False, unique=True),
+        Column("routing_key", String(64), nullable=False),
+        Column("correlation_id", String(64), nullable=True),
+        Column("payload", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+@dataclass(frozen=True)
+class _StagedEvent:
+    event_id: str
+    routing_key: str
+    correlation_id: str | None
+    payload: bytes
+
+
+class Outbox:
+    def __init__(
+        self,
+        table: Table,
+        session_factory: async_sessionmaker[AsyncSession],
+        publisher: EventPublisher,
+        *,
+        relay_grace: timedelta = timedelta(seconds=3),
+        poll_interval_s: float = 1.0,
+        batch_size: int = 200,
+    ) -> None:
+        self._table = table
+        self._sessions = session_factory
+        self._publisher = publisher
+        self._relay_grace = relay_grace
+        self._poll_interval_s = poll_interval_s
+        self._batch_size = batch_size
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def stage(self, session: AsyncSession, *events: Event) -> None:
+        """Write `events` in `session`'s transaction; they are published only if it commits."""
+        staged = [
+            _StagedEvent(str(e.event_id), e.type, e.correlation_id, e.model_dump_json().encode())
+            for e in events
+        ]
+        await session.execute(
+            self._table.insert(),
+            [
+                {
+                    "event_id": s.event_id,
+                    "routing_key": s.routing_key,
+                    "correlation_id": s.correlation_id,
+                    "payload": s.payload,
+                }
+                for s in staged
+            ],
+        )
+        session.info.setdefault(_STAGED_KEY, []).extend(staged)
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """A transaction whose staged events are published as soon as it has committed."""
+        async with transaction(self._sessions) as session:
+            yield session
+        staged: list[_StagedEvent] = session.info.pop(_STAGED_KEY, [])
+        if staged:
+            await self._publish_after_commit(staged)
+
+    async def _publish_after_commit(self, staged: list[_StagedEvent]) -> None:
+        published: list[str] = []
+        try:
+            for s in staged:
+                await self._publisher.publish_raw(
+                    s.routing_key, s.payload, s.event_id, s.correlation_id
+                )
+                published.append(s.event_id)
+        except Exception as exc:
+            log.warning(
+                "outbox fast path failed; the relay will publish later",
+                extra={"error": repr(exc), "pending": len(staged) - len(published)},
+            )
+        if published:
+            # Forgetting the rows is not on the caller's path; a leftover row is only republished.
+            task = asyncio.create_task(self._forget(published))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _forget(self, event_ids: list[str]) -> None:
+        try:
+            async with transaction(self._sessions) as session:
+                await session.execute(delete(self._table).where(self._table.c.event_id.in_(event_ids)))
+        except Exception as exc:
+            log.warning("outbox cleanup failed", extra={"error": repr(exc)})
+
+    async def relay_once(self) -> int:
+        """Publish one batch of rows older than the grace period; return how many were sent."""
+        cutoff = datetime.now(UTC) - self._relay_grace
+        t = self._table
+        async with transaction(self._sessions) as session:
+            rows = (
+                await session.execute(
+                    select(t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload)
+                    .where(t.c.created_at < cutoff)
+                    .order_by(t.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for row in rows:
+                await self._publisher.publish_raw(
+                    row.routing_key, row.payload, row.event_id, row.correlation_id
+                )
+            if rows:
+                await session.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
+        return len(rows)
+
+    async def relay_forever(self) -> None:
+        """Background loop: drain leftovers, back off while the broker or database is down."""
+        while True:
+            try:
+                sent = await self.relay_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay failed, retrying", extra={"error": repr(exc)})
+                sent = 0
+            if sent:
+                log.info("outbox relayed", extra={"count": sent})
+                continue
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def drain_background(self) -> None:
+        """Wait for pending cleanups (graceful shutdown)."""
+        for task in list(self._background):
+            with suppress(Exception):
+                await task

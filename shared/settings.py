@@ -1,0 +1,55 @@
+"""Settings base shared by every service: one `BaseSettings` subclass per service, env prefix CONVOAI_."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "change-me-in-production-please-32-bytes!"
+"""The development default; refused outside `environment=development`."""
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/convoai"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+class PlaceholderSecretError(ValueError):
+    """Raised at start-up when a production deployment still uses the development secret."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every process needs: where the broker and database are and how tokens are signed."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVOAI_", env_file=".env", extra="ignore", env_file_encoding="utf-8"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = DEFAULT_DATABASE_URL
+    amqp_url: str = DEFAULT_AMQP_URL
+    namespace: str = Field(
+        default="convoai",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="Prefix of every broker name, so test runs and deployments can share a broker.",
+    )
+    jwt_secret: str = Field(default=PLACEHOLDER_SECRET, min_length=32, repr=False)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    jwt_issuer: str = "convoai-auth"
+    jwt_audience: str = "convoai"
+    log_level: str = "INFO"
+    log_format: Literal["json", "kv"] = "kv"
+    instance_id: str = Field(
+        default="", description="Distinguishes replicas of one service; generated when empty."
+    )
+    broker_connect_timeout_s: float = Field(default=30.0, ge=0, le=3600)
+    http_metrics_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> ServiceSettings:
+        if self.environment == "production" and self.jwt_secret == PLACEHOLDER_SECRET:
+            raise PlaceholderSecretError(
+                "CONVOAI_JWT_SECRET still holds the development placeholder; "
+                "set a random secret of at least 32 bytes before running in production"
+            )
+        return self
