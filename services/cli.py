@@ -48,7 +48,7 @@ async def wait_for_database(
                 f"database {url.database!r} does not exist at {redact_url(database_url)}; "
                 "run `convoai migrate` first"
             ) from None
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailable(
                     f"PostgreSQL unreachable at {redact_url(database_url)} after {attempt} "
@@ -128,7 +128,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from services.runner import run_local_stack
 
-    return run_local_stack(workers=args.workers, host=args.host)
+    return run_local_stack(workers=args.workers, host=args.host, port_offset=args.port_offset)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,15 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole platform locally (Ctrl-C stops it)")
     up.add_argument("--workers", type=int, default=2, help="chat worker processes (default 2)")
     up.add_argument("--host", default="127.0.0.1")
+    up.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        help="shift every port (gateway 8000+N, auth 8001+N, …) to run beside another stack",
+    )
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run one process")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: the service's own port")
-    serve.add_argument(
-        "--instance-id", default=None, help="name of this replica (default: random)"
-    )
+    serve.add_argument("--instance-id", default=None, help="name of this replica (default: random)")
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="create the database if needed and apply migrations")

@@ -35,7 +35,9 @@ SERVICES: dict[str, ServiceSpec] = {
     for spec in (
         ServiceSpec("auth", "services.auth", "AuthSettings", 8001, True),
         ServiceSpec("gateway", "services.gateway", "GatewaySettings", 8000, True),
-        ServiceSpec("analytics_consumer", "services.analytics_consumer", "AnalyticsSettings", 8002, True),
+        ServiceSpec(
+            "analytics_consumer", "services.analytics_consumer", "AnalyticsSettings", 8002, True
+        ),
         ServiceSpec("chat_worker", "services.chat_worker", "ChatWorkerSettings", 8003, True),
         ServiceSpec("mock_llm", "services.mock_llm", "MockLLMSettings", 8009, False),
     )

@@ -1,1 +1,1 @@
-"""Code every ConvoAI service imports: settings, events, topology, database, security, ids, logging."""
+"""Code every ConvoAI service imports: settings, events, topology, db, security, ids, logging."""

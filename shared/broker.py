@@ -22,7 +22,9 @@ class BrokerUnavailable(RuntimeError):
     """RabbitMQ did not answer within the start-up budget."""
 
 
-def create_broker(amqp_url: str, *, prefetch: int | None = None, graceful_timeout: float = 30.0) -> RabbitBroker:
+def create_broker(
+    amqp_url: str, *, prefetch: int | None = None, graceful_timeout: float = 30.0
+) -> RabbitBroker:
     """A FastStream broker on a robust connection; publisher confirms are on for every channel."""
     return RabbitBroker(
         amqp_url,
@@ -42,7 +44,7 @@ async def wait_for_broker(amqp_url: str, timeout_s: float) -> None:
         attempt += 1
         try:
             connection = await aio_pika.connect(amqp_url, timeout=5)
-        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerUnavailable(

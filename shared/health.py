@@ -13,7 +13,9 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 READY_CHECK_TIMEOUT_S = 3.0
 
 
-def health_router(service: str, instance_id: str, checks: Mapping[str, ReadinessCheck]) -> APIRouter:
+def health_router(
+    service: str, instance_id: str, checks: Mapping[str, ReadinessCheck]
+) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/health")

@@ -61,7 +61,9 @@ async def upgrade_to_head(database_url: str, packages: dict[str, str]) -> None:
     try:
         async with engine.begin() as conn:
             # Two processes migrating at once (compose replicas, parallel tests) take turns.
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+            )
             for schema, package in packages.items():
                 await conn.run_sync(_upgrade_package, package)
                 log.info("migrated", extra={"schema": schema})

@@ -133,7 +133,9 @@ class Outbox:
     async def _forget(self, event_ids: list[str]) -> None:
         try:
             async with transaction(self._sessions) as session:
-                await session.execute(delete(self._table).where(self._table.c.event_id.in_(event_ids)))
+                await session.execute(
+                    delete(self._table).where(self._table.c.event_id.in_(event_ids))
+                )
         except Exception as exc:
             log.warning("outbox cleanup failed", extra={"error": repr(exc)})
 

@@ -1,4 +1,4 @@
-"""Settings base shared by every service: one `BaseSettings` subclass per service, env prefix CONVOAI_."""
+"""Settings base: one `BaseSettings` subclass per service, env prefix CONVOAI_."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
+from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
 CHAT_REQUEST_DELIVERY_LIMIT = 5
 """After this many deliveries a `message.sent` request is dead-lettered instead of retried."""
@@ -42,7 +43,7 @@ class Topology:
         """Poison messages, routed by their original queue name."""
         return RabbitExchange(self.name("dlx"), type=ExchangeType.DIRECT, durable=True)
 
-    def _dead_letter_args(self, queue: str, delivery_limit: int) -> dict[str, object]:
+    def _dead_letter_args(self, queue: str, delivery_limit: int) -> QuorumQueueArgs:
         return {
             "x-delivery-limit": delivery_limit,
             "x-dead-letter-exchange": self.dead_letters.name,
@@ -58,7 +59,7 @@ class Topology:
             queue_type=QueueType.QUORUM,
             durable=True,
             routing_key="message.sent",
-            arguments=self._dead_letter_args(name, CHAT_REQUEST_DELIVERY_LIMIT),  # type: ignore[arg-type]
+            arguments=self._dead_letter_args(name, CHAT_REQUEST_DELIVERY_LIMIT),
         )
 
     @cached_property
@@ -70,7 +71,7 @@ class Topology:
             queue_type=QueueType.QUORUM,
             durable=True,
             routing_key="#",
-            arguments=self._dead_letter_args(name, ANALYTICS_DELIVERY_LIMIT),  # type: ignore[arg-type]
+            arguments=self._dead_letter_args(name, ANALYTICS_DELIVERY_LIMIT),
         )
 
     def dead_letter_queue(self, source: RabbitQueue) -> RabbitQueue:
@@ -92,7 +93,7 @@ class Topology:
         )
 
     def worker_control_queue(self, instance_id: str) -> RabbitQueue:
-        """One exclusive queue per worker; bound to `conv.<id>` while it streams that conversation."""
+        """One exclusive queue per worker, bound to `conv.<id>` while it streams there."""
         return RabbitQueue(
             self.name(f"worker.{instance_id}.control"),
             exclusive=True,

@@ -59,10 +59,12 @@ async def _delete_namespace(amqp_url: str, topology: Topology) -> None:
 
 @pytest.fixture(scope="session")
 def start_service(infra: TestInfrastructure) -> Iterator[Callable[..., ServiceProcess]]:
-    """Factory: `start_service("gateway", CONVOAI_X="y")` → a healthy process, stopped at the end."""
+    """Factory: `start_service("gateway", CONVOAI_X="y")` → a healthy process, stopped later."""
     started: list[ServiceProcess] = []
 
-    def _start(service: str, *, instance_id: str | None = None, wait: bool = True, **env: str) -> ServiceProcess:
+    def _start(
+        service: str, *, instance_id: str | None = None, wait: bool = True, **env: str
+    ) -> ServiceProcess:
         process = ServiceProcess(service, infra.env(**env), instance_id=instance_id)
         started.append(process)
         return process.start(wait=wait)

@@ -75,7 +75,9 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
-    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 self.target_host, self.target_port

@@ -61,9 +61,10 @@ def server_urls() -> Iterator[tuple[str, str]]:
         from testcontainers.postgres import PostgresContainer
         from testcontainers.rabbitmq import RabbitMqContainer
 
-        with PostgresContainer("postgres:16-alpine", driver="asyncpg") as pg, RabbitMqContainer(
-            "rabbitmq:3.13-management"
-        ) as mq:
+        with (
+            PostgresContainer("postgres:16-alpine", driver="asyncpg") as pg,
+            RabbitMqContainer("rabbitmq:3.13-management") as mq,
+        ):
             params = mq.get_connection_params()
             amqp = f"amqp://guest:guest@{params.host}:{params.port}/"
             yield pg.get_connection_url(), amqp
@@ -75,8 +76,10 @@ def server_urls() -> Iterator[tuple[str, str]]:
 
 
 def _plain_dsn(url: str, database: str) -> str:
-    return make_url(url).set(drivername="postgresql", database=database).render_as_string(
-        hide_password=False
+    return (
+        make_url(url)
+        .set(drivername="postgresql", database=database)
+        .render_as_string(hide_password=False)
     )
 
 

@@ -58,7 +58,15 @@ class ServiceProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> ServiceProcess:
-        cmd = [sys.executable, "-m", "services.cli", "serve", self.service, "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "serve",
+            self.service,
+            "--port",
+            str(self.port),
+        ]
         if self.instance_id:
             cmd += ["--instance-id", self.instance_id]
         log = self.log_path.open("ab")

@@ -58,5 +58,7 @@ def test_unreachable_broker_fails_with_one_clear_line(infra, start_service):
     logs = process.logs()
     assert "Traceback" not in logs
     last = logs.strip().splitlines()[-1]
-    assert last.startswith("convoai serve gateway: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:1/")
+    assert last.startswith(
+        "convoai serve gateway: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:1/"
+    )
     assert "secret" not in logs
