@@ -12,6 +12,7 @@ from types import FrameType
 
 import asyncpg
 import uvicorn
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
 from services.registry import MIGRATED_SCHEMAS, SERVICES, ServiceSpec
@@ -22,6 +23,7 @@ from shared.settings import ServiceSettings
 
 log = logging.getLogger("convoai")
 
+EXIT_INVALID_SETTINGS = 2
 EXIT_DEPENDENCY_UNAVAILABLE = 3
 
 
@@ -100,7 +102,14 @@ async def _serve(spec: ServiceSpec, settings: object, host: str, port: int) -> i
 
 def cmd_serve(args: argparse.Namespace) -> int:
     spec = SERVICES[args.service]
-    settings = spec.load_settings(instance_id=args.instance_id, port=args.port)
+    try:
+        settings = spec.load_settings(instance_id=args.instance_id, port=args.port)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"convoai serve {spec.name}: invalid settings: {problems}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
     level = getattr(settings, "log_level", "INFO")
     fmt = getattr(settings, "log_format", "kv")
     configure_logging(spec.name, level, fmt)

@@ -209,7 +209,7 @@ class HttpRequestRecord(BaseModel):
 
 
 class HttpRequestCompleted(Event):
-    """Sent (batched) when a service has answered HTTP requests; one record per request."""
+    """Sent when a service has answered a batch of HTTP requests; one record per request."""
 
     type: Literal["http.request.completed"] = "http.request.completed"
     service: str

@@ -14,10 +14,6 @@ DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/convoai"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-class PlaceholderSecretError(ValueError):
-    """Raised at start-up when a production deployment still uses the development secret."""
-
-
 class ServiceSettings(BaseSettings):
     """What every process needs: where the broker and database are and how tokens are signed."""
 
@@ -48,7 +44,7 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> ServiceSettings:
         if self.environment == "production" and self.jwt_secret == PLACEHOLDER_SECRET:
-            raise PlaceholderSecretError(
+            raise ValueError(
                 "CONVOAI_JWT_SECRET still holds the development placeholder; "
                 "set a random secret of at least 32 bytes before running in production"
             )

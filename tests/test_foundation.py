@@ -62,3 +62,18 @@ def test_unreachable_broker_fails_with_one_clear_line(infra, start_service):
         "convoai serve gateway: RabbitMQ unreachable at amqp://guest:***@127.0.0.1:1/"
     )
     assert "secret" not in logs
+
+
+def test_production_refuses_the_placeholder_secret_with_one_line(start_service):
+    process = start_service(
+        "auth",
+        wait=False,
+        CONVOAI_ENVIRONMENT="production",
+        CONVOAI_JWT_SECRET="change-me-in-production-please-32-bytes!",
+    )
+    assert process.proc is not None
+    assert process.proc.wait(30) == 2
+    logs = process.logs().strip()
+    assert "Traceback" not in logs
+    assert logs.splitlines()[-1].startswith("convoai serve auth: invalid settings:")
+    assert "placeholder" in logs

@@ -1,0 +1,123 @@
+"""The outbox publishes after commit, never on rollback, and survives a broker outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import aio_pika
+import pytest
+from sqlalchemy import func, select
+
+from services.gateway.models import outbox as chat_outbox
+from shared.broker import EventPublisher, create_broker, declare_topology
+from shared.db import create_engine, create_session_factory
+from shared.events import ConversationCreated
+from shared.outbox import Outbox
+from shared.topology import Topology
+from tests.faults import TcpProxy
+
+
+@pytest.fixture
+async def event_tap(infra):
+    """A private queue bound to every event of this run's namespace."""
+    connection = await aio_pika.connect(infra.amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(
+        Topology(infra.namespace).events.name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, "conversation.*")
+    yield queue
+    await connection.close()
+
+
+async def _received(queue, n: int, timeout: float = 10.0) -> list[dict]:
+    bodies: list[dict] = []
+    async with asyncio.timeout(timeout):
+        while len(bodies) < n:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.02)
+                continue
+            await message.ack()
+            bodies.append(json.loads(message.body))
+    return bodies
+
+
+async def _outbox_rows(sessions) -> int:
+    async with sessions() as session:
+        return (await session.execute(select(func.count()).select_from(chat_outbox))).scalar_one()
+
+
+@pytest.fixture
+async def database(infra):
+    engine = create_engine(infra.database_url, pool_size=2)
+    yield create_session_factory(engine)
+    await engine.dispose()
+
+
+async def _broker(amqp_url: str, namespace: str):
+    broker = create_broker(amqp_url)
+    await broker.connect()
+    await declare_topology(broker, Topology(namespace))
+    await broker.start()
+    return broker
+
+
+async def test_committed_event_is_published_once_and_rolled_back_one_never(
+    infra, database, event_tap
+):
+    broker = await _broker(infra.amqp_url, infra.namespace)
+    outbox = Outbox(chat_outbox, database, EventPublisher(broker, Topology(infra.namespace)))
+    try:
+        committed = ConversationCreated(producer="test", conversation_id="c" * 12, user_id="u" * 16)
+        async with outbox.unit_of_work() as session:
+            await outbox.stage(session, committed)
+        with pytest.raises(RuntimeError):
+            async with outbox.unit_of_work() as session:
+                await outbox.stage(
+                    session, ConversationCreated(producer="test", conversation_id="r" * 12)
+                )
+                raise RuntimeError("business rule failed")
+        bodies = await _received(event_tap, 1)
+        assert bodies[0]["event_id"] == str(committed.event_id)
+        await outbox.drain_background()
+        assert await _outbox_rows(database) == 0
+        await asyncio.sleep(0.3)  # a second copy would have arrived by now
+        assert await event_tap.get(fail=False) is None
+    finally:
+        await broker.stop()
+
+
+async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
+    infra, database, event_tap
+):
+    proxy = TcpProxy.for_url(infra.amqp_url).start()
+    broker = await _broker(proxy.proxied_url(infra.amqp_url), infra.namespace)
+    outbox = Outbox(
+        chat_outbox,
+        database,
+        EventPublisher(broker, Topology(infra.namespace)),
+        relay_grace=timedelta(0),
+        poll_interval_s=0.1,
+    )
+    relay = asyncio.create_task(outbox.relay_forever())
+    try:
+        proxy.cut()
+        event = ConversationCreated(producer="test", conversation_id="o" * 12, user_id="u" * 16)
+        async with outbox.unit_of_work() as session:
+            await outbox.stage(session, event)
+        assert await _outbox_rows(database) == 1, "the accepted event must wait in the outbox"
+        proxy.restore()
+        bodies = await _received(event_tap, 1, timeout=30)
+        assert bodies[0]["event_id"] == str(event.event_id)
+        async with asyncio.timeout(10):
+            while await _outbox_rows(database):
+                await asyncio.sleep(0.05)
+    finally:
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        await broker.stop()
+        proxy.close()
