@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from services.auth import models
+from services.auth.bootstrap import AdminBootstrapError, ensure_first_admin
+from services.auth.endpoints import account_error_handler, router
+from services.auth.passwords import PasswordHasher
+from services.auth.rate_limit import RateLimiter
+from services.auth.service import AccountError, AccountsFactory, LockoutPolicy
 from services.auth.settings import AuthSettings
+from services.auth.tokens import TokenIssuer
 from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
@@ -16,15 +24,49 @@ from shared.security import TokenVerifier
 
 SERVICE = "auth"
 
+log = logging.getLogger(__name__)
+
+
+def build_accounts(settings: AuthSettings, outbox: Outbox) -> AccountsFactory:
+    """Everything the auth rules need besides a session (shared by the app and the CLI)."""
+    return AccountsFactory(
+        outbox=outbox,
+        passwords=PasswordHasher(
+            settings.password_hash_memory_kib,
+            settings.password_hash_time_cost,
+            settings.password_hash_parallelism,
+        ),
+        issuer=TokenIssuer(
+            settings.jwt_secret,
+            settings.jwt_algorithm,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            access_ttl=timedelta(seconds=settings.access_token_ttl_s),
+            refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
+        ),
+        verifier=TokenVerifier.from_settings(settings),
+        lockout=LockoutPolicy(
+            threshold=settings.login_lockout_threshold,
+            window=timedelta(seconds=settings.login_lockout_window_s),
+        ),
+    )
+
 
 def create_app(settings: AuthSettings | None = None) -> FastAPI:
     settings = settings or AuthSettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
+    accounts = build_accounts(settings, outbox)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        try:
+            await ensure_first_admin(accounts, settings)
+        except AdminBootstrapError as exc:
+            log.error("start-up refused: %s", exc)
+            await runtime.stop()
+            raise
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         yield
         await outbox.drain_background()
@@ -34,7 +76,14 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.outbox = outbox
-    app.state.token_verifier = TokenVerifier.from_settings(settings)
+    app.state.accounts = accounts
+    app.state.token_verifier = accounts.verifier
+    app.state.login_limiter = RateLimiter(settings.login_rate_limit, settings.login_rate_window_s)
+    app.state.register_limiter = RateLimiter(
+        settings.register_rate_limit, settings.register_rate_window_s
+    )
+    app.add_exception_handler(AccountError, account_error_handler)
+    app.include_router(router)
     app.include_router(
         health_router(
             SERVICE,
