@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.mock_llm.api import MockLLM, router
 from services.mock_llm.settings import MockLLMSettings
 from shared.health import health_router
 
@@ -12,7 +13,9 @@ SERVICE = "mock_llm"
 
 def create_app(settings: MockLLMSettings | None = None) -> FastAPI:
     settings = settings or MockLLMSettings()
-    app = FastAPI(title="ConvoAI mock LLM")
+    app = FastAPI(title="ConvoAI mock LLM", docs_url=None, redoc_url=None)
     app.state.settings = settings
+    app.state.mock = MockLLM(settings)
     app.include_router(health_router(SERVICE, settings.instance_id or SERVICE, {}))
+    app.include_router(router)
     return app

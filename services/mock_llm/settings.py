@@ -9,3 +9,18 @@ class MockLLMSettings(BaseSettings):
 
     port: int = Field(default=8009, ge=1, le=65535)
     instance_id: str = ""
+    reply_tokens: int = Field(
+        default=24, ge=1, le=100_000, description="Tokens (words) in every reply."
+    )
+    ttft_ms: float = Field(default=0.0, ge=0, description="Delay before the first token.")
+    tokens_per_second: float = Field(
+        default=0.0, ge=0, description="Pace of the following tokens; 0 streams without delay."
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["mock-gpt", "gpt-4o-mini"],
+        description="What GET /v1/models lists; any requested model name is served.",
+    )
+    api_key: str = Field(
+        default="", repr=False, description="When set, requests must carry it as a bearer token."
+    )
+    seed: str = Field(default="convoai", description="Changes every reply while keeping it stable.")

@@ -1,0 +1,269 @@
+"""OpenAI-compatible HTTP edge of mock_llm, plus the fault-injection admin routes tests use."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.mock_llm.service import (
+    FaultPlan,
+    FaultRule,
+    MockStats,
+    Reply,
+    expected_reply,
+    last_user_message,
+)
+from services.mock_llm.settings import MockLLMSettings
+
+MAX_BATCH_DELAY_S = 0.002
+"""Tokens due within this much of each other go out in one write (fewer syscalls under load)."""
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: Any = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+class FaultRequest(BaseModel):
+    """Body of `POST /_faults`; see `FaultRule`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: int | None = Field(default=None, ge=400, le=599)
+    cut_after: int | None = Field(default=None, ge=0)
+    stall_after: int | None = Field(default=None, ge=0)
+    stall_s: float = Field(default=3600.0, ge=0)
+    tokens_per_second: float | None = Field(default=None, ge=0)
+    ttft_ms: float | None = Field(default=None, ge=0)
+    times: int = Field(default=1, ge=-1)
+    match: str | None = None
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        status_code=status,
+    )
+
+
+class MockLLM:
+    """State of one mock_llm process: settings, the fault plan and counters."""
+
+    def __init__(self, settings: MockLLMSettings) -> None:
+        self.settings = settings
+        self.faults = FaultPlan()
+        self.stats = MockStats()
+
+
+async def get_mock(request: Request) -> MockLLM:
+    mock: MockLLM = request.app.state.mock
+    return mock
+
+
+Mock = Annotated[MockLLM, Depends(get_mock)]
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(mock: Mock) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "convoai-mock"}
+            for name in mock.settings.models
+        ],
+    }
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request, mock: Mock) -> Response:
+    mock.stats.requests += 1
+    if mock.settings.api_key and request.headers.get("authorization") != (
+        f"Bearer {mock.settings.api_key}"
+    ):
+        return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
+    messages = [m.model_dump() for m in body.messages]
+    prompt = last_user_message(messages)
+    fault = mock.faults.take(prompt)
+    if fault is not None and fault.status is not None:
+        mock.stats.errors_injected += 1
+        return _error(fault.status, f"injected HTTP {fault.status}", "server_error", "injected")
+    reply = expected_reply(messages, mock.settings, body.max_completion_tokens or body.max_tokens)
+    ttft_s, tps = _pace(mock.settings, fault)
+    completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    if not body.stream:
+        duration_s = ttft_s + ((reply.completion_tokens - 1) / tps if tps else 0.0)
+        if duration_s:
+            await asyncio.sleep(duration_s)
+        return JSONResponse(_completion(completion_id, body.model, reply))
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    chunks = _stream_chunks(
+        mock, completion_id, body.model, reply, include_usage, ttft_s, tps, fault
+    )
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
+
+
+def _pace(settings: MockLLMSettings, fault: FaultRule | None) -> tuple[float, float]:
+    """(time to first token in seconds, tokens per second) for this call."""
+    ttft_ms = settings.ttft_ms
+    tps = settings.tokens_per_second
+    if fault is not None:
+        ttft_ms = fault.ttft_ms if fault.ttft_ms is not None else ttft_ms
+        tps = fault.tokens_per_second if fault.tokens_per_second is not None else tps
+    return ttft_ms / 1000, tps
+
+
+def _completion(completion_id: str, model: str, reply: Reply) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+        "usage": _usage(reply),
+    }
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+async def _stream_chunks(
+    mock: MockLLM,
+    completion_id: str,
+    model: str,
+    reply: Reply,
+    include_usage: bool,
+    ttft_s: float,
+    tokens_per_second: float,
+    fault: FaultRule | None,
+) -> AsyncIterator[bytes]:
+    """SSE events exactly as OpenAI sends them: role chunk, one chunk per token, finish, usage."""
+    stats = mock.stats
+    stats.streams_started += 1
+    stats.active_streams += 1
+    # Every chunk shares this envelope; only the delta and finish_reason change.
+    head = (
+        f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
+        f'"created":{int(time.time())},"model":{json.dumps(model)},"system_fingerprint":null,'
+        f'"choices":[{{"index":0,"delta":'
+    )
+    tail = ',"logprobs":null,"finish_reason":null}]' + (',"usage":null' if include_usage else "")
+    tail += "}\n\n"
+    stop_after = len(reply.tokens)
+    cut = False
+    if fault is not None and fault.cut_after is not None:
+        stop_after, cut = min(stop_after, fault.cut_after), True
+    if fault is not None and fault.stall_after is not None:
+        stop_after, cut = min(stop_after, fault.stall_after), True
+    finished = False
+    try:
+        start = time.monotonic()
+        if ttft_s:
+            await asyncio.sleep(ttft_s)
+        interval = 1.0 / tokens_per_second if tokens_per_second else 0.0
+        pending = [head + '{"role":"assistant","content":"","refusal":null}' + tail]
+        for index in range(stop_after):
+            if interval and index:
+                due = start + ttft_s + index * interval
+                delay = due - time.monotonic()
+                if delay > MAX_BATCH_DELAY_S:
+                    yield "".join(pending).encode()
+                    pending.clear()
+                    await asyncio.sleep(delay)
+            pending.append(
+                head
+                + '{"content":'
+                + json.dumps(reply.tokens[index], ensure_ascii=False)
+                + "}"
+                + tail
+            )
+            if index == 0 and interval:
+                # The first token goes out on its own, so time-to-first-token is what was set.
+                yield "".join(pending).encode()
+                pending.clear()
+        if cut:
+            if pending:
+                yield "".join(pending).encode()
+            if fault is not None and fault.stall_after is not None:
+                await asyncio.sleep(fault.stall_s)
+            stats.streams_cut += 1
+            return
+        pending.append(
+            head
+            + "{}"
+            + tail.replace('"finish_reason":null', f'"finish_reason":"{reply.finish_reason}"', 1)
+        )
+        if include_usage:
+            pending.append(
+                f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
+                f'"created":{int(time.time())},"model":{json.dumps(model)},'
+                f'"system_fingerprint":null,"choices":[],"usage":{json.dumps(_usage(reply))}}}\n\n'
+            )
+        pending.append("data: [DONE]\n\n")
+        yield "".join(pending).encode()
+        finished = True
+        stats.streams_completed += 1
+    finally:
+        stats.active_streams -= 1
+        if not finished and not cut:
+            stats.streams_disconnected += 1
+
+
+@router.post("/_faults", status_code=201)
+async def add_fault(body: FaultRequest, mock: Mock) -> dict[str, Any]:
+    """Queue a fault for the next matching calls (tests only)."""
+    mock.faults.add(FaultRule(**body.model_dump()))
+    return {"pending": len(mock.faults.rules)}
+
+
+@router.delete("/_faults", status_code=204)
+async def clear_faults(mock: Mock) -> None:
+    mock.faults.clear()
+
+
+@router.get("/_stats")
+async def get_stats(mock: Mock) -> dict[str, Any]:
+    return {**vars(mock.stats), "pending_faults": len(mock.faults.rules)}
