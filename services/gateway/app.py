@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.gateway import models
+from services.gateway import api, models, ws
+from services.gateway.context import Gateway
+from services.gateway.fanout import StreamFanout
+from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.health import health_router
 from shared.outbox import Outbox
@@ -21,25 +24,52 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
+    verifier = TokenVerifier.from_settings(settings)
+    fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
+    gateway = Gateway(
+        settings=settings,
+        chat=ChatService(
+            runtime.sessions,
+            outbox,
+            max_message_length=settings.max_message_length,
+            rate_limiter=MessageRateLimiter(settings.messages_per_minute),
+        ),
+        fanout=fanout,
+        verifier=verifier,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        await fanout.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         yield
+        await fanout.stop()
         await outbox.drain_background()
         await runtime.stop()
+
+    async def check_stream() -> None:
+        if not fanout.connected:
+            raise ConnectionError("stream connection not open")
 
     app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.outbox = outbox
-    app.state.token_verifier = TokenVerifier.from_settings(settings)
+    app.state.token_verifier = verifier
+    app.state.gateway = gateway
     app.include_router(
         health_router(
             SERVICE,
             runtime.instance_id,
-            {"broker": runtime.check_broker, "database": runtime.check_database},
+            {
+                "broker": runtime.check_broker,
+                "database": runtime.check_database,
+                "stream": check_stream,
+            },
         )
     )
+    api.install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(ws.router)
     return app

@@ -17,17 +17,23 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
     func,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import schema_base
+from shared.db import NAMING_CONVENTION
 from shared.outbox import outbox_table
 
-Base = schema_base("chat")
+
+class Base(DeclarativeBase):
+    """Tables of the `chat` schema."""
+
+    metadata = MetaData(schema="chat", naming_convention=NAMING_CONVENTION)
+
 
 outbox = outbox_table(Base.metadata)
 

@@ -1,0 +1,284 @@
+"""REST routes of the gateway: conversations, messages, assistants (DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from services.gateway.context import Gateway, gateway_dependency
+from services.gateway.fanout import StreamUnavailable
+from services.gateway.models import ConversationStatus, Message, MessageStatus
+from services.gateway.schemas import (
+    MAX_SEARCH_LENGTH,
+    AssistantCreate,
+    AssistantOut,
+    AssistantUpdate,
+    ConversationCreate,
+    ConversationOut,
+    ConversationStats,
+    ConversationUpdate,
+    MessageAccepted,
+    MessageCreate,
+    MessageOut,
+    Page,
+)
+from services.gateway.service import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from shared.security import CurrentPrincipal
+from shared.stream import (
+    ReplyCancelledFrame,
+    ReplyCompletedFrame,
+    ReplyFailedFrame,
+    StreamFrame,
+)
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+REPLY_POLL_INTERVAL_S = 0.5
+"""`?wait=true` re-reads the database this often in case the live frame was missed."""
+
+GatewayDep = Annotated[Gateway, Depends(gateway_dependency)]
+Skip = Annotated[int, Query(ge=0, le=1_000_000)]
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
+
+router = APIRouter()
+
+_STATUS_OF_ERROR: dict[type[ChatError], int] = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Conflict: status.HTTP_409_CONFLICT,
+    InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    RateLimited: status.HTTP_429_TOO_MANY_REQUESTS,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def chat_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ChatError)
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(int(exc.retry_after_s))
+        return JSONResponse(
+            {"detail": exc.message},
+            status_code=_STATUS_OF_ERROR.get(type(exc), status.HTTP_400_BAD_REQUEST),
+            headers=headers,
+        )
+
+    app.add_exception_handler(ChatError, chat_error)
+
+
+# --- assistants ------------------------------------------------------------------------------
+
+
+@router.post("/assistants/", status_code=status.HTTP_201_CREATED, response_model=AssistantOut)
+async def create_assistant(
+    body: AssistantCreate, principal: CurrentPrincipal, gw: GatewayDep
+) -> AssistantOut:
+    assistant = await gw.chat.create_assistant(principal.user_id, body)
+    return AssistantOut.model_validate(assistant)
+
+
+@router.get("/assistants/", response_model=Page[AssistantOut])
+async def list_assistants(
+    principal: CurrentPrincipal, gw: GatewayDep, skip: Skip = 0, limit: Limit = DEFAULT_PAGE_SIZE
+) -> Page[AssistantOut]:
+    items, total = await gw.chat.list_assistants(principal.user_id, skip, limit)
+    return Page(
+        items=[AssistantOut.model_validate(a) for a in items], total=total, skip=skip, limit=limit
+    )
+
+
+@router.get("/assistants/{assistant_id}", response_model=AssistantOut)
+async def get_assistant(
+    assistant_id: str, principal: CurrentPrincipal, gw: GatewayDep
+) -> AssistantOut:
+    return AssistantOut.model_validate(await gw.chat.get_assistant(principal.user_id, assistant_id))
+
+
+@router.patch("/assistants/{assistant_id}", response_model=AssistantOut)
+async def update_assistant(
+    assistant_id: str, body: AssistantUpdate, principal: CurrentPrincipal, gw: GatewayDep
+) -> AssistantOut:
+    assistant = await gw.chat.update_assistant(principal.user_id, assistant_id, body)
+    return AssistantOut.model_validate(assistant)
+
+
+@router.delete("/assistants/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_assistant(assistant_id: str, principal: CurrentPrincipal, gw: GatewayDep) -> None:
+    await gw.chat.delete_assistant(principal.user_id, assistant_id)
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+@router.post("/conversations/", status_code=status.HTTP_201_CREATED, response_model=ConversationOut)
+async def create_conversation(
+    body: ConversationCreate, principal: CurrentPrincipal, gw: GatewayDep
+) -> ConversationOut:
+    conversation = await gw.chat.create_conversation(principal.user_id, body)
+    return ConversationOut.model_validate(conversation)
+
+
+@router.get("/conversations/", response_model=Page[ConversationOut])
+async def list_conversations(
+    principal: CurrentPrincipal,
+    gw: GatewayDep,
+    q: Annotated[str | None, Query(max_length=MAX_SEARCH_LENGTH)] = None,
+    status_filter: Annotated[ConversationStatus | None, Query(alias="status")] = None,
+    skip: Skip = 0,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+) -> Page[ConversationOut]:
+    items, total = await gw.chat.list_conversations(
+        principal.user_id, search=q or None, status=status_filter, skip=skip, limit=limit
+    )
+    return Page(
+        items=[ConversationOut.model_validate(c) for c in items],
+        total=total,
+        skip=skip,
+        limit=limit,
+    )
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+async def get_conversation(
+    conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
+) -> ConversationOut:
+    conversation = await gw.chat.get_conversation(principal.user_id, conversation_id)
+    return ConversationOut.model_validate(conversation)
+
+
+@router.patch("/conversations/{conversation_id}", response_model=ConversationOut)
+async def rename_conversation(
+    conversation_id: str, body: ConversationUpdate, principal: CurrentPrincipal, gw: GatewayDep
+) -> ConversationOut:
+    conversation = await gw.chat.rename_conversation(principal.user_id, conversation_id, body.title)
+    return ConversationOut.model_validate(conversation)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_conversation(
+    conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
+) -> None:
+    await gw.chat.delete_conversation(principal.user_id, conversation_id)
+
+
+@router.post("/conversations/{conversation_id}/end", response_model=ConversationOut)
+async def end_conversation(
+    conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
+) -> ConversationOut:
+    conversation = await gw.chat.end_conversation(principal.user_id, conversation_id)
+    return ConversationOut.model_validate(conversation)
+
+
+@router.get("/conversations/{conversation_id}/stats", response_model=ConversationStats)
+async def conversation_stats(
+    conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
+) -> ConversationStats:
+    return await gw.chat.conversation_stats(principal.user_id, conversation_id)
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+@router.get("/conversations/{conversation_id}/messages", response_model=Page[MessageOut])
+async def list_messages(
+    conversation_id: str,
+    principal: CurrentPrincipal,
+    gw: GatewayDep,
+    skip: Skip = 0,
+    limit: Limit = 50,
+) -> Page[MessageOut]:
+    items, total = await gw.chat.list_messages(principal.user_id, conversation_id, skip, limit)
+    return Page(
+        items=[MessageOut.model_validate(m) for m in items], total=total, skip=skip, limit=limit
+    )
+
+
+class _ReplyWaiter:
+    """Wakes a `?wait=true` request when a terminal frame for its message goes by."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.event = asyncio.Event()
+
+    def deliver(self, frame: StreamFrame) -> None:
+        terminal = ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame
+        if isinstance(frame, terminal) and frame.reply_to == self.message_id:
+            self.event.set()
+
+    def broker_recovered(self) -> None:
+        self.event.set()
+
+
+_FINISHED = {MessageStatus.COMPLETE, MessageStatus.FAILED, MessageStatus.CANCELLED}
+
+
+async def _wait_for_reply(gw: Gateway, message_id: str, waiter: _ReplyWaiter) -> Message | None:
+    deadline = time.monotonic() + gw.settings.wait_reply_timeout_s
+    while True:
+        reply = await gw.chat.find_reply(message_id)
+        if reply is not None and reply.status in _FINISHED:
+            return reply
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        waiter.event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.event.wait(), min(remaining, REPLY_POLL_INTERVAL_S))
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MessageAccepted,
+    responses={200: {"description": "With `wait=true`: the reply finished within the timeout."}},
+)
+async def send_message(
+    conversation_id: str,
+    body: MessageCreate,
+    principal: CurrentPrincipal,
+    gw: GatewayDep,
+    response: Response,
+    wait: bool = False,
+) -> MessageAccepted:
+    """Accept a user message (202). With `wait=true`, answer with the finished reply (200), or
+    202 without it when the reply is not done within the gateway's wait timeout."""
+    if not wait:
+        accepted = await gw.chat.send_message(
+            principal.user_id, conversation_id, body.content, body.client_message_id
+        )
+        return _accepted(conversation_id, accepted.message, accepted.duplicate, None)
+    await gw.chat.get_conversation(principal.user_id, conversation_id)
+    waiter = _ReplyWaiter("")
+    watching = True
+    try:
+        await gw.fanout.watch(conversation_id, waiter)
+    except StreamUnavailable:
+        watching = False  # the database poll alone still finds the reply
+    try:
+        accepted = await gw.chat.send_message(
+            principal.user_id, conversation_id, body.content, body.client_message_id
+        )
+        waiter.message_id = accepted.message.id
+        reply = await _wait_for_reply(gw, accepted.message.id, waiter)
+    finally:
+        if watching:
+            await gw.fanout.unwatch(conversation_id, waiter)
+    if reply is not None:
+        response.status_code = status.HTTP_200_OK
+    return _accepted(conversation_id, accepted.message, accepted.duplicate, reply)
+
+
+def _accepted(
+    conversation_id: str, message: Message, duplicate: bool, reply: Message | None
+) -> MessageAccepted:
+    return MessageAccepted(
+        message_id=message.id,
+        conversation_id=conversation_id,
+        client_message_id=message.client_message_id,
+        duplicate=duplicate,
+        reply=MessageOut.model_validate(reply) if reply is not None else None,
+    )

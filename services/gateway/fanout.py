@@ -1,0 +1,167 @@
+"""Live reply frames from `<ns>.stream` to the sockets of this gateway instance (DESIGN §2).
+
+One exclusive, auto-delete queue per instance, bound to `conv.<id>` while at least one local
+watcher (a socket, or a `?wait=true` request) looks at that conversation; the binding is
+reference-counted and removed with its last watcher. The queue lives on its own robust aio-pika
+connection: after a broker outage aio-pika re-declares the queue and restores its bindings and
+consumer, then `StreamFanout` tells every watcher, so they can resynchronise what they missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError
+
+from shared.logging import redact_url
+from shared.stream import CancelCommand, ResyncCommand, StreamFrame, stream_frame_adapter
+from shared.topology import Topology, conversation_routing_key
+
+log = logging.getLogger(__name__)
+
+
+class FrameWatcher(Protocol):
+    def deliver(self, frame: StreamFrame) -> None:
+        """Called on the event loop for every frame of the watched conversation; must not block."""
+
+    def broker_recovered(self) -> None:
+        """The connection came back: frames may have been lost while it was down."""
+
+
+class StreamUnavailable(ConnectionError):
+    """The broker connection is down; live frames cannot be watched right now."""
+
+
+class StreamFanout:
+    def __init__(self, amqp_url: str, topology: Topology, instance_id: str) -> None:
+        self._amqp_url = amqp_url
+        self._topology = topology
+        self._instance_id = instance_id
+        self._watchers: dict[str, set[FrameWatcher]] = {}
+        self._binding_lock = asyncio.Lock()
+        self._connection: AbstractRobustConnection | None = None
+        self._queue: AbstractQueue | None = None
+        self._stream: AbstractExchange | None = None
+        self._control: AbstractExchange | None = None
+        self.frames_received = 0
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self._amqp_url,
+            reconnect_interval=1.0,
+            client_properties={"connection_name": f"{self._instance_id}-stream"},
+        )
+        channel = await self._connection.channel(publisher_confirms=False)
+        self._stream = await channel.declare_exchange(
+            self._topology.stream.name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._control = await channel.declare_exchange(
+            self._topology.control.name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        spec = self._topology.gateway_stream_queue(self._instance_id)
+        self._queue = await channel.declare_queue(
+            spec.name, exclusive=True, auto_delete=True, durable=False
+        )
+        await self._queue.consume(self._on_message, no_ack=True)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        log.info("stream fan-out started", extra={"queue": spec.name})
+
+    async def stop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    def watched_conversations(self) -> int:
+        return len(self._watchers)
+
+    async def watch(self, conversation_id: str, watcher: FrameWatcher) -> None:
+        """Start delivering `conversation_id`'s frames to `watcher` (binds on the first one)."""
+        async with self._binding_lock:
+            watchers = self._watchers.get(conversation_id)
+            if watchers is None:
+                await self._bind(conversation_id)
+                watchers = self._watchers[conversation_id] = set()
+            watchers.add(watcher)
+
+    async def unwatch(self, conversation_id: str, watcher: FrameWatcher) -> None:
+        async with self._binding_lock:
+            watchers = self._watchers.get(conversation_id)
+            if watchers is None or watcher not in watchers:
+                return
+            watchers.discard(watcher)
+            if watchers:
+                return
+            del self._watchers[conversation_id]
+            try:
+                assert self._queue is not None and self._stream is not None
+                await self._queue.unbind(
+                    self._stream, conversation_routing_key(conversation_id), timeout=5
+                )
+            except Exception as exc:
+                # A binding left behind only costs traffic: frames without watchers are dropped.
+                log.warning(
+                    "unbind failed", extra={"conversation_id": conversation_id, "error": repr(exc)}
+                )
+
+    async def _bind(self, conversation_id: str) -> None:
+        if self._queue is None or self._stream is None or not self.connected:
+            raise StreamUnavailable("stream connection is not open")
+        try:
+            await self._queue.bind(
+                self._stream, conversation_routing_key(conversation_id), timeout=5
+            )
+        except Exception as exc:
+            raise StreamUnavailable(f"cannot bind: {type(exc).__name__}") from exc
+
+    async def publish_control(self, command: CancelCommand | ResyncCommand) -> None:
+        """Send a command to whichever worker holds the conversation's reply (transient)."""
+        if self._control is None or not self.connected:
+            raise StreamUnavailable("stream connection is not open")
+        try:
+            await self._control.publish(
+                aio_pika.Message(
+                    command.model_dump_json().encode(),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                ),
+                routing_key=conversation_routing_key(command.conversation_id),
+                timeout=5,
+            )
+        except Exception as exc:
+            raise StreamUnavailable(f"cannot publish: {type(exc).__name__}") from exc
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            frame = stream_frame_adapter.validate_json(message.body)
+        except ValidationError:
+            log.warning("undecodable stream frame dropped", extra={"bytes": len(message.body)})
+            return
+        self.frames_received += 1
+        for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
+            try:
+                watcher.deliver(frame)
+            except Exception:
+                log.exception(
+                    "frame watcher failed", extra={"conversation_id": frame.conversation_id}
+                )
+
+    async def _on_reconnect(self, *_args: object) -> None:
+        log.info(
+            "stream connection recovered",
+            extra={"url": redact_url(self._amqp_url), "conversations": len(self._watchers)},
+        )
+        for watchers in tuple(self._watchers.values()):
+            for watcher in tuple(watchers):
+                watcher.broker_recovered()

@@ -1,0 +1,159 @@
+"""Queries of the `chat` schema. Never commits: the caller's unit of work does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.gateway.models import (
+    Assistant,
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageRole,
+    MessageStatus,
+)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def _page(
+    session: AsyncSession, query: Select[Any], skip: int, limit: int
+) -> tuple[Sequence[Any], int]:
+    total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    items = (await session.scalars(query.offset(skip).limit(limit))).all()
+    return items, int(total or 0)
+
+
+async def get_assistant(
+    session: AsyncSession, owner_id: str, assistant_id: str
+) -> Assistant | None:
+    return await session.scalar(
+        select(Assistant).where(Assistant.id == assistant_id, Assistant.owner_id == owner_id)
+    )
+
+
+async def list_assistants(
+    session: AsyncSession, owner_id: str, skip: int, limit: int
+) -> tuple[Sequence[Assistant], int]:
+    query = (
+        select(Assistant)
+        .where(Assistant.owner_id == owner_id)
+        .order_by(Assistant.created_at.desc(), Assistant.id)
+    )
+    return await _page(session, query, skip, limit)
+
+
+async def get_conversation(
+    session: AsyncSession, owner_id: str, conversation_id: str
+) -> Conversation | None:
+    return await session.scalar(
+        select(Conversation).where(
+            Conversation.id == conversation_id, Conversation.owner_id == owner_id
+        )
+    )
+
+
+async def list_conversations(
+    session: AsyncSession,
+    owner_id: str,
+    *,
+    search: str | None,
+    status: ConversationStatus | None,
+    skip: int,
+    limit: int,
+) -> tuple[Sequence[Conversation], int]:
+    query = select(Conversation).where(Conversation.owner_id == owner_id)
+    if search:
+        query = query.where(Conversation.title.ilike(f"%{_escape_like(search)}%", escape="\\"))
+    if status is not None:
+        query = query.where(Conversation.status == status.value)
+    query = query.order_by(Conversation.updated_at.desc(), Conversation.id)
+    return await _page(session, query, skip, limit)
+
+
+async def list_messages(
+    session: AsyncSession, conversation_id: str, skip: int, limit: int
+) -> tuple[Sequence[Message], int]:
+    query = (
+        select(Message)
+        .where(Message.conversation_id == conversation_id)
+        .order_by(Message.created_at, Message.id)
+    )
+    return await _page(session, query, skip, limit)
+
+
+async def recent_messages(session: AsyncSession, conversation_id: str, limit: int) -> list[Message]:
+    """The newest `limit` messages, oldest first (what a subscribing client shows)."""
+    rows = (
+        await session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        )
+    ).all()
+    return list(reversed(rows))
+
+
+async def find_by_client_id(
+    session: AsyncSession, conversation_id: str, client_message_id: str
+) -> Message | None:
+    return await session.scalar(
+        select(Message).where(
+            Message.conversation_id == conversation_id,
+            Message.client_message_id == client_message_id,
+        )
+    )
+
+
+async def find_reply(session: AsyncSession, message_id: str) -> Message | None:
+    return await session.scalar(select(Message).where(Message.reply_to == message_id))
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    message_count: int
+    user_messages: int
+    assistant_messages: int
+    failed_replies: int
+    prompt_tokens: int
+    completion_tokens: int
+    avg_duration_ms: float | None
+    avg_ttft_ms: float | None
+
+
+async def conversation_stats(session: AsyncSession, conversation_id: str) -> StatsRow:
+    is_user = Message.role == MessageRole.USER.value
+    is_reply = Message.role == MessageRole.ASSISTANT.value
+    completed = is_reply & (Message.status == MessageStatus.COMPLETE.value)
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.count().filter(is_user),
+                func.count().filter(is_reply),
+                func.count().filter(is_reply & (Message.status == MessageStatus.FAILED.value)),
+                func.coalesce(func.sum(Message.prompt_tokens), 0),
+                func.coalesce(func.sum(Message.completion_tokens), 0),
+                func.avg(case((completed, Message.duration_ms))),
+                func.avg(case((completed, Message.ttft_ms))),
+            ).where(Message.conversation_id == conversation_id)
+        )
+    ).one()
+    return StatsRow(
+        message_count=int(row[0]),
+        user_messages=int(row[1]),
+        assistant_messages=int(row[2]),
+        failed_replies=int(row[3]),
+        prompt_tokens=int(row[4]),
+        completion_tokens=int(row[5]),
+        avg_duration_ms=float(row[6]) if row[6] is not None else None,
+        avg_ttft_ms=float(row[7]) if row[7] is not None else None,
+    )

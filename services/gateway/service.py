@@ -1,0 +1,411 @@
+"""What the gateway does with conversations, messages and assistants (no HTTP or WebSocket here).
+
+The REST routes and the WebSocket frames both call `ChatService`; each call is one unit of work
+whose events go through the outbox, so a stored change and its event are never separated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.gateway import repository
+from services.gateway.models import (
+    Assistant,
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageRole,
+    MessageStatus,
+)
+from services.gateway.schemas import (
+    AssistantCreate,
+    AssistantUpdate,
+    ConversationCreate,
+    ConversationStats,
+)
+from shared.db import transaction
+from shared.events import (
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationEnded,
+    ConversationRenamed,
+    MessageSent,
+)
+from shared.ids import IdKind, is_valid_id, new_id
+from shared.outbox import Outbox
+
+PRODUCER = "gateway"
+DEFAULT_TITLE = "New conversation"
+
+
+class ChatError(Exception):
+    """A request the gateway refuses; `code` is what a WebSocket `error` frame carries."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(ChatError):
+    code = "not_found"
+
+
+class Conflict(ChatError):
+    code = "conflict"
+
+
+class InvalidInput(ChatError):
+    code = "invalid_input"
+
+
+class RateLimited(ChatError):
+    code = "rate_limited"
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many messages; retry after {retry_after_s:.0f}s")
+        self.retry_after_s = retry_after_s
+
+
+class MessageRateLimiter:
+    """Sliding one-minute window of accepted messages per user, in this process.
+
+    Per instance on purpose: it is a cheap guard against a runaway client, not a quota; with N
+    gateways the effective ceiling is N times the setting.
+    """
+
+    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
+        self._per_minute = per_minute
+        self._window_s = window_s
+        self._sent: dict[str, deque[float]] = {}
+
+    def check(self, key: str) -> None:
+        """Count one message for `key`, or raise `RateLimited` without counting it."""
+        now = time.monotonic()
+        sent = self._sent.setdefault(key, deque())
+        while sent and now - sent[0] >= self._window_s:
+            sent.popleft()
+        if len(sent) >= self._per_minute:
+            raise RateLimited(math.ceil(self._window_s - (now - sent[0])))
+        sent.append(now)
+
+    def refund(self, key: str) -> None:
+        """A counted message was not stored after all (e.g. an idempotent resend)."""
+        sent = self._sent.get(key)
+        if sent:
+            sent.pop()
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    message: Message
+    duplicate: bool
+
+
+class ChatService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox,
+        *,
+        max_message_length: int,
+        rate_limiter: MessageRateLimiter,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+        self._max_message_length = max_message_length
+        self._rate_limiter = rate_limiter
+
+    # --- assistants ----------------------------------------------------------------------
+
+    async def create_assistant(self, owner_id: str, data: AssistantCreate) -> Assistant:
+        async with transaction(self._sessions) as session:
+            assistant = Assistant(
+                id=new_id(IdKind.ASSISTANT),
+                owner_id=owner_id,
+                name=data.name,
+                system_prompt=data.system_prompt,
+                model=data.model,
+                temperature=data.temperature,
+            )
+            session.add(assistant)
+            await session.flush()
+            await session.refresh(assistant)
+        return assistant
+
+    async def get_assistant(self, owner_id: str, assistant_id: str) -> Assistant:
+        async with transaction(self._sessions) as session:
+            return await self._owned_assistant(session, owner_id, assistant_id)
+
+    async def list_assistants(
+        self, owner_id: str, skip: int, limit: int
+    ) -> tuple[Sequence[Assistant], int]:
+        async with transaction(self._sessions) as session:
+            return await repository.list_assistants(session, owner_id, skip, limit)
+
+    async def update_assistant(
+        self, owner_id: str, assistant_id: str, data: AssistantUpdate
+    ) -> Assistant:
+        async with transaction(self._sessions) as session:
+            assistant = await self._owned_assistant(session, owner_id, assistant_id)
+            for field, value in data.model_dump(exclude_unset=True).items():
+                if field in ("name", "system_prompt") and value is None:
+                    raise InvalidInput(f"{field} cannot be null")
+                setattr(assistant, field, value)
+            await session.flush()
+            await session.refresh(assistant)
+        return assistant
+
+    async def delete_assistant(self, owner_id: str, assistant_id: str) -> None:
+        async with transaction(self._sessions) as session:
+            assistant = await self._owned_assistant(session, owner_id, assistant_id)
+            await session.delete(assistant)
+
+    async def _owned_assistant(
+        self, session: AsyncSession, owner_id: str, assistant_id: str
+    ) -> Assistant:
+        assistant = None
+        if is_valid_id(assistant_id, IdKind.ASSISTANT):
+            assistant = await repository.get_assistant(session, owner_id, assistant_id)
+        if assistant is None:
+            raise NotFound("Assistant not found")
+        return assistant
+
+    # --- conversations -------------------------------------------------------------------
+
+    async def create_conversation(self, owner_id: str, data: ConversationCreate) -> Conversation:
+        async with self._outbox.unit_of_work() as session:
+            system_prompt, model, temperature = data.system_prompt, data.model, None
+            if data.assistant_id is not None:
+                assistant = await self._owned_assistant(session, owner_id, data.assistant_id)
+                # What the caller sets explicitly wins over the assistant's defaults.
+                system_prompt = (
+                    system_prompt if system_prompt is not None else assistant.system_prompt
+                )
+                model = model or assistant.model
+                temperature = assistant.temperature
+            conversation = Conversation(
+                id=new_id(IdKind.CONVERSATION),
+                owner_id=owner_id,
+                title=data.title or DEFAULT_TITLE,
+                assistant_id=data.assistant_id,
+                system_prompt=system_prompt,
+                model=model,
+                temperature=temperature,
+                status=ConversationStatus.ACTIVE.value,
+            )
+            session.add(conversation)
+            await session.flush()
+            await session.refresh(conversation)
+            await self._outbox.stage(
+                session,
+                ConversationCreated(
+                    producer=PRODUCER,
+                    user_id=owner_id,
+                    conversation_id=conversation.id,
+                    assistant_id=conversation.assistant_id,
+                    model=conversation.model,
+                ),
+            )
+        return conversation
+
+    async def get_conversation(self, owner_id: str, conversation_id: str) -> Conversation:
+        async with transaction(self._sessions) as session:
+            return await self._owned_conversation(session, owner_id, conversation_id)
+
+    async def list_conversations(
+        self,
+        owner_id: str,
+        *,
+        search: str | None,
+        status: ConversationStatus | None,
+        skip: int,
+        limit: int,
+    ) -> tuple[Sequence[Conversation], int]:
+        async with transaction(self._sessions) as session:
+            return await repository.list_conversations(
+                session, owner_id, search=search, status=status, skip=skip, limit=limit
+            )
+
+    async def rename_conversation(
+        self, owner_id: str, conversation_id: str, title: str
+    ) -> Conversation:
+        async with self._outbox.unit_of_work() as session:
+            conversation = await self._owned_conversation(session, owner_id, conversation_id)
+            if conversation.title != title:
+                conversation.title = title
+                await session.flush()
+                await self._outbox.stage(
+                    session,
+                    ConversationRenamed(
+                        producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
+                    ),
+                )
+            await session.refresh(conversation)
+        return conversation
+
+    async def end_conversation(self, owner_id: str, conversation_id: str) -> Conversation:
+        """Idempotent: ending an ended conversation changes nothing and sends no event."""
+        async with self._outbox.unit_of_work() as session:
+            conversation = await self._owned_conversation(session, owner_id, conversation_id)
+            if conversation.status != ConversationStatus.ENDED:
+                conversation.status = ConversationStatus.ENDED.value
+                await session.flush()
+                await self._outbox.stage(
+                    session,
+                    ConversationEnded(
+                        producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
+                    ),
+                )
+            await session.refresh(conversation)
+        return conversation
+
+    async def delete_conversation(self, owner_id: str, conversation_id: str) -> None:
+        async with self._outbox.unit_of_work() as session:
+            conversation = await self._owned_conversation(session, owner_id, conversation_id)
+            await session.delete(conversation)
+            await self._outbox.stage(
+                session,
+                ConversationDeleted(
+                    producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
+                ),
+            )
+
+    async def conversation_stats(self, owner_id: str, conversation_id: str) -> ConversationStats:
+        async with transaction(self._sessions) as session:
+            await self._owned_conversation(session, owner_id, conversation_id)
+            row = await repository.conversation_stats(session, conversation_id)
+        return ConversationStats(
+            conversation_id=conversation_id,
+            message_count=row.message_count,
+            user_messages=row.user_messages,
+            assistant_messages=row.assistant_messages,
+            failed_replies=row.failed_replies,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.prompt_tokens + row.completion_tokens,
+            avg_response_time_ms=row.avg_duration_ms,
+            avg_ttft_ms=row.avg_ttft_ms,
+        )
+
+    async def _owned_conversation(
+        self, session: AsyncSession, owner_id: str, conversation_id: str
+    ) -> Conversation:
+        conversation = None
+        if is_valid_id(conversation_id, IdKind.CONVERSATION):
+            conversation = await repository.get_conversation(session, owner_id, conversation_id)
+        if conversation is None:
+            raise NotFound("Conversation not found")
+        return conversation
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def list_messages(
+        self, owner_id: str, conversation_id: str, skip: int, limit: int
+    ) -> tuple[Sequence[Message], int]:
+        async with transaction(self._sessions) as session:
+            await self._owned_conversation(session, owner_id, conversation_id)
+            return await repository.list_messages(session, conversation_id, skip, limit)
+
+    async def recent_messages(
+        self, owner_id: str, conversation_id: str, limit: int
+    ) -> list[Message]:
+        async with transaction(self._sessions) as session:
+            await self._owned_conversation(session, owner_id, conversation_id)
+            return await repository.recent_messages(session, conversation_id, limit)
+
+    async def find_reply(self, message_id: str) -> Message | None:
+        async with transaction(self._sessions) as session:
+            return await repository.find_reply(session, message_id)
+
+    async def send_message(
+        self,
+        owner_id: str,
+        conversation_id: str,
+        content: str,
+        client_message_id: str | None,
+    ) -> AcceptedMessage:
+        """Store a user message and its `message.sent` in one transaction.
+
+        A `client_message_id` seen before in this conversation returns the stored message and
+        creates nothing, whether the first copy was committed long ago or a moment ago by a
+        concurrent resend (the unique constraint decides the race).
+        """
+        if not content.strip():
+            raise InvalidInput("content must not be empty")
+        if len(content) > self._max_message_length:
+            raise InvalidInput(f"content longer than {self._max_message_length} characters")
+        try:
+            return await self._store_message(owner_id, conversation_id, content, client_message_id)
+        except IntegrityError:
+            if client_message_id is None:
+                raise
+        async with transaction(self._sessions) as session:
+            existing = await repository.find_by_client_id(
+                session, conversation_id, client_message_id
+            )
+        if existing is None:
+            raise Conflict("message could not be stored; retry")
+        return AcceptedMessage(existing, duplicate=True)
+
+    async def _store_message(
+        self,
+        owner_id: str,
+        conversation_id: str,
+        content: str,
+        client_message_id: str | None,
+    ) -> AcceptedMessage:
+        async with self._outbox.unit_of_work() as session:
+            conversation = await self._owned_conversation(session, owner_id, conversation_id)
+            if client_message_id is not None:
+                existing = await repository.find_by_client_id(
+                    session, conversation_id, client_message_id
+                )
+                if existing is not None:
+                    return AcceptedMessage(existing, duplicate=True)
+            if conversation.status == ConversationStatus.ENDED:
+                raise Conflict("Conversation has ended")
+            # Counted only for messages that will really be stored: resends are free.
+            self._rate_limiter.check(owner_id)
+            message = Message(
+                id=new_id(IdKind.MESSAGE),
+                conversation_id=conversation_id,
+                role=MessageRole.USER.value,
+                content=content,
+                status=MessageStatus.COMPLETE.value,
+                client_message_id=client_message_id,
+                seq=0,
+                attempt=1,
+            )
+            session.add(message)
+            try:
+                await session.flush()
+            except IntegrityError:
+                self._rate_limiter.refund(owner_id)
+                raise
+            await session.refresh(message)
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(updated_at=func.now())
+            )
+            await self._outbox.stage(
+                session,
+                MessageSent(
+                    producer=PRODUCER,
+                    user_id=owner_id,
+                    conversation_id=conversation_id,
+                    message_id=message.id,
+                    content_length=len(content),
+                ),
+            )
+        return AcceptedMessage(message, duplicate=False)
