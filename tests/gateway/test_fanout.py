@@ -1,0 +1,266 @@
+"""Live frames through the gateways, with the test playing the worker's side of shared/stream.py:
+fan-out to every socket on every gateway, reference-counted bindings, and the subscribe seam."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+from pamqp.commands import Basic
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.gateway.models import Message
+from shared.db import create_engine, create_session_factory, transaction
+from shared.ids import IdKind, new_id
+from shared.topology import conversation_routing_key
+from tests.gateway.conftest import BrokerLine, create_conversation, next_message, open_socket
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def engine(infra) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(infra.database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+def frame(kind: str, cid: str, mid: str, reply_to: str, seq: int, attempt: int = 1, **extra: Any):
+    return {
+        "type": kind,
+        "conversation_id": cid,
+        "message_id": mid,
+        "reply_to": reply_to,
+        "seq": seq,
+        "attempt": attempt,
+        **extra,
+    }
+
+
+def completed(cid: str, mid: str, reply_to: str, seq: int, content: str, attempt: int = 1):
+    return frame(
+        "reply.completed",
+        cid,
+        mid,
+        reply_to,
+        seq,
+        attempt,
+        content=content,
+        model="mock",
+        usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    )
+
+
+async def collect_reply(socket, until: str = "reply.completed") -> list[dict[str, Any]]:
+    last, before = await socket.recv_until(until)
+    return [*before, last]
+
+
+async def store_streaming_reply(
+    engine: AsyncEngine, cid: str, content: str, seq: int
+) -> tuple[str, str]:
+    """A user message and its half-streamed reply, as a worker would have persisted them."""
+    user_mid, reply_mid = new_id(IdKind.MESSAGE), new_id(IdKind.MESSAGE)
+    async with transaction(create_session_factory(engine)) as session:
+        session.add(
+            Message(
+                id=user_mid,
+                conversation_id=cid,
+                role="user",
+                content="q",
+                status="complete",
+                seq=0,
+                attempt=1,
+            )
+        )
+        await session.flush()
+        session.add(
+            Message(
+                id=reply_mid,
+                conversation_id=cid,
+                role="assistant",
+                content=content,
+                status="streaming",
+                reply_to=user_mid,
+                seq=seq,
+                attempt=1,
+            )
+        )
+    return user_mid, reply_mid
+
+
+async def unroutable(line: BrokerLine, cid: str) -> bool:
+    """Whether a frame for `cid` reaches no queue at all (no gateway is bound to it)."""
+    channel = await line.connection.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(line.topology.stream.name)
+        confirmation = await exchange.publish(
+            aio_pika.Message(b"{}"), routing_key=conversation_routing_key(cid), mandatory=True
+        )
+    finally:
+        await channel.close()
+    # A mandatory message no queue takes comes back as basic.return instead of an ack.
+    return isinstance(getattr(confirmation, "delivery", None), Basic.Return)
+
+
+async def test_frames_reach_every_socket_on_every_gateway_once(
+    gateway, gateway_b, new_user, broker_line: BrokerLine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    sockets = [
+        await open_socket(gateway, alice),
+        await open_socket(gateway, alice),
+        await open_socket(gateway_b, alice),
+    ]
+    for s in sockets:
+        await s.request({"type": "subscribe", "conversation_id": cid}, "snapshot")
+    mid, reply_to = new_id(IdKind.MESSAGE), new_id(IdKind.MESSAGE)
+    await broker_line.publish_frame(frame("reply.started", cid, mid, reply_to, 0, model="mock"))
+    for seq, delta in enumerate(["Hel", "lo", "!"], start=1):
+        await broker_line.publish_frame(frame("reply.delta", cid, mid, reply_to, seq, delta=delta))
+    await broker_line.publish_frame(completed(cid, mid, reply_to, 3, "Hello!"))
+
+    for s in sockets:
+        frames = await collect_reply(s)
+        assert [f["type"] for f in frames] == ["reply.started"] + ["reply.delta"] * 3 + [
+            "reply.completed"
+        ]
+        assert [f["seq"] for f in frames[1:4]] == [1, 2, 3]
+        assert "".join(f["delta"] for f in frames[1:4]) == frames[-1]["content"] == "Hello!"
+        assert frames[-1]["usage"]["total_tokens"] == 7
+        assert (await s.request({"type": "ping"}, "pong"))["type"] == "pong"  # nothing doubled
+
+    # One socket leaving gateway A does not unbind the other one's conversation.
+    await sockets[0].request({"type": "unsubscribe", "conversation_id": cid}, "unsubscribed")
+    await broker_line.publish_frame(frame("reply.started", cid, "m2", "u2", 0, model="mock"))
+    assert (await sockets[1].recv())["message_id"] == "m2"
+    assert (await sockets[2].recv())["message_id"] == "m2"
+    assert not await unroutable(broker_line, cid)
+    for s in sockets:
+        await s.close()
+    # The last watcher gone on both gateways: both bindings are removed.
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await unroutable(broker_line, cid):
+        assert asyncio.get_running_loop().time() < deadline, "binding left behind"
+        await asyncio.sleep(0.05)
+
+
+async def test_subscribe_mid_reply_takes_the_workers_snapshot_and_drops_older_frames(
+    gateway, new_user, broker_line: BrokerLine, engine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    user_mid, reply_mid = await store_streaming_reply(engine, cid, "ab", seq=2)
+    control = await broker_line.control_queue(cid)
+    socket = await open_socket(gateway, alice)
+    await socket.send({"type": "subscribe", "conversation_id": cid})
+
+    resync = await next_message(control)
+    assert resync["type"] == "resync" and resync["conversation_id"] == cid
+    # The worker is at seq 4 in memory; seq 3 and 4 go out while the gateway builds the snapshot.
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 3, delta="c"))
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 4, delta="d"))
+    await broker_line.publish_frame(
+        frame(
+            "reply.snapshot",
+            cid,
+            reply_mid,
+            user_mid,
+            4,
+            content="abcd",
+            request_id=resync["request_id"],
+        )
+    )
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 5, delta="e"))
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 4, delta="d"))
+    await broker_line.publish_frame(completed(cid, reply_mid, user_mid, 5, "abcde"))
+
+    snapshot = await socket.recv()
+    assert snapshot["type"] == "snapshot"
+    assert [m["id"] for m in snapshot["messages"]] == [user_mid]
+    assert snapshot["partial"] == {
+        "message_id": reply_mid,
+        "reply_to": user_mid,
+        "seq": 4,
+        "attempt": 1,
+        "content": "abcd",
+    }
+    rest = await collect_reply(socket)
+    assert [(f["type"], f.get("seq")) for f in rest] == [("reply.delta", 5), ("reply.completed", 5)]
+    assembled = snapshot["partial"]["content"] + "".join(f["delta"] for f in rest[:-1])
+    assert assembled == rest[-1]["content"] == "abcde"
+    await socket.close()
+
+
+async def test_subscribe_falls_back_to_the_stored_partial_when_no_worker_answers(
+    gateway, new_user, broker_line: BrokerLine, engine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    user_mid, reply_mid = await store_streaming_reply(engine, cid, "stored", seq=6)
+    socket = await open_socket(gateway, alice)
+    snapshot = await socket.request({"type": "subscribe", "conversation_id": cid}, "snapshot")
+    assert snapshot["partial"]["content"] == "stored" and snapshot["partial"]["seq"] == 6
+
+    # The reply is regenerated by another worker (attempt 2): it starts over from seq 0.
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 6, delta="x"))
+    await broker_line.publish_frame(
+        frame("reply.started", cid, reply_mid, user_mid, 0, attempt=2, model="mock")
+    )
+    await broker_line.publish_frame(
+        frame("reply.delta", cid, reply_mid, user_mid, 1, attempt=2, delta="new")
+    )
+    await broker_line.publish_frame(
+        frame("reply.delta", cid, reply_mid, user_mid, 2, attempt=1, delta="old")
+    )
+    await broker_line.publish_frame(completed(cid, reply_mid, user_mid, 1, "new", attempt=2))
+    rest = await collect_reply(socket)
+    assert [(f["type"], f["attempt"], f["seq"]) for f in rest] == [
+        ("reply.started", 2, 0),
+        ("reply.delta", 2, 1),
+        ("reply.completed", 2, 1),
+    ]
+    await socket.close()
+
+
+async def test_a_socket_that_sent_a_message_receives_its_reply_without_subscribing(
+    gateway, new_user, broker_line: BrokerLine
+):
+    alice = new_user()
+    socket = await open_socket(gateway, alice)
+    started = await socket.request({"type": "start_conversation"}, "conversation.started")
+    cid = started["conversation_id"]
+    ack = await socket.request(
+        {"type": "send_message", "conversation_id": cid, "content": "hi", "client_message_id": "1"},
+        "ack",
+    )
+    mid = new_id(IdKind.MESSAGE)
+    await broker_line.publish_frame(
+        frame("reply.started", cid, mid, ack["message_id"], 0, model="m")
+    )
+    await broker_line.publish_frame(completed(cid, mid, ack["message_id"], 0, ""))
+    frames = await collect_reply(socket)
+    assert [f["type"] for f in frames] == ["reply.started", "reply.completed"]
+    await socket.close()
+
+
+async def test_cancel_is_published_to_the_conversations_worker(
+    gateway, new_user, broker_line: BrokerLine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    control = await broker_line.control_queue(cid)
+    socket = await open_socket(gateway, alice)
+    await socket.send({"type": "cancel", "conversation_id": cid, "message_id": "abcdefghij"})
+    command = await next_message(control)
+    assert command == {
+        "type": "cancel",
+        "conversation_id": cid,
+        "message_id": "abcdefghij",
+        "requested_by": alice.user_id,
+    }
+    await socket.close()
