@@ -6,7 +6,9 @@ the admin obeys the same username/email/password rules and `user.registered` is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -19,12 +21,20 @@ from services.auth.service import (
     PasswordPolicyViolation,
 )
 from services.auth.settings import AuthSettings
+from shared.broker import BrokerUnavailable, wait_for_broker
+from shared.logging import configure_logging
+from shared.outbox import Outbox
+from shared.runtime import ServiceRuntime
 from shared.security import Role
 
 log = logging.getLogger(__name__)
 
 # Two replicas starting together must not both create "the first" admin.
 _BOOTSTRAP_LOCK = "auth:first-admin"
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_DEPENDENCY_UNAVAILABLE = 3
 
 
 class AdminBootstrapError(RuntimeError):
@@ -112,3 +122,62 @@ async def ensure_first_admin(accounts: AccountsFactory, settings: AuthSettings) 
         raise AdminBootstrapError(f"cannot create the first admin: {exc}") from None
     log.info("first admin created", extra={"user_id": user.id})
     return user.id
+
+
+async def _create_admin_with_runtime(settings: AuthSettings, credentials: AdminCredentials) -> str:
+    # Imported here: the CLI module imports this one, and the app module is the composition root.
+    from services.auth.app import SERVICE, build_accounts
+    from services.auth.models import outbox as outbox_table
+
+    await wait_for_broker(settings.amqp_url, settings.broker_connect_timeout_s)
+    runtime = ServiceRuntime.build(SERVICE, settings, db_pool_size=1)
+    await runtime.start()
+    try:
+        outbox = Outbox(outbox_table, runtime.sessions, runtime.publisher)
+        user_id = await create_admin(build_accounts(settings, outbox), credentials)
+        await outbox.drain_background()
+        return user_id
+    finally:
+        await runtime.stop()
+
+
+def create_admin_command(
+    username: str | None, email: str | None, password: str | None, *, password_stdin: bool
+) -> int:
+    """`convoai create-admin`: arguments first, CONVOAI_ADMIN_* otherwise; never prompts."""
+    settings = AuthSettings()
+    configure_logging("create-admin", settings.log_level, settings.log_format)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    credentials = AdminCredentials(
+        username or settings.admin_username or "",
+        email or settings.admin_email or "",
+        password or settings.admin_password or "",
+    )
+    missing = [
+        name
+        for name, value in (
+            ("username", credentials.username),
+            ("email", credentials.email),
+            ("password", credentials.password),
+        )
+        if not value
+    ]
+    if missing:
+        print(
+            f"convoai create-admin: missing {', '.join(missing)} "
+            "(pass --username/--email/--password or --password-stdin, "
+            "or set CONVOAI_ADMIN_USERNAME/EMAIL/PASSWORD)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        user_id = asyncio.run(_create_admin_with_runtime(settings, credentials))
+    except AdminBootstrapError as exc:
+        print(f"convoai create-admin: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (BrokerUnavailable, OSError) as exc:
+        print(f"convoai create-admin: {exc}", file=sys.stderr)
+        return EXIT_DEPENDENCY_UNAVAILABLE
+    print(f"admin created: {credentials.username} (id {user_id})")
+    return 0

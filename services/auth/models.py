@@ -73,9 +73,9 @@ class RefreshToken(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     """The token's `jti`."""
-    family_id: Mapped[str] = mapped_column(String(32), index=True)
+    family_id: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(
-        String(16), ForeignKey("auth.users.id", ondelete="CASCADE"), index=True
+        String(16), ForeignKey("auth.users.id", ondelete="CASCADE")
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -83,6 +83,11 @@ class RefreshToken(Base):
     rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     """Set when it was exchanged for its successor; presenting it again is reuse."""
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_refresh_tokens_family_id", "family_id"),
+        Index("ix_refresh_tokens_user_id", "user_id"),
+    )
 
 
 class LoginFailure(Base):
