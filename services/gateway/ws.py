@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, WebSocket
@@ -55,6 +56,8 @@ MAX_SUBSCRIPTIONS_PER_SOCKET = 100
 SNAPSHOT_MESSAGES = 200
 """Newest stored messages a snapshot carries; older history is paged over REST."""
 REMEMBERED_REPLIES = 64
+AWAITING_REPLY_WINDOW = timedelta(minutes=5)
+"""A user message younger than this without a reply may have one streaming unseen."""
 
 ConversationId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -212,6 +215,7 @@ class ConversationWatch:
         self._snapshot_request: str | None = None
         self._snapshots: dict[str, ReplySnapshotFrame] = {}
         self._snapshots_expected: set[str] = set()
+        self._awaiting_replies: set[str] = set()
         self._snapshots_complete = asyncio.Event()
 
     def start_buffering(self) -> None:
@@ -222,22 +226,33 @@ class ConversationWatch:
             self._collect_snapshot(frame)
         elif self._buffer is not None:
             self._buffer.append(frame)
+            if isinstance(frame, ReplyStartedFrame) and frame.reply_to in self._awaiting_replies:
+                # Its frames from seq 0 on are all in the buffer: no snapshot needed for it.
+                self._awaiting_replies.discard(frame.reply_to)
+                self._check_snapshots_complete()
         else:
             self._forward(frame)
 
     def broker_recovered(self) -> None:
         self._on_recovered(self)
 
-    def expect_snapshots(self, request_id: str, message_ids: set[str]) -> None:
+    def expect_snapshots(
+        self, request_id: str, message_ids: set[str], awaiting_replies: set[str]
+    ) -> None:
+        """Wait for snapshots of the streaming replies `message_ids`, and for a snapshot or a
+        `reply.started` of a reply to each of the user messages `awaiting_replies`."""
         self._snapshot_request = request_id
         self._snapshots = {}
         self._snapshots_expected = set(message_ids)
+        self._awaiting_replies = set(awaiting_replies)
         self._snapshots_complete.clear()
+        self._check_snapshots_complete()
 
     async def wait_snapshots(self, timeout_s: float) -> dict[str, ReplySnapshotFrame]:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._snapshots_complete.wait(), timeout_s)
         self._snapshot_request = None
+        self._awaiting_replies = set()
         return dict(self._snapshots)
 
     def _collect_snapshot(self, frame: ReplySnapshotFrame) -> None:
@@ -246,7 +261,11 @@ class ConversationWatch:
         known = self._snapshots.get(frame.message_id)
         if known is None or (frame.attempt, frame.seq) > (known.attempt, known.seq):
             self._snapshots[frame.message_id] = frame
-        if self._snapshots_expected <= self._snapshots.keys():
+        self._awaiting_replies.discard(frame.reply_to)
+        self._check_snapshots_complete()
+
+    def _check_snapshots_complete(self) -> None:
+        if self._snapshots_expected <= self._snapshots.keys() and not self._awaiting_replies:
             self._snapshots_complete.set()
 
     def go_live(self, stored: Sequence[Message], partials: Sequence[Partial]) -> None:
@@ -601,9 +620,17 @@ class ChatSocket:
             if m.role == MessageRole.ASSISTANT and m.status == MessageStatus.STREAMING
         ]
         partials = {m.id: Partial(m.id, m.reply_to, m.seq, m.attempt, m.content) for m in streaming}
-        if partials:
+        # A reply whose row the worker has not written yet streams only in its memory.
+        answered = {m.reply_to for m in messages if m.reply_to is not None}
+        recent = datetime.now(UTC) - AWAITING_REPLY_WINDOW
+        awaiting = {
+            m.id
+            for m in messages
+            if m.role == MessageRole.USER and m.id not in answered and m.created_at > recent
+        }
+        if partials or awaiting:
             request_id = secrets.token_urlsafe(12)
-            watch.expect_snapshots(request_id, set(partials))
+            watch.expect_snapshots(request_id, set(partials), awaiting)
             try:
                 await self._gw.fanout.publish_control(
                     ResyncCommand(conversation_id=conversation_id, request_id=request_id)

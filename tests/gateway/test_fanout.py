@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import httpx
 import pytest
 from pamqp.commands import Basic
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -263,4 +264,44 @@ async def test_cancel_is_published_to_the_conversations_worker(
         "message_id": "abcdefghij",
         "requested_by": alice.user_id,
     }
+    await socket.close()
+
+
+async def test_subscribe_before_the_reply_row_exists_gets_the_workers_in_memory_reply(
+    gateway, new_user, broker_line: BrokerLine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        sent = await client.post(
+            f"/conversations/{cid}/messages", json={"content": "q"}, headers=alice.headers
+        )
+    user_mid = sent.json()["message_id"]
+    reply_mid = new_id(IdKind.MESSAGE)
+    control = await broker_line.control_queue(cid)
+    socket = await open_socket(gateway, alice)
+    await socket.send({"type": "subscribe", "conversation_id": cid})
+    resync = await next_message(control)
+    await broker_line.publish_frame(
+        frame(
+            "reply.snapshot",
+            cid,
+            reply_mid,
+            user_mid,
+            2,
+            content="Hi t",
+            request_id=resync["request_id"],
+        )
+    )
+    await broker_line.publish_frame(frame("reply.delta", cid, reply_mid, user_mid, 3, delta="here"))
+    await broker_line.publish_frame(completed(cid, reply_mid, user_mid, 4, "Hi there"))
+    snapshot = await socket.recv()
+    assert snapshot["type"] == "snapshot"
+    assert [m["id"] for m in snapshot["messages"]] == [user_mid]
+    assert (snapshot["partial"]["message_id"], snapshot["partial"]["content"]) == (
+        reply_mid,
+        "Hi t",
+    )
+    rest = await collect_reply(socket)
+    assert snapshot["partial"]["content"] + rest[0]["delta"] == rest[-1]["content"]
     await socket.close()
