@@ -33,6 +33,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             outbox,
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
+            anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
         ),
         fanout=fanout,
         verifier=verifier,

@@ -44,6 +44,16 @@ from shared.outbox import Outbox
 
 PRODUCER = "gateway"
 DEFAULT_TITLE = "New conversation"
+ANONYMOUS_PREFIX = "~"
+"""Owner ids of anonymous sockets start with it; real user ids never contain it."""
+
+
+def new_anonymous_owner_id() -> str:
+    return ANONYMOUS_PREFIX + new_id(IdKind.USER)[1:]
+
+
+def is_anonymous(owner_id: str) -> bool:
+    return owner_id.startswith(ANONYMOUS_PREFIX)
 
 
 class ChatError(Exception):
@@ -119,11 +129,13 @@ class ChatService:
         *,
         max_message_length: int,
         rate_limiter: MessageRateLimiter,
+        anonymous_rate_limiter: MessageRateLimiter | None = None,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
         self._max_message_length = max_message_length
         self._rate_limiter = rate_limiter
+        self._anonymous_rate_limiter = anonymous_rate_limiter or rate_limiter
 
     # --- assistants ----------------------------------------------------------------------
 
@@ -333,6 +345,8 @@ class ChatService:
         conversation_id: str,
         content: str,
         client_message_id: str | None,
+        *,
+        rate_key: str | None = None,
     ) -> AcceptedMessage:
         """Store a user message and its `message.sent` in one transaction.
 
@@ -345,7 +359,9 @@ class ChatService:
         if len(content) > self._max_message_length:
             raise InvalidInput(f"content longer than {self._max_message_length} characters")
         try:
-            return await self._store_message(owner_id, conversation_id, content, client_message_id)
+            return await self._store_message(
+                owner_id, conversation_id, content, client_message_id, rate_key or owner_id
+            )
         except IntegrityError:
             if client_message_id is None:
                 raise
@@ -363,7 +379,9 @@ class ChatService:
         conversation_id: str,
         content: str,
         client_message_id: str | None,
+        rate_key: str,
     ) -> AcceptedMessage:
+        limiter = self._anonymous_rate_limiter if is_anonymous(owner_id) else self._rate_limiter
         async with self._outbox.unit_of_work() as session:
             conversation = await self._owned_conversation(session, owner_id, conversation_id)
             if client_message_id is not None:
@@ -375,7 +393,7 @@ class ChatService:
             if conversation.status == ConversationStatus.ENDED:
                 raise Conflict("Conversation has ended")
             # Counted only for messages that will really be stored: resends are free.
-            self._rate_limiter.check(owner_id)
+            limiter.check(rate_key)
             message = Message(
                 id=new_id(IdKind.MESSAGE),
                 conversation_id=conversation_id,
@@ -390,7 +408,7 @@ class ChatService:
             try:
                 await session.flush()
             except IntegrityError:
-                self._rate_limiter.refund(owner_id)
+                limiter.refund(rate_key)
                 raise
             await session.refresh(message)
             await session.execute(

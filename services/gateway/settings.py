@@ -31,3 +31,7 @@ class GatewaySettings(ServiceSettings):
     """How long a subscribe waits for the streaming worker's `reply.snapshot`."""
     wait_reply_timeout_s: float = Field(default=60.0, gt=0, le=600)
     """Upper bound of `POST .../messages?wait=true`."""
+    allow_anonymous: bool = False
+    """Sockets may authenticate with `{"type":"auth","anonymous":true}`: one ephemeral
+    conversation, deleted when the socket closes, under a strict per-IP message limit."""
+    anonymous_messages_per_minute: int = Field(default=5, ge=1, le=10_000)

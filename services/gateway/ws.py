@@ -32,7 +32,7 @@ from services.gateway.schemas import (
     ConversationOut,
     MessageOut,
 )
-from services.gateway.service import ChatError, RateLimited
+from services.gateway.service import ChatError, RateLimited, new_anonymous_owner_id
 from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal
 from shared.stream import (
     CancelCommand,
@@ -68,7 +68,8 @@ class _ClientFrame(BaseModel):
 
 class AuthFrame(_ClientFrame):
     type: Literal["auth"]
-    token: str = Field(min_length=1, max_length=MAX_TOKEN_LENGTH)
+    token: str | None = Field(default=None, min_length=1, max_length=MAX_TOKEN_LENGTH)
+    anonymous: bool = False
 
 
 class SubscribeFrame(_ClientFrame):
@@ -337,6 +338,9 @@ class ChatSocket:
         self._errors = 0
         self._tokens = float(self._settings.ws_frame_burst)
         self._tokens_at = time.monotonic()
+        self._anonymous = False
+        self._ephemeral: list[str] = []
+        """Conversations of an anonymous socket, deleted when it closes."""
 
     # --- outgoing --------------------------------------------------------------------------
 
@@ -386,12 +390,25 @@ class ChatSocket:
             for conversation_id, watch in tuple(self._watches.items()):
                 await self._gw.fanout.unwatch(conversation_id, watch)
             self._watches.clear()
+            await self._forget_ephemeral()
             if self._closing is None:
                 writer.cancel()
             try:
                 await asyncio.wait_for(writer, 5)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+
+    async def _forget_ephemeral(self) -> None:
+        if self._principal is None:
+            return
+        for conversation_id in self._ephemeral:
+            try:
+                await self._gw.chat.delete_conversation(self._principal.user_id, conversation_id)
+            except Exception as exc:
+                log.warning(
+                    "ephemeral conversation not deleted",
+                    extra={"conversation_id": conversation_id, "error": repr(exc)},
+                )
 
     async def _receive(self, timeout_s: float | None = None) -> str | bytes | None:
         """The next frame's payload; None when the client has gone or the socket is closing."""
@@ -432,9 +449,8 @@ class ChatSocket:
             self.close(CLOSE_POLICY_VIOLATION, "too many bad frames")
 
     async def _authenticate(self) -> bool:
-        query_token = self._ws.query_params.get("token")
-        token: str | None = query_token
-        while token is None:
+        token: str | None = self._ws.query_params.get("token")
+        while token is None and not self._anonymous:
             raw = await self._receive(self._settings.ws_auth_timeout_s)
             if raw is None:
                 return False
@@ -447,22 +463,40 @@ class ChatSocket:
                 self.error("unauthenticated", "the first frame must be auth")
                 self.close(CLOSE_POLICY_VIOLATION, "not authenticated")
                 return False
+            if frame.anonymous and frame.token is None:
+                if not self._settings.allow_anonymous:
+                    self.error("anonymous_disabled", "anonymous chat is not enabled")
+                    self.close(CLOSE_POLICY_VIOLATION, "not authenticated")
+                    return False
+                self._anonymous = True
+            elif frame.token is None:
+                self._bad_frame(BadFrame("invalid_frame", "token: field required"))
+                continue
             token = frame.token
-        try:
-            self._principal = self._gw.verifier.verify_access(token)
-        except InvalidToken:
-            self.error("unauthorized", "invalid or expired token")
-            self.close(CLOSE_POLICY_VIOLATION, "invalid token")
-            return False
+        if self._anonymous:
+            self._principal = Principal(new_anonymous_owner_id(), "anonymous", frozenset(), "")
+        else:
+            assert token is not None
+            try:
+                self._principal = self._gw.verifier.verify_access(token)
+            except InvalidToken:
+                self.error("unauthorized", "invalid or expired token")
+                self.close(CLOSE_POLICY_VIOLATION, "invalid token")
+                return False
         self.send(
             {
                 "type": "ready",
                 "user_id": self._principal.user_id,
                 "username": self._principal.username,
+                "anonymous": self._anonymous,
                 "limits": {
                     "max_frame_bytes": self._settings.max_frame_bytes,
                     "max_message_length": self._settings.max_message_length,
-                    "messages_per_minute": self._settings.messages_per_minute,
+                    "messages_per_minute": (
+                        self._settings.anonymous_messages_per_minute
+                        if self._anonymous
+                        else self._settings.messages_per_minute
+                    ),
                 },
             }
         )
@@ -525,7 +559,11 @@ class ChatSocket:
             # Watch before storing, so the reply's first frame cannot slip past this socket.
             await self._watch_live(frame.conversation_id)
             accepted = await chat.send_message(
-                user_id, frame.conversation_id, frame.content, frame.client_message_id
+                user_id,
+                frame.conversation_id,
+                frame.content,
+                frame.client_message_id,
+                rate_key=self._rate_key(),
             )
             self.send(
                 {
@@ -537,6 +575,8 @@ class ChatSocket:
                 }
             )
         elif isinstance(frame, StartConversationFrame):
+            if self._anonymous and self._ephemeral:
+                raise ChatError("an anonymous socket has one conversation")
             conversation = await chat.create_conversation(
                 user_id,
                 ConversationCreate(
@@ -546,6 +586,8 @@ class ChatSocket:
                     model=frame.model,
                 ),
             )
+            if self._anonymous:
+                self._ephemeral.append(conversation.id)
             await self._watch_live(conversation.id)
             self.send(
                 {
@@ -574,6 +616,12 @@ class ChatSocket:
                     requested_by=user_id,
                 )
             )
+
+    def _rate_key(self) -> str | None:
+        # Anonymous ids are per socket; the client's address is what a reconnect keeps.
+        if self._anonymous and self._ws.client is not None:
+            return f"anon:{self._ws.client.host}"
+        return None
 
     # --- subscriptions ---------------------------------------------------------------------
 
