@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
 
 from fastapi import FastAPI
 
+from services.chat_worker.broadcast import FrameChannel
+from services.chat_worker.handlers import register_handlers
+from services.chat_worker.llm import create_client
+from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
+from services.gateway import models
 from shared.health import health_router
+from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 
 SERVICE = "chat_worker"
@@ -16,17 +24,38 @@ SERVICE = "chat_worker"
 
 def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
     settings = settings or ChatWorkerSettings()
-    runtime = ServiceRuntime.build(SERVICE, settings, prefetch=settings.prefetch)
+    runtime = ServiceRuntime.build(
+        SERVICE, settings, prefetch=settings.prefetch, db_pool_size=settings.db_pool_size
+    )
+    outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
+    frames = FrameChannel(settings.amqp_url, runtime.topology, runtime.instance_id)
+    replies = ChatReplies(
+        settings=settings,
+        sessions=runtime.sessions,
+        outbox=outbox,
+        frames=frames,
+        client=create_client(settings),
+    )
+    register_handlers(runtime.broker, runtime.topology, replies)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Frames and control first: a request may arrive as soon as the broker starts.
+        await frames.start(replies.on_command)
+        runtime.run_in_background(replies.tick_forever(), "reply-ticker")
+        runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
         yield
+        # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
         await runtime.stop()
+        await outbox.drain_background()
+        await frames.stop()
+        await replies.client.close()
 
     app = FastAPI(title="ConvoAI chat worker", lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
+    app.state.replies = replies
     app.include_router(
         health_router(
             SERVICE,
@@ -34,4 +63,16 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
             {"broker": runtime.check_broker, "database": runtime.check_database},
         )
     )
+
+    @app.get("/metrics")
+    async def metrics() -> dict[str, Any]:
+        return {
+            "instance": runtime.instance_id,
+            **asdict(replies.metrics),
+            "streaming": len(replies.active),
+            "frames_published": frames.frames_published,
+            "frames_dropped": frames.frames_dropped,
+            "frames_pending": frames.pending_frames,
+        }
+
     return app

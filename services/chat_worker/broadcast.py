@@ -1,0 +1,163 @@
+"""The worker's side of the live stream: frames out on `<ns>.stream`, commands in on `<ns>.control`.
+
+Frames are transient and need no publisher confirms, so they use their own aio-pika connection
+and channel (the FastStream broker's channel confirms every publish). One task publishes them in
+order from a queue, so frames of one reply never overtake each other and the hot path only
+appends to a list. The control queue is bound to `conv.<id>` only while this worker streams a
+reply in that conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
+from pydantic import ValidationError
+
+from shared.stream import ControlCommand, StreamFrame, control_command_adapter
+from shared.topology import Topology, conversation_routing_key
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 5.0
+
+CommandHandler = Callable[[ControlCommand], Awaitable[None]]
+
+
+class FrameChannel:
+    def __init__(self, amqp_url: str, topology: Topology, instance_id: str) -> None:
+        self._amqp_url = amqp_url
+        self._topology = topology
+        self._instance_id = instance_id
+        self._connection: AbstractRobustConnection | None = None
+        self._stream: AbstractRobustExchange | None = None
+        self._control: AbstractRobustExchange | None = None
+        self._control_queue: AbstractQueue | None = None
+        self._outgoing: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._publisher: asyncio.Task[None] | None = None
+        self._bound: dict[str, int] = {}
+        self._binding_lock = asyncio.Lock()
+        self.frames_published = 0
+        self.frames_dropped = 0
+
+    async def start(self, on_command: CommandHandler) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self._amqp_url, client_properties={"connection_name": f"{self._instance_id}-frames"}
+        )
+        publish_channel: AbstractRobustChannel = await self._connection.channel(
+            publisher_confirms=False
+        )
+        control_channel: AbstractRobustChannel = await self._connection.channel()
+        topology = self._topology
+        self._stream = await publish_channel.declare_exchange(
+            topology.stream.name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._control = await control_channel.declare_exchange(
+            topology.control.name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        spec = topology.worker_control_queue(self._instance_id)
+        self._control_queue = await control_channel.declare_queue(
+            spec.name, exclusive=True, auto_delete=True, durable=False
+        )
+
+        async def deliver(message: AbstractIncomingMessage) -> None:
+            try:
+                command = control_command_adapter.validate_json(message.body)
+            except ValidationError:
+                log.warning("ignoring a malformed control command")
+                return
+            try:
+                await on_command(command)
+            except Exception:
+                log.exception("control command failed", extra={"type": command.type})
+
+        await self._control_queue.consume(deliver, no_ack=True)
+        self._publisher = asyncio.create_task(self._publish_forever(), name="frame-publisher")
+
+    async def stop(self) -> None:
+        if self._publisher is not None:
+            # Let frames already queued (terminal frames of replies that just finished) go out.
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), 2.0)
+            self._publisher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._publisher
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _drained(self) -> None:
+        await self._outgoing.join()
+
+    def publish(self, frame: StreamFrame) -> None:
+        """Queue `frame` for `conv.<id>`; frames leave in the order they were queued."""
+        self._outgoing.put_nowait(
+            (conversation_routing_key(frame.conversation_id), frame.model_dump_json().encode())
+        )
+
+    async def _publish_forever(self) -> None:
+        assert self._stream is not None
+        while True:
+            routing_key, body = await self._outgoing.get()
+            try:
+                await asyncio.wait_for(
+                    self._stream.publish(
+                        aio_pika.Message(
+                            body,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        ),
+                        routing_key,
+                    ),
+                    PUBLISH_TIMEOUT_S,
+                )
+                self.frames_published += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Frames are transient: a client that missed some resyncs from the stored
+                # partial or the worker's snapshot. The reply itself is safe in the database.
+                self.frames_dropped += 1
+                log.warning("frame not published", extra={"error": repr(exc)})
+            finally:
+                self._outgoing.task_done()
+
+    async def watch(self, conversation_id: str) -> None:
+        """Receive control commands for `conversation_id` (counted: one per streaming reply)."""
+        async with self._binding_lock:
+            count = self._bound.get(conversation_id, 0)
+            if count == 0:
+                assert self._control_queue is not None and self._control is not None
+                await self._control_queue.bind(
+                    self._control, conversation_routing_key(conversation_id)
+                )
+            self._bound[conversation_id] = count + 1
+
+    async def unwatch(self, conversation_id: str) -> None:
+        async with self._binding_lock:
+            count = self._bound.get(conversation_id, 0) - 1
+            if count > 0:
+                self._bound[conversation_id] = count
+                return
+            self._bound.pop(conversation_id, None)
+            assert self._control_queue is not None and self._control is not None
+            try:
+                await self._control_queue.unbind(
+                    self._control, conversation_routing_key(conversation_id)
+                )
+            except Exception as exc:
+                # A stale binding only routes a few commands here, which are then ignored.
+                log.warning("control unbind failed", extra={"error": repr(exc)})
+
+    @property
+    def pending_frames(self) -> int:
+        return self._outgoing.qsize()

@@ -1,0 +1,147 @@
+"""One reply being streamed: its text so far, its `seq`, and how deltas become frames."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from shared.stream import (
+    ReplyCancelledFrame,
+    ReplyCompletedFrame,
+    ReplyDeltaFrame,
+    ReplyError,
+    ReplyFailedFrame,
+    ReplySnapshotFrame,
+    ReplyStartedFrame,
+    Usage,
+)
+
+
+@dataclass(frozen=True)
+class CoalescingPolicy:
+    """The first delta leaves at once; later ones at most every `interval_s`, or at `max_chars`."""
+
+    interval_s: float
+    max_chars: int
+
+
+@dataclass
+class ActiveReply:
+    conversation_id: str
+    message_id: str
+    reply_to: str
+    model: str
+    attempt: int
+    policy: CoalescingPolicy
+    seq: int = 0
+    """Seq of the last frame handed out (reply.started is 0)."""
+    persisted_seq: int = -1
+    started_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    last_frame_at: float = 0.0
+    cancel_requested_by: str | None = None
+    task: asyncio.Task[object] | None = None
+    _sent: list[str] = field(default_factory=list)
+    _pending: list[str] = field(default_factory=list)
+    _pending_chars: int = 0
+
+    @property
+    def sent_text(self) -> str:
+        """The text of every frame handed out so far (what `seq` covers)."""
+        if len(self._sent) > 1:
+            self._sent[:] = ["".join(self._sent)]
+        return self._sent[0] if self._sent else ""
+
+    @property
+    def full_text(self) -> str:
+        """Everything generated, including deltas still waiting to be coalesced."""
+        return self.sent_text + "".join(self._pending)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def restart(self, attempt: int) -> ReplyStartedFrame:
+        """Start over (a new attempt): clients drop what they had of this reply."""
+        self.attempt = attempt
+        self.seq = 0
+        self.persisted_seq = -1
+        self.first_token_at = None
+        self._sent.clear()
+        self._pending.clear()
+        self._pending_chars = 0
+        return self.started_frame()
+
+    def started_frame(self) -> ReplyStartedFrame:
+        self.last_frame_at = time.monotonic()
+        return ReplyStartedFrame(**self._ids(), model=self.model)
+
+    def add_delta(self, text: str) -> ReplyDeltaFrame | None:
+        """Take one model delta; a frame when it should go out now, else it waits."""
+        now = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if (
+            self.seq == 0
+            or self._pending_chars >= self.policy.max_chars
+            or now - self.last_frame_at >= self.policy.interval_s
+        ):
+            return self.flush(now)
+        return None
+
+    def due(self, now: float) -> bool:
+        return bool(self._pending) and now - self.last_frame_at >= self.policy.interval_s
+
+    def flush(self, now: float | None = None) -> ReplyDeltaFrame | None:
+        if not self._pending:
+            return None
+        delta = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        self._sent.append(delta)
+        self.seq += 1
+        self.last_frame_at = time.monotonic() if now is None else now
+        return ReplyDeltaFrame(**self._ids(), delta=delta)
+
+    def completed_frame(self, usage: Usage, finish_reason: str | None) -> ReplyCompletedFrame:
+        self.seq += 1
+        return ReplyCompletedFrame(
+            **self._ids(),
+            content=self.sent_text,
+            usage=usage,
+            finish_reason=finish_reason,
+            model=self.model,
+        )
+
+    def failed_frame(self, code: str, message: str) -> ReplyFailedFrame:
+        self.seq += 1
+        return ReplyFailedFrame(
+            **self._ids(), error=ReplyError(code=code, message=message), content=self.sent_text
+        )
+
+    def cancelled_frame(self) -> ReplyCancelledFrame:
+        self.seq += 1
+        return ReplyCancelledFrame(**self._ids(), content=self.sent_text)
+
+    def snapshot_frame(self, request_id: str) -> ReplySnapshotFrame:
+        return ReplySnapshotFrame(**self._ids(), content=self.sent_text, request_id=request_id)
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started_at) * 1000
+
+    def ttft_ms(self) -> float:
+        if self.first_token_at is None:
+            return 0.0
+        return (self.first_token_at - self.started_at) * 1000
+
+    def _ids(self) -> dict[str, object]:
+        return {
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "reply_to": self.reply_to,
+            "seq": self.seq,
+            "attempt": self.attempt,
+        }

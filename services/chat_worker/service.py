@@ -1,0 +1,552 @@
+"""Turning a `message.sent` request into exactly one streamed, stored reply.
+
+The database is the arbiter: `messages.reply_to` is unique, and a reply row is changed only by
+the worker holding its current `attempt` while it is `streaming` (a fencing token). A request
+whose reply is finished is acknowledged without a second reply; a redelivered request whose reply
+was left `streaming` by a dead worker is regenerated with `attempt + 1`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import TypeVar
+
+import openai
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.chat_worker import repository
+from services.chat_worker.broadcast import FrameChannel
+from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
+from services.chat_worker.prompt import Turn, build_prompt
+from services.chat_worker.reply import ActiveReply, CoalescingPolicy
+from services.chat_worker.settings import ChatWorkerSettings
+from services.gateway.models import Message, MessageRole, MessageStatus
+from shared.events import (
+    MessageSent,
+    ReplyCancelled,
+    ReplyCompleted,
+    ReplyFailed,
+    ReplyStarted,
+)
+from shared.ids import IdKind, new_id
+from shared.outbox import Outbox
+from shared.stream import CancelCommand, ControlCommand, ResyncCommand, StreamFrame, Usage
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "chat_worker"
+DB_RETRY_INTERVAL_S = 1.0
+TICK_MIN_S = 0.01
+
+T = TypeVar("T")
+
+
+class Disposition(Enum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+class Superseded(Exception):
+    """Another attempt owns this reply now (or it is gone): stop without writing."""
+
+
+class ModelFailed(Exception):
+    def __init__(self, failure: ModelFailure) -> None:
+        super().__init__(failure.code)
+        self.failure = failure
+
+
+@dataclass
+class WorkerMetrics:
+    in_flight: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    requeued: int = 0
+    duplicates_skipped: int = 0
+    regenerated: int = 0
+    model_retries: int = 0
+    superseded: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A reply this worker now owns, with what it needs to generate it."""
+
+    reply_id: str
+    attempt: int
+    owner_id: str
+    model: str
+    temperature: float | None
+    system_prompt: str
+    history: list[Turn]
+
+
+@dataclass
+class ChatReplies:
+    settings: ChatWorkerSettings
+    sessions: async_sessionmaker[AsyncSession]
+    outbox: Outbox
+    frames: FrameChannel
+    client: openai.AsyncOpenAI
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    active: dict[str, ActiveReply] = field(default_factory=dict)
+    _persisting: asyncio.Task[None] | None = None
+
+    @property
+    def policy(self) -> CoalescingPolicy:
+        return CoalescingPolicy(
+            self.settings.frame_interval_ms / 1000, self.settings.frame_max_chars
+        )
+
+    # --- one request --------------------------------------------------------------------
+
+    async def handle_request(self, event: MessageSent, *, redelivered: bool) -> Disposition:
+        """Generate the reply to `event`'s message unless it exists; what to do with the request."""
+        self.metrics.in_flight += 1
+        # Bound before the reply row exists, so whoever sees it streaming can reach this worker.
+        await self.frames.watch(event.conversation_id)
+        try:
+            return await self._handle(event, redelivered)
+        finally:
+            await self.frames.unwatch(event.conversation_id)
+            self.metrics.in_flight -= 1
+
+    async def _handle(self, event: MessageSent, redelivered: bool) -> Disposition:
+        try:
+            claim = await self._with_db_retry(lambda: self._claim(event, redelivered))
+        except DBAPIError as exc:
+            log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
+            self.metrics.requeued += 1
+            return Disposition.REQUEUE
+        if claim is None:
+            return Disposition.ACK
+        reply = ActiveReply(
+            conversation_id=event.conversation_id,
+            message_id=claim.reply_id,
+            reply_to=event.message_id,
+            model=claim.model,
+            attempt=claim.attempt,
+            policy=self.policy,
+        )
+        superseded = self.active.get(reply.message_id)
+        if superseded is not None and superseded.task is not None:
+            # This worker's older delivery of the same request lost its channel: it stops.
+            superseded.task.cancel()
+        self.active[reply.message_id] = reply
+        try:
+            return await self._generate(reply, claim, event)
+        finally:
+            if self.active.get(reply.message_id) is reply:
+                del self.active[reply.message_id]
+
+    async def _claim(self, event: MessageSent, redelivered: bool) -> Claim | None:
+        for _ in range(2):
+            try:
+                return await self._claim_once(event, redelivered)
+            except IntegrityError:
+                # A concurrent duplicate of this request inserted the reply first; look again.
+                continue
+        return None
+
+    async def _claim_once(self, event: MessageSent, redelivered: bool) -> Claim | None:
+        started_frame: StreamFrame | None = None
+        async with self.outbox.unit_of_work() as session:
+            loaded = await repository.load_request(session, event.message_id)
+            if loaded is None:
+                log.info("request for a missing message dropped", extra={"id": event.message_id})
+                return None
+            question, conversation, assistant = loaded
+            model = (
+                conversation.model
+                or (assistant.model if assistant else None)
+                or self.settings.default_model
+            )
+            existing = await repository.lock_reply(session, question.id)
+            if existing is None:
+                reply_id, attempt = new_id(IdKind.MESSAGE), 1
+                session.add(
+                    Message(
+                        id=reply_id,
+                        conversation_id=question.conversation_id,
+                        role=MessageRole.ASSISTANT.value,
+                        content="",
+                        status=MessageStatus.STREAMING.value,
+                        reply_to=question.id,
+                        seq=0,
+                        attempt=1,
+                        model=model,
+                    )
+                )
+                await session.flush()
+            elif not self._may_take_over(existing, redelivered):
+                self.metrics.duplicates_skipped += 1
+                log.info(
+                    "request already answered or being answered",
+                    extra={"reply": existing.id, "status": existing.status},
+                )
+                return None
+            else:
+                reply_id, attempt = existing.id, existing.attempt + 1
+                await repository.update_streaming_reply(
+                    session,
+                    reply_id,
+                    existing.attempt,
+                    {"attempt": attempt, "content": "", "seq": 0},
+                )
+                self.metrics.regenerated += 1
+                log.info("regenerating an abandoned reply", extra={"reply": reply_id})
+            await self.outbox.stage(
+                session,
+                ReplyStarted(
+                    producer=PRODUCER,
+                    user_id=conversation.owner_id,
+                    correlation_id=question.id,
+                    conversation_id=question.conversation_id,
+                    message_id=reply_id,
+                    reply_to=question.id,
+                    model=model,
+                    attempt=attempt,
+                ),
+            )
+            history = await repository.load_history(session, question)
+            claim = Claim(
+                reply_id=reply_id,
+                attempt=attempt,
+                owner_id=conversation.owner_id,
+                model=model,
+                temperature=conversation.temperature
+                if conversation.temperature is not None
+                else (assistant.temperature if assistant else None),
+                system_prompt=conversation.system_prompt
+                or (assistant.system_prompt if assistant else "")
+                or self.settings.default_system_prompt,
+                history=history,
+            )
+            started_frame = ActiveReply(
+                conversation_id=question.conversation_id,
+                message_id=reply_id,
+                reply_to=question.id,
+                model=model,
+                attempt=attempt,
+                policy=self.policy,
+            ).started_frame()
+            await session.commit()
+            # Out before the outbox's confirmed publish of `reply.started`: clients wait for it.
+            self.frames.publish(started_frame)
+        return claim
+
+    def _may_take_over(self, existing: Message, redelivered: bool) -> bool:
+        if existing.status != MessageStatus.STREAMING:
+            return False
+        if redelivered:
+            # The broker gives a request back only when its holder's channel is gone.
+            return True
+        idle_s = (datetime.now(UTC) - existing.updated_at).total_seconds()
+        return idle_s > self.settings.stale_reply_s
+
+    async def _generate(self, reply: ActiveReply, claim: Claim, event: MessageSent) -> Disposition:
+        messages = build_prompt(
+            claim.system_prompt, claim.history, self.settings.context_budget_tokens
+        )
+        reply.task = asyncio.create_task(self._stream_with_retries(reply, claim, messages))
+        try:
+            outcome = await reply.task
+            assert isinstance(outcome, StreamOutcome)
+            await self._with_db_retry(lambda: self._store_completed(reply, claim, outcome))
+            self.metrics.completed += 1
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if reply.cancel_requested_by is None or (current and current.cancelling()):
+                if self.active.get(reply.message_id) is not reply:
+                    self.metrics.superseded += 1
+                    return Disposition.ACK
+                raise
+            await self._with_db_retry(lambda: self._store_cancelled(reply, claim))
+            self.metrics.cancelled += 1
+        except ModelFailed as failed:
+            failure = failed.failure
+            await self._with_db_retry(lambda: self._store_failed(reply, claim, failure))
+            self.metrics.failed += 1
+        except Superseded:
+            self.metrics.superseded += 1
+            log.info("reply taken over by another attempt", extra={"reply": reply.message_id})
+        except DBAPIError as exc:
+            # The reply stays `streaming`; the redelivered request regenerates it.
+            log.warning("could not store the reply, request goes back", extra={"error": repr(exc)})
+            self.metrics.requeued += 1
+            return Disposition.REQUEUE
+        return Disposition.ACK
+
+    async def _stream_with_retries(
+        self, reply: ActiveReply, claim: Claim, messages: list[dict[str, str]]
+    ) -> StreamOutcome:
+        retries = 0
+        while True:
+            outcome = StreamOutcome()
+            try:
+                async for delta in stream_reply(
+                    self.client,
+                    model=claim.model,
+                    messages=messages,
+                    temperature=claim.temperature,
+                    max_tokens=self.settings.max_reply_tokens,
+                    outcome=outcome,
+                ):
+                    frame = reply.add_delta(delta)
+                    if frame is not None:
+                        self.frames.publish(frame)
+                return outcome
+            except Exception as exc:
+                failure = classify(exc)
+                if not failure.retryable or retries >= self.settings.llm_max_retries:
+                    log.warning(
+                        "reply failed",
+                        extra={"reply": reply.message_id, "code": failure.code, "error": repr(exc)},
+                    )
+                    raise ModelFailed(failure) from exc
+                retries += 1
+                self.metrics.model_retries += 1
+                log.info(
+                    "model call failed, retrying",
+                    extra={"reply": reply.message_id, "code": failure.code, "retry": retries},
+                )
+            await asyncio.sleep(backoff_s(retries - 1, self.settings))
+            if reply.seq > 0 or reply.has_pending:
+                # Clients saw part of the failed attempt: start the reply over as a new attempt.
+                await self._with_db_retry(lambda: self._restart(reply))
+
+    async def _restart(self, reply: ActiveReply) -> None:
+        async with self.outbox.unit_of_work() as session:
+            if not await repository.update_streaming_reply(
+                session,
+                reply.message_id,
+                reply.attempt,
+                {"attempt": reply.attempt + 1, "content": "", "seq": 0},
+            ):
+                raise Superseded
+        self.frames.publish(reply.restart(reply.attempt + 1))
+
+    # --- terminal states ----------------------------------------------------------------
+
+    def _flush(self, reply: ActiveReply) -> None:
+        frame = reply.flush()
+        if frame is not None:
+            self.frames.publish(frame)
+
+    async def _store_completed(
+        self, reply: ActiveReply, claim: Claim, outcome: StreamOutcome
+    ) -> None:
+        self._flush(reply)
+        usage = outcome.usage or Usage(
+            completion_tokens=outcome.chunks, total_tokens=outcome.chunks
+        )
+        frame = reply.completed_frame(usage, outcome.finish_reason)
+        ttft_ms, duration_ms = reply.ttft_ms(), reply.elapsed_ms()
+        try:
+            async with self.outbox.unit_of_work() as session:
+                if not await repository.update_streaming_reply(
+                    session,
+                    reply.message_id,
+                    reply.attempt,
+                    {
+                        "content": frame.content,
+                        "status": MessageStatus.COMPLETE.value,
+                        "seq": frame.seq,
+                        "prompt_tokens": usage.prompt_tokens,
+                        "completion_tokens": usage.completion_tokens,
+                        "ttft_ms": ttft_ms,
+                        "duration_ms": duration_ms,
+                        "finish_reason": outcome.finish_reason,
+                    },
+                ):
+                    raise Superseded
+                await self.outbox.stage(
+                    session,
+                    ReplyCompleted(
+                        producer=PRODUCER,
+                        user_id=claim.owner_id,
+                        correlation_id=reply.reply_to,
+                        conversation_id=reply.conversation_id,
+                        message_id=reply.message_id,
+                        reply_to=reply.reply_to,
+                        model=reply.model,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        ttft_ms=ttft_ms,
+                        duration_ms=duration_ms,
+                        finish_reason=outcome.finish_reason,
+                    ),
+                )
+                await session.commit()
+                self.frames.publish(frame)
+        except DBAPIError:
+            reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
+            raise
+
+    async def _store_failed(self, reply: ActiveReply, claim: Claim, failure: ModelFailure) -> None:
+        self._flush(reply)
+        frame = reply.failed_frame(failure.code, failure.message)
+        try:
+            async with self.outbox.unit_of_work() as session:
+                if not await repository.update_streaming_reply(
+                    session,
+                    reply.message_id,
+                    reply.attempt,
+                    {
+                        "content": frame.content,
+                        "status": MessageStatus.FAILED.value,
+                        "seq": frame.seq,
+                        "error_code": failure.code,
+                        "duration_ms": reply.elapsed_ms(),
+                    },
+                ):
+                    raise Superseded
+                await self.outbox.stage(
+                    session,
+                    ReplyFailed(
+                        producer=PRODUCER,
+                        user_id=claim.owner_id,
+                        correlation_id=reply.reply_to,
+                        conversation_id=reply.conversation_id,
+                        message_id=reply.message_id,
+                        reply_to=reply.reply_to,
+                        model=reply.model,
+                        error_code=failure.code,
+                        duration_ms=reply.elapsed_ms(),
+                    ),
+                )
+                await session.commit()
+                self.frames.publish(frame)
+        except DBAPIError:
+            reply.seq -= 1
+            raise
+
+    async def _store_cancelled(self, reply: ActiveReply, claim: Claim) -> None:
+        self._flush(reply)
+        frame = reply.cancelled_frame()
+        try:
+            async with self.outbox.unit_of_work() as session:
+                if not await repository.update_streaming_reply(
+                    session,
+                    reply.message_id,
+                    reply.attempt,
+                    {
+                        "content": frame.content,
+                        "status": MessageStatus.CANCELLED.value,
+                        "seq": frame.seq,
+                        "finish_reason": "cancelled",
+                        "ttft_ms": reply.ttft_ms(),
+                        "duration_ms": reply.elapsed_ms(),
+                    },
+                ):
+                    raise Superseded
+                await self.outbox.stage(
+                    session,
+                    ReplyCancelled(
+                        producer=PRODUCER,
+                        user_id=claim.owner_id,
+                        correlation_id=reply.reply_to,
+                        conversation_id=reply.conversation_id,
+                        message_id=reply.message_id,
+                        reply_to=reply.reply_to,
+                        model=reply.model,
+                        duration_ms=reply.elapsed_ms(),
+                    ),
+                )
+                await session.commit()
+                self.frames.publish(frame)
+        except DBAPIError:
+            reply.seq -= 1
+            raise
+
+    async def _with_db_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` (a whole transaction) again while the database is unreachable."""
+        deadline = time.monotonic() + self.settings.db_retry_s
+        while True:
+            try:
+                return await operation()
+            except IntegrityError:
+                raise
+            except DBAPIError as exc:
+                if not exc.connection_invalidated and not _is_connection_error(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("database unavailable, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(DB_RETRY_INTERVAL_S)
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise DBAPIError(None, None, exc) from exc
+                log.warning("database unreachable, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(DB_RETRY_INTERVAL_S)
+
+    # --- control commands ---------------------------------------------------------------
+
+    async def on_command(self, command: ControlCommand) -> None:
+        replies = [r for r in self.active.values() if r.conversation_id == command.conversation_id]
+        if isinstance(command, CancelCommand):
+            for reply in replies:
+                if command.message_id not in (None, reply.message_id, reply.reply_to):
+                    continue
+                if reply.cancel_requested_by is None and reply.task is not None:
+                    reply.cancel_requested_by = command.requested_by
+                    reply.task.cancel()
+                    log.info("reply cancel requested", extra={"reply": reply.message_id})
+        elif isinstance(command, ResyncCommand):
+            for reply in replies:
+                self.frames.publish(reply.snapshot_frame(command.request_id))
+
+    # --- the clock: coalesced frames and stored partials --------------------------------
+
+    async def tick_forever(self) -> None:
+        interval = max(self.settings.frame_interval_ms / 1000, TICK_MIN_S)
+        last_persist = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for reply in list(self.active.values()):
+                if reply.due(now):
+                    frame = reply.flush(now)
+                    if frame is not None:
+                        self.frames.publish(frame)
+            if now - last_persist >= self.settings.persist_interval_s and (
+                self._persisting is None or self._persisting.done()
+            ):
+                last_persist = now
+                self._persisting = asyncio.create_task(self.persist_partials())
+
+    async def persist_partials(self) -> None:
+        """Store every streaming reply's text up to its current `seq`, in one statement."""
+        changed = [r for r in self.active.values() if r.seq > max(r.persisted_seq, 0)]
+        if not changed:
+            return
+        rows = [
+            {"id": r.message_id, "attempt": r.attempt, "content": r.sent_text, "seq": r.seq}
+            for r in changed
+        ]
+        stored = [(r.attempt, r.seq) for r in changed]
+        try:
+            async with self.outbox.unit_of_work() as session:
+                await repository.persist_partials(session, rows)
+        except Exception as exc:
+            log.warning("storing partial replies failed", extra={"error": repr(exc)})
+            return
+        for reply, (attempt, seq) in zip(changed, stored, strict=True):
+            if reply.attempt == attempt:
+                reply.persisted_seq = max(reply.persisted_seq, seq)
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    text = repr(exc.orig).lower()
+    return any(
+        marker in text
+        for marker in ("connection", "closed", "terminat", "refused", "cannot connect", "timeout")
+    )
