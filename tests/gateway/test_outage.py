@@ -54,6 +54,8 @@ async def test_message_accepted_during_outage_is_published_and_live_frames_resum
             )
         accept_s = time.monotonic() - started
         assert accepted.status_code == 202, accepted.text
+        # Accepting does not wait for the broker: the outbox holds the event.
+        assert accept_s < 5
         mid = accepted.json()["message_id"]
         proxy.restore()
 
@@ -73,6 +75,5 @@ async def test_message_accepted_during_outage_is_published_and_live_frames_resum
         assert [f["type"] for f in before] == ["reply.started", "reply.delta"]
         assert last["content"] == "back"
         await socket.close()
-        print(f"accept during outage took {accept_s:.2f}s")
     finally:
         proxy.close()
