@@ -140,6 +140,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_local_stack(workers=args.workers, host=args.host, port_offset=args.port_offset)
 
 
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    from services.auth.bootstrap import create_admin_command
+
+    return create_admin_command(
+        args.username, args.email, args.password, password_stdin=args.password_stdin
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convoai", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="create the database if needed and apply migrations")
     migrate.set_defaults(func=cmd_migrate)
+
+    create_admin = sub.add_parser(
+        "create-admin",
+        help="create an admin account (arguments or CONVOAI_ADMIN_* env; never prompts)",
+    )
+    create_admin.add_argument("--username", default=None)
+    create_admin.add_argument("--email", default=None)
+    create_admin.add_argument(
+        "--password", default=None, help="visible to other local users; prefer --password-stdin"
+    )
+    create_admin.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first stdin line"
+    )
+    create_admin.set_defaults(func=cmd_create_admin)
     return parser
 
 

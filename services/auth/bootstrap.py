@@ -146,7 +146,6 @@ def create_admin_command(
 ) -> int:
     """`convoai create-admin`: arguments first, CONVOAI_ADMIN_* otherwise; never prompts."""
     settings = AuthSettings()
-    configure_logging("create-admin", settings.log_level, settings.log_format)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     credentials = AdminCredentials(
@@ -171,6 +170,7 @@ def create_admin_command(
             file=sys.stderr,
         )
         return EXIT_USAGE
+    configure_logging("create-admin", settings.log_level, settings.log_format)
     try:
         user_id = asyncio.run(_create_admin_with_runtime(settings, credentials))
     except AdminBootstrapError as exc:

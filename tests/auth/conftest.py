@@ -57,7 +57,9 @@ class AdminLogin:
 @pytest.fixture(scope="session")
 def first_admin() -> AdminLogin:
     suffix = secrets.token_hex(4)
-    return AdminLogin(f"root_{suffix}", f"root_{suffix}@example.com", f"Adm1n-{secrets.token_hex(8)}")
+    return AdminLogin(
+        f"root_{suffix}", f"root_{suffix}@example.com", f"Adm1n-{secrets.token_hex(8)}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +157,9 @@ class Accounts:
         account = Account(body["id"], username, body["email"], password, body["roles"])
         if roles and list(roles) != ["user"]:
             promoted = await self.http.patch(
-                f"/users/{account.id}", json={"roles": list(roles)}, headers=await self.admin_headers()
+                f"/users/{account.id}",
+                json={"roles": list(roles)},
+                headers=await self.admin_headers(),
             )
             assert promoted.status_code == 200, promoted.text
             account.roles = promoted.json()["roles"]
@@ -243,3 +247,26 @@ def marker(client: httpx.AsyncClient, events: EventTap) -> Callable[[], Any]:
 @pytest.fixture(scope="session")
 def auth_cli_env(infra: TestInfrastructure, auth_env: dict[str, str]) -> Iterator[dict[str, str]]:
     yield infra.env(**auth_env)
+
+
+@dataclass(frozen=True)
+class SoleAdmin:
+    id: str
+    headers: dict[str, str]
+
+
+@pytest.fixture
+async def sole_admin(accounts: Accounts) -> SoleAdmin:
+    """The first admin, after deactivating every other admin earlier tests made."""
+    headers = await accounts.admin_headers()
+    me = (await accounts.http.get("/auth/me", headers=headers)).json()
+    listed = await accounts.http.get(
+        "/users/", params={"role": "admin", "is_active": "true", "limit": 100}, headers=headers
+    )
+    for other in listed.json()["items"]:
+        if other["id"] != me["id"]:
+            response = await accounts.http.patch(
+                f"/users/{other['id']}", json={"is_active": False}, headers=headers
+            )
+            assert response.status_code == 200, response.text
+    return SoleAdmin(me["id"], headers)

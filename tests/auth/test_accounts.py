@@ -114,13 +114,13 @@ async def test_patch_me_changes_full_name(client, accounts):
     assert (await client.get("/auth/me", headers=account.headers)).json()["full_name"] == "Grace"
 
 
-async def test_password_change_needs_the_current_password_and_ends_other_sessions(
-    client, accounts
-):
+async def test_password_change_needs_the_current_password_and_ends_other_sessions(client, accounts):
     account = await accounts.create()
     new_password = "N3w-password"
 
-    missing = await client.patch("/auth/me", json={"password": new_password}, headers=account.headers)
+    missing = await client.patch(
+        "/auth/me", json={"password": new_password}, headers=account.headers
+    )
     assert missing.status_code == 422
     assert "current_password is required" in missing.text
 
@@ -180,7 +180,11 @@ async def test_admin_lists_users_with_search_filters_and_total(client, accounts)
         username = f"{tag}_{unique_name('')}"
         response = await client.post(
             "/auth/register",
-            json={"username": username, "email": f"{username}@example.com", "password": "pa55word!"},
+            json={
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": "pa55word!",
+            },
             headers={"X-Forwarded-For": new_ip()},
         )
         assert response.status_code == 201, response.text
@@ -199,12 +203,18 @@ async def test_admin_lists_users_with_search_filters_and_total(client, accounts)
     assert (first_two["total"], len(first_two["items"]), first_two["limit"]) == (3, 2, 2)
     assert [u["id"] for u in first_two["items"] + rest["items"]] == [u["id"] for u in made]
 
-    managers = (await client.get("/users/", params={"q": tag, "role": "manager"}, headers=admin)).json()
+    managers = (
+        await client.get("/users/", params={"q": tag, "role": "manager"}, headers=admin)
+    ).json()
     assert [u["id"] for u in managers["items"]] == [made[0]["id"]]
-    inactive = (await client.get("/users/", params={"q": tag, "is_active": "false"}, headers=admin)).json()
+    inactive = (
+        await client.get("/users/", params={"q": tag, "is_active": "false"}, headers=admin)
+    ).json()
     assert [u["id"] for u in inactive["items"]] == [made[1]["id"]]
 
-    by_email = (await client.get("/users/", params={"q": made[2]["email"].upper()}, headers=admin)).json()
+    by_email = (
+        await client.get("/users/", params={"q": made[2]["email"].upper()}, headers=admin)
+    ).json()
     assert [u["id"] for u in by_email["items"]] == [made[2]["id"]]
     wildcard = (await client.get("/users/", params={"q": "%"}, headers=admin)).json()
     assert wildcard["total"] == 0
@@ -300,9 +310,7 @@ async def test_authorization_matrix(client, accounts, caller, method, path, body
         headers = (await accounts.create(caller)).headers
         expected = 403 if caller == "user" or writes else 200
 
-    response = await client.request(
-        method, path.format(id=target.id), json=body, headers=headers
-    )
+    response = await client.request(method, path.format(id=target.id), json=body, headers=headers)
     assert response.status_code == expected, response.text
     if expected == 401:
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -318,7 +326,9 @@ async def test_demoted_admin_loses_admin_rights_at_once(client, accounts):
     second = await accounts.create("admin")
     victim = await accounts.create(login=False)
     admin = await accounts.admin_headers()
-    assert (await client.patch(f"/users/{second.id}", json={"roles": ["user"]}, headers=admin)).status_code == 200
+    assert (
+        await client.patch(f"/users/{second.id}", json={"roles": ["user"]}, headers=admin)
+    ).status_code == 200
     response = await client.delete(f"/users/{victim.id}", headers=second.headers)
     assert response.status_code == 403
 
@@ -326,16 +336,11 @@ async def test_demoted_admin_loses_admin_rights_at_once(client, accounts):
 # --- the last admin ---------------------------------------------------------------------------
 
 
-async def test_the_last_admin_cannot_be_demoted_deactivated_or_deleted(client, accounts, first_admin):
-    admin = await accounts.admin_headers()
-    me = (await client.get("/auth/me", headers=admin)).json()
-    admins = (await client.get("/users/", params={"role": "admin", "is_active": "true"}, headers=admin)).json()
-    others = [u for u in admins["items"] if u["id"] != me["id"]]
-    # Other tests may have made admins; deactivate them so this one is the last.
-    for other in others:
-        response = await client.patch(f"/users/{other['id']}", json={"is_active": False}, headers=admin)
-        assert response.status_code == 200
-
+async def test_the_last_admin_cannot_be_demoted_deactivated_or_deleted(
+    client, accounts, sole_admin, first_admin
+):
+    me = {"id": sole_admin.id}
+    admin = sole_admin.headers
     for method, body in (
         ("PATCH", {"roles": ["user"]}),
         ("PATCH", {"is_active": False}),
@@ -356,7 +361,9 @@ async def test_the_last_admin_cannot_be_demoted_deactivated_or_deleted(client, a
 
     # With a second admin, the first may step down; the second cannot then remove itself.
     second = await accounts.create("admin")
-    demoted = await client.patch(f"/users/{me['id']}", json={"roles": ["user"]}, headers=second.headers)
+    demoted = await client.patch(
+        f"/users/{me['id']}", json={"roles": ["user"]}, headers=second.headers
+    )
     assert demoted.status_code == 200
     self_delete = await client.delete(f"/users/{second.id}", headers=second.headers)
     assert self_delete.status_code == 409
