@@ -204,3 +204,33 @@ async def next_message(
             return body
         await asyncio.sleep(0.02)
     raise TimeoutError("no message on the queue")
+
+
+@pytest.fixture(scope="session")
+def mock_llm(start_service: Callable[..., ServiceProcess]) -> ServiceProcess:
+    return start_service("mock_llm", instance_id="mock-llm-gw")
+
+
+def expected_reply_text(prompt: str) -> str:
+    """What mock_llm (default settings) answers to a conversation whose last message is `prompt`."""
+    from services.mock_llm.service import expected_reply
+    from services.mock_llm.settings import MockLLMSettings
+
+    return expected_reply([{"role": "user", "content": prompt}], MockLLMSettings()).text
+
+
+def worker_env(mock: ServiceProcess) -> dict[str, str]:
+    return {
+        "CONVOAI_LLM_BASE_URL": f"{mock.url}/v1",
+        "CONVOAI_LLM_RETRY_BASE_S": "0.1",
+    }
+
+
+async def slow_down(mock: ServiceProcess, match: str, tokens_per_second: float) -> None:
+    """Make mock_llm stream replies to prompts containing `match` at this pace."""
+    async with httpx.AsyncClient(base_url=mock.url) as client:
+        response = await client.post(
+            "/_faults",
+            json={"tokens_per_second": tokens_per_second, "match": match, "times": -1},
+        )
+        response.raise_for_status()
