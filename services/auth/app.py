@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 
 SERVICE = "auth"
+PRUNE_INTERVAL_S = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,17 @@ def build_accounts(settings: AuthSettings, outbox: Outbox) -> AccountsFactory:
     )
 
 
+async def prune_forever(accounts: AccountsFactory) -> None:
+    """Keep the lockout and refresh-token tables from growing without bound."""
+    while True:
+        try:
+            async with accounts.unit_of_work() as uow:
+                await uow.prune()
+        except Exception as exc:
+            log.warning("auth prune failed, retrying later", extra={"error": repr(exc)})
+        await asyncio.sleep(PRUNE_INTERVAL_S)
+
+
 def create_app(settings: AuthSettings | None = None) -> FastAPI:
     settings = settings or AuthSettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
@@ -68,6 +81,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             await runtime.stop()
             raise
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
+        runtime.run_in_background(prune_forever(accounts), "auth-prune")
         yield
         await outbox.drain_background()
         await runtime.stop()

@@ -25,10 +25,10 @@ from services.auth.service import (
     AccountsFactory,
     ClientInfo,
     DuplicateAccount,
-    IncorrectCurrentPassword,
     LastAdmin,
     LoginRefusal,
     LoginRefused,
+    PasswordChangeRefused,
     PasswordPolicyViolation,
     RefreshRefusal,
     RefreshRefused,
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_USER_AGENT_LENGTH = 300
 MAX_PAGE_SIZE = 100
 MAX_SKIP = 100_000
+LOCKED_DETAIL = "Too many failed login attempts; try again later"
 
 router = APIRouter()
 
@@ -156,9 +157,7 @@ async def login(
     if isinstance(outcome, LoginRefused):
         log.info("login refused", extra={"reason": outcome.reason.value, "ip": client.ip})
         if outcome.reason is LoginRefusal.LOCKED:
-            raise _too_many(
-                outcome.retry_after_s, "Too many failed login attempts; try again later"
-            )
+            raise _too_many(outcome.retry_after_s, LOCKED_DETAIL)
         if outcome.reason is LoginRefusal.INACTIVE:
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Account is disabled")
         raise _unauthorized("Incorrect username or password")
@@ -206,13 +205,17 @@ async def read_me(user: CurrentUser) -> User:
 @router.patch("/auth/me", response_model=UserOut)
 async def update_me(body: MeUpdate, user: CurrentUser, accounts: AccountsDep) -> User:
     async with accounts.unit_of_work() as uow:
-        updated = await uow.update_me(
+        outcome = await uow.update_me(
             user.id,
             full_name=body.full_name,
             new_password=body.password,
             current_password=body.current_password,
         )
-    return updated
+    if isinstance(outcome, PasswordChangeRefused):
+        if outcome.retry_after_s:
+            raise _too_many(outcome.retry_after_s, LOCKED_DETAIL)
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Current password is incorrect")
+    return outcome
 
 
 # --- administration ---------------------------------------------------------------------------
@@ -264,7 +267,6 @@ _ERROR_STATUS: dict[type[AccountError], int] = {
     DuplicateAccount: status.HTTP_409_CONFLICT,
     UserNotFound: status.HTTP_404_NOT_FOUND,
     LastAdmin: status.HTTP_409_CONFLICT,
-    IncorrectCurrentPassword: status.HTTP_400_BAD_REQUEST,
     PasswordPolicyViolation: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 

@@ -131,6 +131,17 @@ class RefreshTokenRepository:
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    async def delete_expired_of_user(self, user_id: str, now: datetime) -> None:
+        # An expired token fails its signature check before its row is read; the row is dead.
+        await self._session.execute(
+            delete(RefreshToken).where(
+                RefreshToken.user_id == user_id, RefreshToken.expires_at <= now
+            )
+        )
+
+    async def delete_expired(self, now: datetime) -> None:
+        await self._session.execute(delete(RefreshToken).where(RefreshToken.expires_at <= now))
+
 
 class LoginFailureRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -154,6 +165,9 @@ class LoginFailureRepository:
         )
         self._session.add(LoginFailure(subject=subject, failed_at=at))
         await self._session.flush()
+
+    async def delete_before(self, cutoff: datetime) -> None:
+        await self._session.execute(delete(LoginFailure).where(LoginFailure.failed_at <= cutoff))
 
     async def clear(self, subject: str) -> None:
         await self._session.execute(delete(LoginFailure).where(LoginFailure.subject == subject))

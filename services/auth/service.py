@@ -68,11 +68,6 @@ class LastAdmin(AccountError):
         super().__init__("The last active admin cannot be removed, demoted or deactivated")
 
 
-class IncorrectCurrentPassword(AccountError):
-    def __init__(self) -> None:
-        super().__init__("Current password is incorrect")
-
-
 class PasswordPolicyViolation(AccountError):
     """The password breaks the policy (only reachable where the schema cannot see both sides)."""
 
@@ -111,6 +106,13 @@ class RefreshRefusal(StrEnum):
 @dataclass(frozen=True)
 class RefreshRefused:
     reason: RefreshRefusal
+
+
+@dataclass(frozen=True)
+class PasswordChangeRefused:
+    """The current password was wrong (`retry_after_s` == 0) or the account is locked."""
+
+    retry_after_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -227,19 +229,16 @@ class Accounts:
         if user is None:
             await self._users.lock_named(subject)
         now = _now()
-        window_start = now - self._lockout.window
-        failures = await self._failures.recent(subject, window_start)
-        if len(failures) >= self._lockout.threshold:
-            # Locked until the oldest of the last `threshold` failures leaves the window.
-            unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
+        locked_for = await self._locked_for(subject, now)
+        if locked_for:
             await self._refuse(identifier, user, LoginRefusal.LOCKED, client)
-            return LoginRefused(LoginRefusal.LOCKED, (unlock_at - now).total_seconds())
+            return LoginRefused(LoginRefusal.LOCKED, locked_for)
 
         matches, upgraded_hash = await self._passwords.verify(
             password, user.password_hash if user else None
         )
         if user is None or not matches:
-            await self._failures.record(subject, now, forget_before=window_start)
+            await self._record_failure(subject, now)
             reason = LoginRefusal.UNKNOWN_USER if user is None else LoginRefusal.WRONG_PASSWORD
             await self._refuse(identifier, user, reason, client)
             return LoginRefused(reason)
@@ -248,6 +247,7 @@ class Accounts:
             return LoginRefused(LoginRefusal.INACTIVE)
 
         await self._failures.clear(subject)
+        await self._tokens.delete_expired_of_user(user.id, now)
         if upgraded_hash:
             user.password_hash = upgraded_hash
         user.last_login_at = now
@@ -262,6 +262,18 @@ class Accounts:
             )
         )
         return pair
+
+    async def _locked_for(self, subject: str, now: datetime) -> float:
+        """Seconds `subject` stays locked (0 when it is not)."""
+        failures = await self._failures.recent(subject, now - self._lockout.window)
+        if len(failures) < self._lockout.threshold:
+            return 0.0
+        # Locked until the oldest of the last `threshold` failures leaves the window.
+        unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
+        return max((unlock_at - now).total_seconds(), 0.001)
+
+    async def _record_failure(self, subject: str, now: datetime) -> None:
+        await self._failures.record(subject, now, forget_before=now - self._lockout.window)
 
     async def _refuse(
         self, identifier: str, user: User | None, reason: LoginRefusal, client: ClientInfo
@@ -352,11 +364,11 @@ class Accounts:
             raise UserNotFound()
         return user
 
-    async def active_user(self, user_id: str) -> User | None:
+    async def active_user(self, user_id: str, *, for_update: bool = False) -> User | None:
         """The account behind an access token, when it still exists and may act."""
         if not is_valid_id(user_id, IdKind.USER):
             return None
-        user = await self._users.get(user_id)
+        user = await self._users.get(user_id, for_update=for_update)
         return user if user is not None and user.is_active else None
 
     async def search_users(
@@ -419,16 +431,25 @@ class Accounts:
         full_name: str | None,
         new_password: str | None,
         current_password: str | None,
-    ) -> User:
-        user = await self.active_user(user_id)
+    ) -> User | PasswordChangeRefused:
+        """Change the caller's own account; a wrong current password counts towards the lockout.
+
+        Otherwise a stolen access token would allow guessing the password at full speed.
+        """
+        user = await self.active_user(user_id, for_update=True)
         if user is None:
             raise UserNotFound()
         changed: list[str] = []
         now = _now()
         if new_password is not None:
+            subject = f"user:{user.id}"
+            locked_for = await self._locked_for(subject, now)
+            if locked_for:
+                return PasswordChangeRefused(locked_for)
             matches, _ = await self._passwords.verify(current_password or "", user.password_hash)
             if not matches:
-                raise IncorrectCurrentPassword()
+                await self._record_failure(subject, now)
+                return PasswordChangeRefused()
             violation = password_policy_violation(
                 new_password, username=user.username, email=user.email
             )
@@ -454,6 +475,12 @@ class Accounts:
                 )
             )
         return user
+
+    async def prune(self) -> None:
+        """Forget what can no longer matter: failures outside the window, expired tokens."""
+        now = _now()
+        await self._failures.delete_before(now - self._lockout.window)
+        await self._tokens.delete_expired(now)
 
 
 @dataclass(frozen=True)

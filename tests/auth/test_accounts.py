@@ -160,6 +160,26 @@ async def test_password_change_needs_the_current_password_and_ends_other_session
     assert (await accounts.login(account.username, new_password)).status_code == 200
 
 
+async def test_guessing_the_current_password_locks_the_account(client, accounts):
+    """A stolen access token must not allow guessing the password at full speed."""
+    account = await accounts.create()
+    for _ in range(5):
+        wrong = await client.patch(
+            "/auth/me",
+            json={"password": "N3w-password", "current_password": "guess-1234"},
+            headers=account.headers,
+        )
+        assert wrong.status_code == 400
+    locked = await client.patch(
+        "/auth/me",
+        json={"password": "N3w-password", "current_password": account.password},
+        headers=account.headers,
+    )
+    assert locked.status_code == 429
+    assert int(locked.headers["Retry-After"]) >= 1
+    assert (await accounts.login(account.username, account.password)).status_code == 429
+
+
 async def test_deleted_users_token_no_longer_opens_me(client, accounts):
     account = await accounts.create()
     admin = await accounts.admin_headers()
