@@ -1,0 +1,788 @@
+"""Turning a batch of events into metric rows, exactly once per event id.
+
+`EventIngestor.ingest` runs inside the caller's transaction: it records every event id in
+`processed_events` (unique) and applies only the events whose id was new, all as additive
+upserts. Commit, and each event has counted once; roll back, and none has. Rows are written in
+key order so that two consumers committing overlapping batches cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Table, bindparam, case, func, literal_column, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from services.analytics_consumer import models
+from services.analytics_consumer.pricing import PriceTable
+from shared.events import (
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationEnded,
+    ConversationRenamed,
+    Event,
+    HttpRequestCompleted,
+    MessageSent,
+    ReplyCancelled,
+    ReplyCompleted,
+    ReplyFailed,
+    UserDeleted,
+    UserLoggedIn,
+    UserLoggedOut,
+    UserLoginFailed,
+    UserRegistered,
+    UserUpdated,
+)
+
+log = logging.getLogger(__name__)
+
+TTFT_FINE_LIMIT_MS = 10_000
+"""Below this, time to first token is kept to the millisecond; above, to 100 ms."""
+TTFT_MAX_BUCKET_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class UnknownEvent:
+    """A well-formed envelope whose type this consumer does not know (a newer producer)."""
+
+    event_id: uuid.UUID
+    type: str
+    occurred_at: datetime
+
+
+Incoming = Event | UnknownEvent
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    applied: int
+    duplicates: int
+    unknown_types: dict[str, int]
+
+
+def utc_day(moment: datetime) -> date:
+    if moment.tzinfo is None:
+        return moment.date()
+    return moment.astimezone(UTC).date()
+
+
+def ttft_bucket(ttft_ms: float) -> int:
+    """Millisecond resolution where percentiles matter, 100 ms beyond, capped at an hour."""
+    value = max(0.0, ttft_ms)
+    if value < TTFT_FINE_LIMIT_MS - 0.5:
+        return math.floor(value + 0.5)
+    return min(int(value // 100) * 100, TTFT_MAX_BUCKET_MS)
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value is not None else None
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+# --- per-batch accumulators -------------------------------------------------------------------
+
+
+_USER_COUNTERS = (
+    "logins",
+    "conversations",
+    "user_messages",
+    "replies",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+@dataclass
+class _UserDelta:
+    first_seen_at: datetime
+    last_seen_at: datetime
+    username: str | None = None
+    roles: list[str] | None = None
+    roles_set_at: datetime | None = None
+    is_active: bool | None = None
+    is_active_set_at: datetime | None = None
+    registered_at: datetime | None = None
+    deleted_at: datetime | None = None
+    last_login_at: datetime | None = None
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_USER_COUNTERS, 0))
+    cost_usd: Decimal = Decimal(0)
+
+    def row(self, user_id: str) -> dict[str, Any]:
+        return {
+            "user_id": user_id,
+            "username": self.username,
+            "roles": self.roles,
+            "roles_set_at": self.roles_set_at,
+            "is_active": True if self.is_active is None else self.is_active,
+            "is_active_set_at": self.is_active_set_at,
+            "registered_at": self.registered_at,
+            "deleted_at": self.deleted_at,
+            "first_seen_at": self.first_seen_at,
+            "last_seen_at": self.last_seen_at,
+            "last_login_at": self.last_login_at,
+            "cost_usd": self.cost_usd,
+            **self.counters,
+        }
+
+
+_CONVERSATION_COUNTERS = (
+    "user_messages",
+    "replies_completed",
+    "replies_failed",
+    "replies_cancelled",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+@dataclass
+class _ConversationDelta:
+    started_at: datetime
+    last_activity_at: datetime
+    user_id: str | None = None
+    model: str | None = None
+    assistant_id: str | None = None
+    created_at: datetime | None = None
+    ended_at: datetime | None = None
+    deleted_at: datetime | None = None
+    counters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(_CONVERSATION_COUNTERS, 0)
+    )
+    cost_usd: Decimal = Decimal(0)
+    reply_duration_ms_total: float = 0.0
+    ttft_ms_total: float = 0.0
+
+    def row(self, conversation_id: str) -> dict[str, Any]:
+        return {
+            "conversation_id": conversation_id,
+            "user_id": self.user_id,
+            "model": self.model,
+            "assistant_id": self.assistant_id,
+            "started_at": self.started_at,
+            "created_at": self.created_at,
+            "last_activity_at": self.last_activity_at,
+            "ended_at": self.ended_at,
+            "deleted_at": self.deleted_at,
+            "cost_usd": self.cost_usd,
+            "reply_duration_ms_total": self.reply_duration_ms_total,
+            "ttft_ms_total": self.ttft_ms_total,
+            **self.counters,
+        }
+
+
+class _Sums:
+    """Additive columns of one rollup row."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def add(self, column: str, amount: Any) -> None:
+        self.values[column] = self.values.get(column, 0) + amount
+
+
+@dataclass
+class _ReplyRow:
+    row: dict[str, Any]
+    event: ReplyCompleted | ReplyFailed | ReplyCancelled
+
+
+@dataclass
+class BatchEffects:
+    """Everything one batch changes, merged in memory before a handful of upserts."""
+
+    prices: PriceTable
+    users: dict[str, _UserDelta] = field(default_factory=dict)
+    conversations: dict[str, _ConversationDelta] = field(default_factory=dict)
+    activities: list[dict[str, Any]] = field(default_factory=list)
+    replies: dict[str, _ReplyRow] = field(default_factory=dict)
+    daily: defaultdict[date, _Sums] = field(default_factory=lambda: defaultdict(_Sums))
+    daily_users: defaultdict[tuple[date, str], _Sums] = field(
+        default_factory=lambda: defaultdict(_Sums)
+    )
+    daily_models: defaultdict[tuple[date, str], _Sums] = field(
+        default_factory=lambda: defaultdict(_Sums)
+    )
+    ttft: defaultdict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    api: dict[tuple[date, str, str, str, int], list[float]] = field(default_factory=dict)
+    counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    # -- touching rows --
+
+    def _user(self, user_id: str, at: datetime) -> _UserDelta:
+        delta = self.users.get(user_id)
+        if delta is None:
+            delta = self.users[user_id] = _UserDelta(first_seen_at=at, last_seen_at=at)
+        else:
+            delta.first_seen_at = min(delta.first_seen_at, at)
+            delta.last_seen_at = max(delta.last_seen_at, at)
+        return delta
+
+    def _active(self, user_id: str, day: date) -> _Sums:
+        return self.daily_users[(day, user_id)]
+
+    def _conversation(self, conversation_id: str, at: datetime) -> _ConversationDelta:
+        delta = self.conversations.get(conversation_id)
+        if delta is None:
+            delta = self.conversations[conversation_id] = _ConversationDelta(
+                started_at=at, last_activity_at=at
+            )
+        else:
+            delta.started_at = min(delta.started_at, at)
+            delta.last_activity_at = max(delta.last_activity_at, at)
+        return delta
+
+    def _activity(
+        self,
+        event: Event,
+        activity_type: str,
+        *,
+        username: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.activities.append(
+            {
+                "event_id": event.event_id,
+                "user_id": event.user_id,
+                "username": _clip(username, models.NAME_LENGTH),
+                "activity_type": activity_type,
+                "ip": _clip(ip, 64),
+                "user_agent": _clip(user_agent, models.USER_AGENT_LENGTH),
+                "details": details,
+                "source": "event",
+                "occurred_at": event.occurred_at,
+            }
+        )
+
+    # -- events --
+
+    def add(self, event: Event) -> None:
+        """Record an event whose id is new; replies only stage a row (see `add_reply`)."""
+        day = utc_day(event.occurred_at)
+        match event:
+            case UserRegistered():
+                self._activity(
+                    event,
+                    "registration",
+                    username=event.username,
+                    ip=event.ip,
+                    user_agent=event.user_agent,
+                )
+                self.daily[day].add("new_users", 1)
+                if event.user_id:
+                    user = self._user(event.user_id, event.occurred_at)
+                    user.username = event.username
+                    user.registered_at = _earliest(user.registered_at, event.occurred_at)
+                    self._set_roles(user, event.roles, event.occurred_at)
+                    self._active(event.user_id, day)
+            case UserLoggedIn():
+                self._activity(
+                    event,
+                    "login",
+                    username=event.username,
+                    ip=event.ip,
+                    user_agent=event.user_agent,
+                )
+                self.daily[day].add("logins", 1)
+                if event.user_id:
+                    user = self._user(event.user_id, event.occurred_at)
+                    user.username = user.username or event.username
+                    user.last_login_at = _latest(user.last_login_at, event.occurred_at)
+                    user.counters["logins"] += 1
+                    self._active(event.user_id, day).add("logins", 1)
+            case UserLoginFailed():
+                self._activity(
+                    event,
+                    "login_failed",
+                    username=event.username_attempted,
+                    ip=event.ip,
+                    user_agent=event.user_agent,
+                    details={"reason": event.reason},
+                )
+                self.daily[day].add("failed_logins", 1)
+            case UserLoggedOut():
+                self._activity(event, "logout", ip=event.ip, user_agent=event.user_agent)
+                self.daily[day].add("logouts", 1)
+                if event.user_id:
+                    self._user(event.user_id, event.occurred_at)
+                    self._active(event.user_id, day)
+            case UserUpdated():
+                self._activity(
+                    event,
+                    "profile_updated",
+                    details={"changed_fields": event.changed_fields, "actor_id": event.actor_id},
+                )
+                if event.user_id:
+                    user = self._user(event.user_id, event.occurred_at)
+                    if event.roles is not None:
+                        self._set_roles(user, event.roles, event.occurred_at)
+                    if event.is_active is not None and (
+                        user.is_active_set_at is None or event.occurred_at >= user.is_active_set_at
+                    ):
+                        user.is_active = event.is_active
+                        user.is_active_set_at = event.occurred_at
+            case UserDeleted():
+                self._activity(event, "account_deleted", details={"actor_id": event.actor_id})
+                if event.user_id:
+                    user = self._user(event.user_id, event.occurred_at)
+                    user.deleted_at = _earliest(user.deleted_at, event.occurred_at)
+            case ConversationCreated():
+                conversation = self._conversation(event.conversation_id, event.occurred_at)
+                conversation.created_at = _earliest(conversation.created_at, event.occurred_at)
+                conversation.model = _clip(event.model, models.MODEL_LENGTH) or conversation.model
+                conversation.assistant_id = event.assistant_id or conversation.assistant_id
+                self.daily[day].add("conversations_created", 1)
+                if event.user_id:
+                    conversation.user_id = event.user_id
+                    self._user(event.user_id, event.occurred_at).counters["conversations"] += 1
+                    self._active(event.user_id, day).add("conversations_created", 1)
+            case ConversationRenamed():
+                self._owned_conversation(event.conversation_id, event)
+            case ConversationEnded():
+                conversation = self._owned_conversation(event.conversation_id, event)
+                conversation.ended_at = _earliest(conversation.ended_at, event.occurred_at)
+            case ConversationDeleted():
+                conversation = self._owned_conversation(event.conversation_id, event)
+                conversation.deleted_at = _earliest(conversation.deleted_at, event.occurred_at)
+            case MessageSent():
+                conversation = self._owned_conversation(event.conversation_id, event)
+                conversation.counters["user_messages"] += 1
+                self.daily[day].add("user_messages", 1)
+                if event.user_id:
+                    self._user(event.user_id, event.occurred_at).counters["user_messages"] += 1
+                    self._active(event.user_id, day).add("user_messages", 1)
+            case ReplyCompleted() | ReplyFailed() | ReplyCancelled():
+                self._stage_reply(event)
+            case HttpRequestCompleted():
+                self._add_http(event)
+            case _:
+                # Known to shared.events but carrying nothing analytics keeps (reply.started).
+                pass
+
+    def _set_roles(self, user: _UserDelta, roles: list[str], at: datetime) -> None:
+        if user.roles_set_at is None or at >= user.roles_set_at:
+            user.roles = [role[:32] for role in roles]
+            user.roles_set_at = at
+
+    def _owned_conversation(self, conversation_id: str, event: Event) -> _ConversationDelta:
+        conversation = self._conversation(conversation_id, event.occurred_at)
+        if event.user_id and conversation.user_id is None:
+            conversation.user_id = event.user_id
+        return conversation
+
+    def _stage_reply(self, event: ReplyCompleted | ReplyFailed | ReplyCancelled) -> None:
+        if event.message_id in self.replies:
+            # Two outcomes for one reply in one batch: the first wins, as it would across batches.
+            return
+        model = _clip(event.model, models.MODEL_LENGTH) or models.UNKNOWN_MODEL
+        prompt_tokens = getattr(event, "prompt_tokens", 0)
+        completion_tokens = getattr(event, "completion_tokens", 0)
+        cost = self.prices.cost(model, prompt_tokens, completion_tokens)
+        ttft: float | None = None
+        finish: str | None = None
+        error: str | None = None
+        match event:
+            case ReplyCompleted():
+                status, ttft, finish = "completed", event.ttft_ms, event.finish_reason
+            case ReplyFailed():
+                status, error = "failed", event.error_code
+            case ReplyCancelled():
+                status = "cancelled"
+        self.replies[event.message_id] = _ReplyRow(
+            row={
+                "message_id": event.message_id,
+                "event_id": event.event_id,
+                "conversation_id": event.conversation_id,
+                "user_id": event.user_id,
+                "reply_to": event.reply_to,
+                "model": model,
+                "status": status,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_usd": cost.usd,
+                "price_known": cost.price_known,
+                "ttft_ms": ttft,
+                "duration_ms": event.duration_ms,
+                "finish_reason": _clip(finish, 32),
+                "error_code": _clip(error, 64),
+                "occurred_at": event.occurred_at,
+            },
+            event=event,
+        )
+
+    def add_reply(self, reply: _ReplyRow) -> None:
+        """Count a reply whose row was new (its message id had no outcome yet)."""
+        row, event = reply.row, reply.event
+        day = utc_day(event.occurred_at)
+        status: str = row["status"]
+        model: str = row["model"]
+        tokens = {
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+        }
+        cost: Decimal = row["cost_usd"]
+        daily, per_model = self.daily[day], self.daily_models[(day, model)]
+        conversation = self._owned_conversation(event.conversation_id, event)
+        counter = f"replies_{status}"
+        for sums in (daily, per_model):
+            sums.add(counter, 1)
+            sums.add("cost_usd", cost)
+            for name, value in tokens.items():
+                sums.add(name, value)
+        conversation.counters[counter] += 1
+        conversation.cost_usd += cost
+        for name, value in tokens.items():
+            conversation.counters[name] += value
+        if not row["price_known"]:
+            per_model.add("unpriced_replies", 1)
+            self.counters["unpriced_replies"] += 1
+        if status == "completed":
+            duration, ttft = row["duration_ms"], row["ttft_ms"] or 0.0
+            for sums in (daily, per_model):
+                sums.add("reply_duration_ms_total", duration)
+                sums.add("ttft_ms_total", ttft)
+            conversation.reply_duration_ms_total += duration
+            conversation.ttft_ms_total += ttft
+            self.ttft[(model, ttft_bucket(ttft))] += 1
+        if event.user_id:
+            user = self._user(event.user_id, event.occurred_at)
+            user.counters["replies"] += 1
+            user.cost_usd += cost
+            active = self._active(event.user_id, day)
+            active.add("replies", 1)
+            active.add("cost_usd", cost)
+            for name, value in tokens.items():
+                user.counters[name] += value
+                active.add(name, value)
+
+    def _add_http(self, event: HttpRequestCompleted) -> None:
+        service = event.service[:64]
+        for request in event.requests:
+            day = utc_day(request.occurred_at)
+            key = (
+                day,
+                service,
+                request.route[: models.ROUTE_LENGTH],
+                request.method.upper()[:16],
+                request.status,
+            )
+            duration = max(0.0, request.duration_ms)
+            totals = self.api.get(key)
+            if totals is None:
+                self.api[key] = [1, duration, duration]
+            else:
+                totals[0] += 1
+                totals[1] += duration
+                totals[2] = max(totals[2], duration)
+            daily = self.daily[day]
+            daily.add("api_calls", 1)
+            daily.add("api_duration_ms_total", duration)
+            if request.status >= 500:
+                daily.add("api_server_errors", 1)
+            elif request.status >= 400:
+                daily.add("api_client_errors", 1)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def _table(model: type[models.Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_DAILY_SUM_COLUMNS = tuple(c.name for c in _table(models.DailyStats).columns if c.name != "day")
+_DAILY_USER_SUM_COLUMNS = tuple(
+    c.name for c in _table(models.DailyUserStats).columns if c.name not in ("day", "user_id")
+)
+_DAILY_MODEL_SUM_COLUMNS = tuple(
+    c.name for c in _table(models.DailyModelStats).columns if c.name not in ("day", "model")
+)
+
+
+async def _upsert_sums(
+    conn: AsyncConnection,
+    table: Table,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
+    returning_inserted: bool = False,
+) -> list[Any]:
+    """Insert or add to rows of a rollup; with `returning_inserted`, the keys that were new."""
+    params = [
+        {**dict(zip(keys, key, strict=True)), **{c: sums.get(c, 0) for c in columns}}
+        for key, sums in sorted(rows, key=lambda item: item[0])
+    ]
+    if not params:
+        return []
+    stmt = pg_insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={c: table.c[c] + stmt.excluded[c] for c in columns},
+    )
+    if returning_inserted:
+        # xmax is 0 for a row this statement inserted, non-zero for one it updated.
+        returning = stmt.returning(*(table.c[k] for k in keys), literal_column("(xmax = 0)"))
+        result = await conn.execute(returning, params)
+        return [row for row in result.all() if row[-1]]
+    await conn.execute(stmt, params)
+    return []
+
+
+class EventIngestor:
+    """Applies batches of events to the analytics tables (no framework types, no commit)."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self._prices = prices
+
+    async def ingest(
+        self,
+        session: AsyncSession,
+        events: Sequence[Incoming],
+        extra_counters: Mapping[str, float] | None = None,
+        gauges: Mapping[str, float] | None = None,
+    ) -> IngestResult:
+        conn = await session.connection()
+        unique: dict[uuid.UUID, Incoming] = {}
+        for event in events:
+            unique.setdefault(event.event_id, event)
+        new_ids = await self._claim(conn, list(unique.values()))
+        effects = BatchEffects(self._prices)
+        unknown: dict[str, int] = defaultdict(int)
+        for event_id, event in unique.items():
+            if event_id not in new_ids:
+                continue
+            if isinstance(event, UnknownEvent):
+                unknown[event.type] += 1
+            else:
+                effects.add(event)
+        await self._write_replies(conn, effects)
+        for event_type, count in unknown.items():
+            effects.counters["unknown_events"] += count
+            effects.counters[f"unknown_events.{event_type[:96]}"] += count
+        duplicates = len(events) - len(new_ids)
+        effects.counters["events_ingested"] += len(new_ids)
+        effects.counters["duplicates_skipped"] += duplicates
+        for name, value in (extra_counters or {}).items():
+            effects.counters[name] += value
+        await self._write(conn, effects, gauges or {})
+        return IngestResult(applied=len(new_ids), duplicates=duplicates, unknown_types=unknown)
+
+    async def _claim(self, conn: AsyncConnection, events: list[Incoming]) -> set[uuid.UUID]:
+        """Record the ids; the ones returned were never processed before."""
+        if not events:
+            return set()
+        result = await conn.execute(
+            text(
+                "INSERT INTO analytics.processed_events (event_id, event_type) "
+                "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS varchar[])) "
+                "ON CONFLICT DO NOTHING RETURNING event_id"
+            ).bindparams(bindparam("ids"), bindparam("types")),
+            {
+                "ids": [e.event_id for e in events],
+                "types": [e.type[:64] for e in events],
+            },
+        )
+        return {row[0] for row in result}
+
+    async def _write_replies(self, conn: AsyncConnection, effects: BatchEffects) -> None:
+        if not effects.replies:
+            return
+        table = _table(models.ReplyMetrics)
+        staged = sorted(effects.replies.values(), key=lambda r: r.row["message_id"])
+        stmt = (
+            pg_insert(table)
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(table.c.message_id)
+        )
+        result = await conn.execute(stmt, [r.row for r in staged])
+        inserted = {row[0] for row in result}
+        for reply in staged:
+            if reply.row["message_id"] in inserted:
+                effects.add_reply(reply)
+
+    async def _write(
+        self, conn: AsyncConnection, effects: BatchEffects, gauges: Mapping[str, float]
+    ) -> None:
+        await self._write_users(conn, effects)
+        if effects.activities:
+            table = _table(models.UserActivity)
+            await conn.execute(
+                pg_insert(table).on_conflict_do_nothing(index_elements=["event_id"]),
+                effects.activities,
+            )
+        await self._write_conversations(conn, effects)
+        newly_active = await _upsert_sums(
+            conn,
+            _table(models.DailyUserStats),
+            ("day", "user_id"),
+            _DAILY_USER_SUM_COLUMNS,
+            ((key, sums.values) for key, sums in effects.daily_users.items()),
+            returning_inserted=True,
+        )
+        for row in newly_active:
+            effects.daily[row[0]].add("active_users", 1)
+        await _upsert_sums(
+            conn,
+            _table(models.DailyStats),
+            ("day",),
+            _DAILY_SUM_COLUMNS,
+            (((day,), sums.values) for day, sums in effects.daily.items()),
+        )
+        await _upsert_sums(
+            conn,
+            _table(models.DailyModelStats),
+            ("day", "model"),
+            _DAILY_MODEL_SUM_COLUMNS,
+            ((key, sums.values) for key, sums in effects.daily_models.items()),
+        )
+        await _upsert_sums(
+            conn,
+            _table(models.TtftHistogram),
+            ("model", "bucket_ms"),
+            ("replies",),
+            ((key, {"replies": count}) for key, count in effects.ttft.items()),
+        )
+        await self._write_api_usage(conn, effects)
+        await write_system_metrics(conn, effects.counters, gauges)
+
+    async def _write_users(self, conn: AsyncConnection, effects: BatchEffects) -> None:
+        if not effects.users:
+            return
+        table = _table(models.AnalyticsUser)
+        stmt = pg_insert(table)
+        new, old = stmt.excluded, table.c
+        counters = {c: old[c] + new[c] for c in (*_USER_COUNTERS, "cost_usd")}
+        newer_roles = (new.roles_set_at.is_not(None)) & (
+            old.roles_set_at.is_(None) | (new.roles_set_at >= old.roles_set_at)
+        )
+        newer_active = (new.is_active_set_at.is_not(None)) & (
+            old.is_active_set_at.is_(None) | (new.is_active_set_at >= old.is_active_set_at)
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={
+                **counters,
+                "username": func.coalesce(new.username, old.username),
+                "roles": case((newer_roles, new.roles), else_=old.roles),
+                "roles_set_at": case((newer_roles, new.roles_set_at), else_=old.roles_set_at),
+                "is_active": case((newer_active, new.is_active), else_=old.is_active),
+                "is_active_set_at": case(
+                    (newer_active, new.is_active_set_at), else_=old.is_active_set_at
+                ),
+                "registered_at": func.least(old.registered_at, new.registered_at),
+                "deleted_at": func.least(old.deleted_at, new.deleted_at),
+                "first_seen_at": func.least(old.first_seen_at, new.first_seen_at),
+                "last_seen_at": func.greatest(old.last_seen_at, new.last_seen_at),
+                "last_login_at": func.greatest(old.last_login_at, new.last_login_at),
+            },
+        )
+        rows = [effects.users[user_id].row(user_id) for user_id in sorted(effects.users)]
+        await conn.execute(stmt, rows)
+
+    async def _write_conversations(self, conn: AsyncConnection, effects: BatchEffects) -> None:
+        if not effects.conversations:
+            return
+        table = _table(models.ConversationMetrics)
+        stmt = pg_insert(table)
+        new, old = stmt.excluded, table.c
+        additive = (
+            *_CONVERSATION_COUNTERS,
+            "cost_usd",
+            "reply_duration_ms_total",
+            "ttft_ms_total",
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["conversation_id"],
+            set_={
+                **{c: old[c] + new[c] for c in additive},
+                "user_id": func.coalesce(old.user_id, new.user_id),
+                "model": func.coalesce(old.model, new.model),
+                "assistant_id": func.coalesce(old.assistant_id, new.assistant_id),
+                "started_at": func.least(old.started_at, new.started_at),
+                "created_at": func.least(old.created_at, new.created_at),
+                "last_activity_at": func.greatest(old.last_activity_at, new.last_activity_at),
+                "ended_at": func.least(old.ended_at, new.ended_at),
+                "deleted_at": func.least(old.deleted_at, new.deleted_at),
+            },
+        )
+        rows = [
+            effects.conversations[conversation_id].row(conversation_id)
+            for conversation_id in sorted(effects.conversations)
+        ]
+        await conn.execute(stmt, rows)
+
+    async def _write_api_usage(self, conn: AsyncConnection, effects: BatchEffects) -> None:
+        if not effects.api:
+            return
+        table = _table(models.DailyApiUsage)
+        stmt = pg_insert(table)
+        new, old = stmt.excluded, table.c
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["day", "service", "route", "method", "status_code"],
+            set_={
+                "calls": old.calls + new.calls,
+                "duration_ms_total": old.duration_ms_total + new.duration_ms_total,
+                "duration_ms_max": func.greatest(old.duration_ms_max, new.duration_ms_max),
+            },
+        )
+        rows = [
+            {
+                "day": day,
+                "service": service,
+                "route": route,
+                "method": method,
+                "status_code": status,
+                "calls": int(calls),
+                "duration_ms_total": total,
+                "duration_ms_max": longest,
+            }
+            for (day, service, route, method, status), (calls, total, longest) in sorted(
+                effects.api.items()
+            )
+        ]
+        await conn.execute(stmt, rows)
+
+
+async def write_system_metrics(
+    conn: AsyncConnection, counters: Mapping[str, float], gauges: Mapping[str, float]
+) -> None:
+    """Counters add up; gauges are overwritten with the latest reading."""
+    table = _table(models.SystemMetric)
+    for values, additive in ((counters, True), (gauges, False)):
+        # A zero counter changes nothing; a zero gauge is a reading worth keeping.
+        rows = [
+            {"name": name[:128], "value": float(v)}
+            for name, v in sorted(values.items())
+            if v or not additive
+        ]
+        if not rows:
+            continue
+        stmt = pg_insert(table)
+        value = table.c.value + stmt.excluded.value if additive else stmt.excluded.value
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"], set_={"value": value, "updated_at": func.now()}
+            ),
+            rows,
+        )

@@ -1,0 +1,284 @@
+"""Dashboard queries. They read rollups and per-entity counters, never the raw reply history."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.analytics_consumer import models
+
+UsersRankedBy = Literal["messages", "tokens"]
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Inclusive UTC days; either end may be open."""
+
+    start: date | None = None
+    end: date | None = None
+
+    def start_at(self) -> datetime | None:
+        if self.start is None:
+            return None
+        return datetime.combine(self.start, datetime.min.time(), UTC)
+
+    def end_before(self) -> datetime | None:
+        if self.end is None:
+            return None
+        return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), UTC)
+
+
+def nearest_rank(histogram: Sequence[tuple[int, int]], percentile: float) -> float | None:
+    """The nearest-rank percentile of a sorted (value, count) histogram."""
+    total = sum(count for _, count in histogram)
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(percentile / 100 * total))
+    seen = 0
+    for value, count in histogram:
+        seen += count
+        if seen >= rank:
+            return float(value)
+    return float(histogram[-1][0])
+
+
+def _num(value: Any) -> Any:
+    return 0 if value is None else value
+
+
+async def _count(session: AsyncSession, query: Select[Any] | Any) -> int:
+    total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    return int(total or 0)
+
+
+class AnalyticsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    # --- summary ------------------------------------------------------------------------
+
+    async def daily_totals(self) -> dict[str, Any]:
+        d = models.DailyStats
+        columns = [
+            c for c in models.DailyStats.__table__.columns if c.name not in ("day", "active_users")
+        ]
+        row = (await self._session.execute(select(*(func.sum(c) for c in columns)))).one()
+        return {c.name: _num(value) for c, value in zip(columns, row, strict=True)} | {
+            "active_users_today": await self._session.scalar(
+                select(d.active_users).where(d.day == datetime.now(UTC).date())
+            )
+            or 0
+        }
+
+    async def total_users(self) -> int:
+        u = models.AnalyticsUser
+        return int(
+            await self._session.scalar(
+                select(func.count()).select_from(u).where(u.deleted_at.is_(None))
+            )
+            or 0
+        )
+
+    async def ttft_histogram(self, model: str | None = None) -> list[tuple[int, int]]:
+        h = models.TtftHistogram
+        query = select(h.bucket_ms, func.sum(h.replies)).group_by(h.bucket_ms).order_by(h.bucket_ms)
+        if model is not None:
+            query = query.where(h.model == model)
+        return [(int(b), int(n)) for b, n in (await self._session.execute(query)).all()]
+
+    async def ttft_histograms_by_model(self) -> dict[str, list[tuple[int, int]]]:
+        h = models.TtftHistogram
+        rows = await self._session.execute(
+            select(h.model, h.bucket_ms, h.replies).order_by(h.model, h.bucket_ms)
+        )
+        histograms: dict[str, list[tuple[int, int]]] = {}
+        for model, bucket, count in rows.all():
+            histograms.setdefault(model, []).append((int(bucket), int(count)))
+        return histograms
+
+    async def system_metrics(self) -> dict[str, float]:
+        rows = await self._session.execute(
+            select(models.SystemMetric.name, models.SystemMetric.value)
+        )
+        return {name: float(value) for name, value in rows.all()}
+
+    # --- users --------------------------------------------------------------------------
+
+    async def activities(
+        self,
+        *,
+        user_id: str | None,
+        activity_type: str | None,
+        days: DateRange,
+        skip: int,
+        limit: int,
+    ) -> tuple[list[models.UserActivity], int]:
+        a = models.UserActivity
+        query = select(a)
+        if user_id is not None:
+            query = query.where(a.user_id == user_id)
+        if activity_type is not None:
+            query = query.where(a.activity_type == activity_type)
+        query = _in_range(query, a.occurred_at, days)
+        total = await _count(self._session, query)
+        page = await self._session.scalars(
+            query.order_by(a.occurred_at.desc(), a.id.desc()).offset(skip).limit(limit)
+        )
+        return list(page), total
+
+    async def add_activity(self, values: dict[str, Any]) -> models.UserActivity:
+        activity = models.UserActivity(event_id=uuid.uuid4(), source="manual", **values)
+        self._session.add(activity)
+        await self._session.flush()
+        return activity
+
+    async def top_users(
+        self, *, by: UsersRankedBy, since: date | None, skip: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        u = models.AnalyticsUser
+        if since is None:
+            source = (
+                select(
+                    u.user_id,
+                    u.user_messages,
+                    u.replies,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    u.cost_usd,
+                )
+                .where(u.deleted_at.is_(None))
+                .subquery()
+            )
+        else:
+            d = models.DailyUserStats
+            source = (
+                select(
+                    d.user_id,
+                    func.sum(d.user_messages).label("user_messages"),
+                    func.sum(d.replies).label("replies"),
+                    func.sum(d.prompt_tokens).label("prompt_tokens"),
+                    func.sum(d.completion_tokens).label("completion_tokens"),
+                    func.sum(d.cost_usd).label("cost_usd"),
+                )
+                .where(d.day >= since)
+                .group_by(d.user_id)
+                .subquery()
+            )
+        tokens = source.c.prompt_tokens + source.c.completion_tokens
+        metric = source.c.user_messages if by == "messages" else tokens
+        query = (
+            select(source, tokens.label("total_tokens"), u.username)
+            .join(u, u.user_id == source.c.user_id)
+            .where(u.deleted_at.is_(None), metric > 0)
+        )
+        total = await _count(self._session, query)
+        rows = await self._session.execute(
+            query.order_by(metric.desc(), source.c.user_id).offset(skip).limit(limit)
+        )
+        return [dict(row._mapping) for row in rows], total
+
+    async def users(
+        self, *, active_only: bool, q: str | None, skip: int, limit: int
+    ) -> tuple[list[models.AnalyticsUser], int]:
+        u = models.AnalyticsUser
+        query = select(u).where(u.deleted_at.is_(None))
+        if active_only:
+            query = query.where(u.is_active.is_(True))
+        if q:
+            query = query.where(u.username.ilike(f"%{_escape_like(q)}%", escape="\\"))
+        total = await _count(self._session, query)
+        page = await self._session.scalars(
+            query.order_by(u.first_seen_at.desc(), u.user_id).offset(skip).limit(limit)
+        )
+        return list(page), total
+
+    # --- conversations, api, days, models -----------------------------------------------
+
+    async def conversations(
+        self, *, user_id: str | None, days: DateRange, skip: int, limit: int
+    ) -> tuple[list[models.ConversationMetrics], int]:
+        c = models.ConversationMetrics
+        query = _in_range(select(c), c.started_at, days)
+        if user_id is not None:
+            query = query.where(c.user_id == user_id)
+        total = await _count(self._session, query)
+        page = await self._session.scalars(
+            query.order_by(c.started_at.desc(), c.conversation_id).offset(skip).limit(limit)
+        )
+        return list(page), total
+
+    async def api_usage(
+        self, *, service: str | None, days: DateRange, skip: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        a = models.DailyApiUsage
+        query = select(
+            a.service,
+            a.route,
+            a.method,
+            func.sum(a.calls).label("calls"),
+            func.sum(a.calls).filter(a.status_code >= 500).label("server_errors"),
+            func.sum(a.calls)
+            .filter(a.status_code >= 400, a.status_code < 500)
+            .label("client_errors"),
+            func.sum(a.duration_ms_total).label("duration_ms_total"),
+            func.max(a.duration_ms_max).label("max_latency_ms"),
+        ).group_by(a.service, a.route, a.method)
+        if service is not None:
+            query = query.where(a.service == service)
+        if days.start is not None:
+            query = query.where(a.day >= days.start)
+        if days.end is not None:
+            query = query.where(a.day <= days.end)
+        total = await _count(self._session, query)
+        rows = await self._session.execute(
+            query.order_by(func.sum(a.calls).desc(), a.service, a.route, a.method)
+            .offset(skip)
+            .limit(limit)
+        )
+        return [dict(row._mapping) for row in rows], total
+
+    async def days(self, first: date, last: date) -> dict[date, models.DailyStats]:
+        d = models.DailyStats
+        rows = await self._session.scalars(select(d).where(d.day >= first, d.day <= last))
+        return {row.day: row for row in rows}
+
+    async def models(self, days: DateRange) -> list[dict[str, Any]]:
+        m = models.DailyModelStats
+        sums = [
+            func.sum(c).label(c.name)
+            for c in models.DailyModelStats.__table__.columns
+            if c.name not in ("day", "model")
+        ]
+        query = select(m.model, *sums).group_by(m.model)
+        if days.start is not None:
+            query = query.where(m.day >= days.start)
+        if days.end is not None:
+            query = query.where(m.day <= days.end)
+        rows = await self._session.execute(query)
+        return [dict(row._mapping) for row in rows]
+
+
+def _in_range(query: Select[Any], column: Any, days: DateRange) -> Select[Any]:
+    start, end = days.start_at(), days.end_before()
+    conditions: list[ColumnElement[bool]] = []
+    if start is not None:
+        conditions.append(column >= start)
+    if end is not None:
+        conditions.append(column < end)
+    return query.where(*conditions) if conditions else query
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def money(value: Decimal | float | int | None) -> float:
+    return float(value or 0)
