@@ -225,7 +225,8 @@ class Accounts:
     ) -> TokenPair | LoginRefused:
         user = await self._users.find_by_login(identifier)
         # Unknown names lock like accounts do, so a 429 never tells an attacker a name exists.
-        subject = f"user:{user.id}" if user else f"name:{identifier.casefold()}"
+        # Hashed: bounded length, and a password typed into the name field is not kept.
+        subject = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
         if user is None:
             await self._users.lock_named(subject)
         now = _now()
@@ -325,7 +326,7 @@ class Accounts:
         if stored.revoked_at is not None:
             return RefreshRefused(RefreshRefusal.REVOKED)
         if stored.rotated_at is not None:
-            # RFC 9700 §4.14.2: one of two parties holds a stolen token; end the session for both.
+            # RFC 9700 refresh token rotation: one of two holders stole it; end both sessions.
             await self._tokens.revoke_family(stored.family_id, now)
             return RefreshRefused(RefreshRefusal.REUSED)
         if stored.expires_at <= now:
