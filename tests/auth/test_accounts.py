@@ -99,8 +99,9 @@ async def test_me_returns_the_callers_account(client, accounts):
     assert me["last_login_at"] is not None
 
 
-async def test_me_without_token_is_401_with_bearer_challenge(client):
-    response = await client.get("/auth/me")
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+async def test_me_without_token_is_401_with_bearer_challenge(client, method):
+    response = await client.request(method, "/auth/me", json={"full_name": "x"})
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json() == {"detail": "Not authenticated"}

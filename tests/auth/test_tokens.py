@@ -394,3 +394,16 @@ async def test_token_attack_matrix_is_rejected_by_auth_and_the_shared_verifier(
         ):
             failures.append((name, response.status_code, response.text))
     assert not failures
+
+
+async def test_refreshed_access_token_carries_the_current_roles(client, accounts, verifier):
+    account = await accounts.create()
+    admin = await accounts.admin_headers()
+    promoted = await client.patch(
+        f"/users/{account.id}", json={"roles": ["manager"]}, headers=admin
+    )
+    assert promoted.status_code == 200
+    assert verifier.verify_access(account.access_token).roles == frozenset({"user"})
+    refreshed = await client.post("/auth/refresh", json={"refresh_token": account.refresh_token})
+    assert refreshed.status_code == 200
+    assert verifier.verify_access(refreshed.json()["access_token"]).roles == frozenset({"manager"})
