@@ -308,9 +308,7 @@ class ConversationWatch:
 
 
 def _client_frame(frame: StreamFrame) -> dict[str, Any]:
-    body = frame.model_dump(mode="json")
-    if isinstance(frame, ReplyCancelledFrame | ReplyFailedFrame):
-        body["partial_content"] = body.pop("content")
+    body: dict[str, Any] = frame.model_dump(mode="json")
     return body
 
 

@@ -156,3 +156,30 @@ async def test_wait_true_returns_the_finished_reply(gateway, worker, new_user):
     assert body["reply"]["status"] == "complete"
     assert body["reply"]["reply_to"] == body["message_id"]
     assert body["reply"]["content"] == expected_reply_text(prompt)
+
+
+async def test_cancel_mid_reply_stops_it_and_keeps_the_partial(gateway, worker, mock_llm, new_user):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    tag = f"cancel-{secrets.token_hex(4)}"
+    await slow_down(mock_llm, tag, tokens_per_second=10)
+    prompt = f"stop me {tag}"
+    socket = await open_socket(gateway, alice)
+    await socket.request(
+        {
+            "type": "send_message",
+            "conversation_id": cid,
+            "content": prompt,
+            "client_message_id": "s",
+        },
+        "ack",
+    )
+    await socket.recv_until("reply.delta")
+    await socket.send({"type": "cancel", "conversation_id": cid})
+    cancelled, frames = await socket.recv_until("reply.cancelled")
+    assert all(f["type"] == "reply.delta" for f in frames)
+    assert expected_reply_text(prompt).startswith(cancelled["content"])
+    assert cancelled["content"] != expected_reply_text(prompt)
+    messages = await history(gateway, alice, cid)
+    assert (messages[1]["status"], messages[1]["content"]) == ("cancelled", cancelled["content"])
+    await socket.close()
