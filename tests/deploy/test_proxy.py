@@ -22,6 +22,7 @@ import pytest
 from websockets.http11 import Request, Response
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
+from websockets.typing import Origin
 
 from tests.deploy.compose_model import DEPLOY
 from tests.processes import free_port, wait_until
@@ -55,8 +56,10 @@ def stub_upstream(name: str) -> Server:
         return response
 
     def echo(connection: ServerConnection) -> None:
+        path = connection.request.path if connection.request else ""
         for message in connection:
-            connection.send(f"{name}:{connection.request.path}:{message}")
+            text = message if isinstance(message, str) else message.decode()
+            connection.send(f"{name}:{path}:{text}")
 
     server = serve(echo, "127.0.0.1", 0, process_request=describe)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -148,7 +151,7 @@ def test_each_path_reaches_its_service_unchanged(proxy: Proxy, path: str, upstre
 
 def test_websocket_upgrades_through_to_the_gateway(proxy: Proxy) -> None:
     ws_url = proxy.url.replace("http://", "ws://") + "/ws?token=secret-token-value"
-    with connect(ws_url, origin="http://localhost:8080", open_timeout=5) as socket:  # type: ignore[arg-type]
+    with connect(ws_url, origin=Origin("http://localhost:8080"), open_timeout=5) as socket:
         for n in range(3):
             socket.send(f"frame {n}")
             assert socket.recv(timeout=5) == f"gateway:/ws?token=secret-token-value:frame {n}"
