@@ -33,7 +33,7 @@ from services.gateway.schemas import (
     MessageOut,
 )
 from services.gateway.service import ChatError, RateLimited, new_anonymous_owner_id
-from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal
+from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal, TokenType
 from shared.stream import (
     CancelCommand,
     ReplyCancelledFrame,
@@ -337,6 +337,7 @@ class ChatSocket:
         self._tokens = float(self._settings.ws_frame_burst)
         self._tokens_at = time.monotonic()
         self._anonymous = False
+        self._expiry: asyncio.TimerHandle | None = None
         self._ephemeral: list[str] = []
         """Conversations of an anonymous socket, deleted when it closes."""
 
@@ -385,6 +386,8 @@ class ChatSocket:
         finally:
             for task in tuple(self._tasks):
                 task.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
             for conversation_id, watch in tuple(self._watches.items()):
                 await self._gw.fanout.unwatch(conversation_id, watch)
             self._watches.clear()
@@ -481,6 +484,7 @@ class ChatSocket:
                 self.error("unauthorized", "invalid or expired token")
                 self.close(CLOSE_POLICY_VIOLATION, "invalid token")
                 return False
+            self._expire_with(token)
         self.send(
             {
                 "type": "ready",
@@ -499,6 +503,37 @@ class ChatSocket:
             }
         )
         return True
+
+    def _expire_with(self, token: str) -> None:
+        """Close the socket when its access token expires, unless a fresh one arrives first."""
+        expires_at = float(self._gw.verifier.decode(token, TokenType.ACCESS)["exp"])
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = loop.call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self.error("token_expired", "access token expired; reconnect with a fresh one")
+        self.close(CLOSE_POLICY_VIOLATION, "token expired")
+
+    def _reauthenticate(self, frame: AuthFrame) -> None:
+        """A fresh token for the same user extends the socket's life (no reconnect needed)."""
+        assert self._principal is not None
+        if self._anonymous or frame.token is None:
+            self.error("already_authenticated", "this socket is already authenticated")
+            return
+        try:
+            principal = self._gw.verifier.verify_access(frame.token)
+        except InvalidToken:
+            self.error("unauthorized", "invalid or expired token")
+            return
+        if principal.user_id != self._principal.user_id:
+            self.error("user_mismatch", "a socket stays with the user it authenticated as")
+            return
+        self._principal = principal
+        self._expire_with(frame.token)
+        self.send({"type": "reauthenticated", "user_id": principal.user_id})
 
     async def _read_loop(self) -> None:
         while True:
@@ -541,7 +576,7 @@ class ChatSocket:
         if isinstance(frame, PingFrame):
             self.send({"type": "pong", "ts": time.time()})
         elif isinstance(frame, AuthFrame):
-            self.error("already_authenticated", "this socket is already authenticated")
+            self._reauthenticate(frame)
         elif isinstance(frame, SubscribeFrame):
             await chat.get_conversation(user_id, frame.conversation_id)
             async with self._subscription_lock:

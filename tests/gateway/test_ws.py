@@ -281,3 +281,27 @@ async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
     )
     assert ack["duplicate"] is True
     await socket.close()
+
+
+async def test_socket_closes_when_its_token_expires_unless_refreshed(gateway, infra, new_user):
+    user = new_user()
+    short = mint_token(infra, user.user_id, user.username, ttl_s=2)
+    expiring = await open_socket(gateway)
+    await expiring.request({"type": "auth", "token": short}, "ready")
+    error, _ = await expiring.recv_until("error", timeout_s=6)
+    assert error["code"] == "token_expired"
+    with pytest.raises(ConnectionClosed) as closed:
+        await expiring.recv()
+    assert closed.value.rcvd.code == 1008
+
+    refreshed = await open_socket(gateway)
+    await refreshed.request(
+        {"type": "auth", "token": mint_token(infra, user.user_id, user.username, ttl_s=2)}, "ready"
+    )
+    await refreshed.request({"type": "auth", "token": user.token}, "reauthenticated")
+    other = new_user()
+    mismatch = await refreshed.request({"type": "auth", "token": other.token}, "error")
+    assert mismatch["code"] == "user_mismatch"
+    await asyncio.sleep(2.5)  # past the first token's expiry: the timer itself is under test
+    assert (await refreshed.request({"type": "ping"}, "pong"))["type"] == "pong"
+    await refreshed.close()
