@@ -8,6 +8,7 @@ key order so that two consumers committing overlapping batches cannot deadlock e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -16,10 +17,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, func, literal_column, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    Table,
+    TextClause,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.analytics_consumer import models
@@ -503,6 +518,10 @@ class BatchEffects:
 
 
 # --- writing -----------------------------------------------------------------------------------
+#
+# Every write is one statement per table per batch: the rows travel as one array per column
+# (`unnest`), which asyncpg encodes in C. Row-by-row `executemany` cost more CPU in Python than
+# the database spent on the upserts.
 
 
 def _table(model: type[models.Base]) -> Table:
@@ -511,42 +530,225 @@ def _table(model: type[models.Base]) -> Table:
     return table
 
 
-_DAILY_SUM_COLUMNS = tuple(c.name for c in _table(models.DailyStats).columns if c.name != "day")
-_DAILY_USER_SUM_COLUMNS = tuple(
-    c.name for c in _table(models.DailyUserStats).columns if c.name not in ("day", "user_id")
-)
-_DAILY_MODEL_SUM_COLUMNS = tuple(
-    c.name for c in _table(models.DailyModelStats).columns if c.name not in ("day", "model")
-)
+def _array_type(column: Column[Any]) -> str:
+    match column.type:
+        case Uuid():
+            return "uuid[]"
+        case Date():
+            return "date[]"
+        case DateTime():
+            return "timestamptz[]"
+        case Boolean():
+            return "boolean[]"
+        case BigInteger():
+            return "bigint[]"
+        case Integer():
+            return "integer[]"
+        case Numeric() if not isinstance(column.type, Float):
+            return "numeric[]"
+        case Float():
+            return "double precision[]"
+        case _:
+            # Strings; JSON documents and role lists travel as JSON text, see `_select_expr`.
+            return "text[]"
 
 
-async def _upsert_sums(
-    conn: AsyncConnection,
-    table: Table,
-    keys: Sequence[str],
-    columns: Sequence[str],
-    rows: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]],
-    returning_inserted: bool = False,
-) -> list[Any]:
-    """Insert or add to rows of a rollup; with `returning_inserted`, the keys that were new."""
-    params = [
-        {**dict(zip(keys, key, strict=True)), **{c: sums.get(c, 0) for c in columns}}
-        for key, sums in sorted(rows, key=lambda item: item[0])
-    ]
-    if not params:
-        return []
-    stmt = pg_insert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={c: table.c[c] + stmt.excluded[c] for c in columns},
-    )
-    if returning_inserted:
-        # xmax is 0 for a row this statement inserted, non-zero for one it updated.
-        returning = stmt.returning(*(table.c[k] for k in keys), literal_column("(xmax = 0)"))
-        result = await conn.execute(returning, params)
-        return [row for row in result.all() if row[-1]]
-    await conn.execute(stmt, params)
-    return []
+def _select_expr(column: Column[Any]) -> str:
+    name = column.name
+    if isinstance(column.type, JSONB):
+        return f"CAST({name} AS jsonb)"
+    if isinstance(column.type, ARRAY):
+        # A list per row cannot ride in a 2-D array (unnest would flatten it): JSON text instead.
+        return (
+            f"CASE WHEN {name} IS NULL THEN NULL "
+            f"ELSE ARRAY(SELECT jsonb_array_elements_text(CAST({name} AS jsonb))) END"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class BulkUpsert:
+    """`INSERT ... SELECT FROM unnest(...) ON CONFLICT ...` for one table, built once."""
+
+    table: Table
+    columns: tuple[str, ...]
+    keys: tuple[str, ...]
+    updates: Mapping[str, str]
+    """Column → SQL for its new value (`t` is the stored row, `excluded` the incoming one)."""
+    returning: str = ""
+
+    @classmethod
+    def additive(
+        cls, model: type[models.Base], keys: tuple[str, ...], returning: str = ""
+    ) -> BulkUpsert:
+        """A rollup: every non-key column is a sum."""
+        table = _table(model)
+        columns = tuple(c.name for c in table.columns)
+        sums = {c: f"t.{c} + excluded.{c}" for c in columns if c not in keys}
+        return cls(table, columns, keys, sums, returning)
+
+    @cached_property
+    def statement(self) -> TextClause:
+        return text(self.sql())
+
+    def sql(self) -> str:
+        arrays = ", ".join(f"CAST(:{c} AS {_array_type(self.table.c[c])})" for c in self.columns)
+        select = ", ".join(_select_expr(self.table.c[c]) for c in self.columns)
+        columns = ", ".join(self.columns)
+        conflict = (
+            "DO UPDATE SET " + ", ".join(f"{c} = {expr}" for c, expr in self.updates.items())
+            if self.updates
+            else "DO NOTHING"
+        )
+        returning = f" RETURNING {self.returning}" if self.returning else ""
+        # Identifiers and expressions come from this module and the table metadata; values
+        # are always bound parameters.
+        return (
+            f"INSERT INTO {self.table.schema}.{self.table.name} AS t ({columns}) "  # noqa: S608
+            f"SELECT {select} FROM unnest({arrays}) AS u({columns}) "
+            f"ON CONFLICT ({', '.join(self.keys)}) {conflict}{returning}"
+        )
+
+    async def execute(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        if not rows:
+            return []
+        params = {c: [row[c] for row in rows] for c in self.columns}
+        result = await conn.execute(self.statement, params)
+        return list(result.all()) if self.returning else []
+
+
+def _sum_rows(
+    keys: tuple[str, ...], columns: Iterable[str], sums: Mapping[Any, _Sums]
+) -> list[dict[str, Any]]:
+    """Rows of a rollup in key order (so that concurrent writers lock rows in the same order)."""
+    value_columns = [c for c in columns if c not in keys]
+    rows = []
+    for key in sorted(sums):
+        values = sums[key].values
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row.update({c: values.get(c, 0) for c in value_columns})
+        rows.append(row)
+    return rows
+
+
+_DAILY = BulkUpsert.additive(models.DailyStats, ("day",))
+# xmax is 0 for a row this statement inserted: a user's first activity of that day.
+_DAILY_USERS = BulkUpsert.additive(
+    models.DailyUserStats, ("day", "user_id"), returning="day, (xmax = 0) AS inserted"
+)
+_DAILY_MODELS = BulkUpsert.additive(models.DailyModelStats, ("day", "model"))
+_TTFT = BulkUpsert.additive(models.TtftHistogram, ("model", "bucket_ms"))
+_API = BulkUpsert(
+    _table(models.DailyApiUsage),
+    (
+        "day",
+        "service",
+        "route",
+        "method",
+        "status_code",
+        "calls",
+        "duration_ms_total",
+        "duration_ms_max",
+    ),
+    ("day", "service", "route", "method", "status_code"),
+    {
+        "calls": "t.calls + excluded.calls",
+        "duration_ms_total": "t.duration_ms_total + excluded.duration_ms_total",
+        "duration_ms_max": "GREATEST(t.duration_ms_max, excluded.duration_ms_max)",
+    },
+)
+_REPLIES = BulkUpsert(
+    _table(models.ReplyMetrics),
+    tuple(c.name for c in _table(models.ReplyMetrics).columns),
+    ("message_id",),
+    {},
+    returning="message_id",
+)
+_ACTIVITIES = BulkUpsert(
+    _table(models.UserActivity),
+    (
+        "event_id",
+        "user_id",
+        "username",
+        "activity_type",
+        "ip",
+        "user_agent",
+        "details",
+        "source",
+        "occurred_at",
+    ),
+    ("event_id",),
+    {},
+)
+_NEWER_ROLES = (
+    "(excluded.roles_set_at IS NOT NULL AND "
+    "(t.roles_set_at IS NULL OR excluded.roles_set_at >= t.roles_set_at))"
+)
+_NEWER_ACTIVE = (
+    "(excluded.is_active_set_at IS NOT NULL AND "
+    "(t.is_active_set_at IS NULL OR excluded.is_active_set_at >= t.is_active_set_at))"
+)
+_USERS = BulkUpsert(
+    _table(models.AnalyticsUser),
+    tuple(c.name for c in _table(models.AnalyticsUser).columns),
+    ("user_id",),
+    {
+        **{c: f"t.{c} + excluded.{c}" for c in (*_USER_COUNTERS, "cost_usd")},
+        "username": "COALESCE(excluded.username, t.username)",
+        "roles": f"CASE WHEN {_NEWER_ROLES} THEN excluded.roles ELSE t.roles END",
+        "roles_set_at": f"CASE WHEN {_NEWER_ROLES} THEN excluded.roles_set_at "
+        "ELSE t.roles_set_at END",
+        "is_active": f"CASE WHEN {_NEWER_ACTIVE} THEN excluded.is_active ELSE t.is_active END",
+        "is_active_set_at": f"CASE WHEN {_NEWER_ACTIVE} THEN excluded.is_active_set_at "
+        "ELSE t.is_active_set_at END",
+        "registered_at": "LEAST(t.registered_at, excluded.registered_at)",
+        "deleted_at": "LEAST(t.deleted_at, excluded.deleted_at)",
+        "first_seen_at": "LEAST(t.first_seen_at, excluded.first_seen_at)",
+        "last_seen_at": "GREATEST(t.last_seen_at, excluded.last_seen_at)",
+        "last_login_at": "GREATEST(t.last_login_at, excluded.last_login_at)",
+    },
+)
+_CONVERSATIONS = BulkUpsert(
+    _table(models.ConversationMetrics),
+    tuple(c.name for c in _table(models.ConversationMetrics).columns),
+    ("conversation_id",),
+    {
+        **{
+            c: f"t.{c} + excluded.{c}"
+            for c in (
+                *_CONVERSATION_COUNTERS,
+                "cost_usd",
+                "reply_duration_ms_total",
+                "ttft_ms_total",
+            )
+        },
+        "user_id": "COALESCE(t.user_id, excluded.user_id)",
+        "model": "COALESCE(t.model, excluded.model)",
+        "assistant_id": "COALESCE(t.assistant_id, excluded.assistant_id)",
+        "started_at": "LEAST(t.started_at, excluded.started_at)",
+        "created_at": "LEAST(t.created_at, excluded.created_at)",
+        "last_activity_at": "GREATEST(t.last_activity_at, excluded.last_activity_at)",
+        "ended_at": "LEAST(t.ended_at, excluded.ended_at)",
+        "deleted_at": "LEAST(t.deleted_at, excluded.deleted_at)",
+    },
+)
+_COUNTERS = BulkUpsert(
+    _table(models.SystemMetric),
+    ("name", "value"),
+    ("name",),
+    {"value": "t.value + excluded.value", "updated_at": "now()"},
+)
+_GAUGES = BulkUpsert(
+    _table(models.SystemMetric),
+    ("name", "value"),
+    ("name",),
+    {"value": "excluded.value", "updated_at": "now()"},
+)
+_CLAIM = text(
+    "INSERT INTO analytics.processed_events (event_id, event_type) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[])) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
 
 
 class EventIngestor:
@@ -593,30 +795,14 @@ class EventIngestor:
         if not events:
             return set()
         result = await conn.execute(
-            text(
-                "INSERT INTO analytics.processed_events (event_id, event_type) "
-                "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS varchar[])) "
-                "ON CONFLICT DO NOTHING RETURNING event_id"
-            ).bindparams(bindparam("ids"), bindparam("types")),
-            {
-                "ids": [e.event_id for e in events],
-                "types": [e.type[:64] for e in events],
-            },
+            _CLAIM,
+            {"ids": [e.event_id for e in events], "types": [e.type[:64] for e in events]},
         )
         return {row[0] for row in result}
 
     async def _write_replies(self, conn: AsyncConnection, effects: BatchEffects) -> None:
-        if not effects.replies:
-            return
-        table = _table(models.ReplyMetrics)
         staged = sorted(effects.replies.values(), key=lambda r: r.row["message_id"])
-        stmt = (
-            pg_insert(table)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(table.c.message_id)
-        )
-        result = await conn.execute(stmt, [r.row for r in staged])
-        inserted = {row[0] for row in result}
+        inserted = {row[0] for row in await _REPLIES.execute(conn, [r.row for r in staged])}
         for reply in staged:
             if reply.row["message_id"] in inserted:
                 effects.add_reply(reply)
@@ -624,165 +810,65 @@ class EventIngestor:
     async def _write(
         self, conn: AsyncConnection, effects: BatchEffects, gauges: Mapping[str, float]
     ) -> None:
-        await self._write_users(conn, effects)
-        if effects.activities:
-            table = _table(models.UserActivity)
-            await conn.execute(
-                pg_insert(table).on_conflict_do_nothing(index_elements=["event_id"]),
-                effects.activities,
-            )
-        await self._write_conversations(conn, effects)
-        newly_active = await _upsert_sums(
+        users = [effects.users[user_id].row(user_id) for user_id in sorted(effects.users)]
+        for row in users:
+            row["roles"] = None if row["roles"] is None else json.dumps(row["roles"])
+        await _USERS.execute(conn, users)
+        for activity in effects.activities:
+            details = activity["details"]
+            activity["details"] = None if details is None else json.dumps(details)
+        await _ACTIVITIES.execute(conn, effects.activities)
+        await _CONVERSATIONS.execute(
             conn,
-            _table(models.DailyUserStats),
-            ("day", "user_id"),
-            _DAILY_USER_SUM_COLUMNS,
-            ((key, sums.values) for key, sums in effects.daily_users.items()),
-            returning_inserted=True,
+            [effects.conversations[c].row(c) for c in sorted(effects.conversations)],
         )
-        for row in newly_active:
-            effects.daily[row[0]].add("active_users", 1)
-        await _upsert_sums(
+        newly_active = await _DAILY_USERS.execute(
+            conn, _sum_rows(_DAILY_USERS.keys, _DAILY_USERS.columns, effects.daily_users)
+        )
+        for day, inserted in newly_active:
+            if inserted:
+                effects.daily[day].add("active_users", 1)
+        await _DAILY.execute(conn, _sum_rows(_DAILY.keys, _DAILY.columns, effects.daily))
+        await _DAILY_MODELS.execute(
+            conn, _sum_rows(_DAILY_MODELS.keys, _DAILY_MODELS.columns, effects.daily_models)
+        )
+        await _TTFT.execute(
             conn,
-            _table(models.DailyStats),
-            ("day",),
-            _DAILY_SUM_COLUMNS,
-            (((day,), sums.values) for day, sums in effects.daily.items()),
+            [
+                {"model": model, "bucket_ms": bucket, "replies": count}
+                for (model, bucket), count in sorted(effects.ttft.items())
+            ],
         )
-        await _upsert_sums(
+        await _API.execute(
             conn,
-            _table(models.DailyModelStats),
-            ("day", "model"),
-            _DAILY_MODEL_SUM_COLUMNS,
-            ((key, sums.values) for key, sums in effects.daily_models.items()),
+            [
+                {
+                    "day": day,
+                    "service": service,
+                    "route": route,
+                    "method": method,
+                    "status_code": status,
+                    "calls": int(calls),
+                    "duration_ms_total": total,
+                    "duration_ms_max": longest,
+                }
+                for (day, service, route, method, status), (calls, total, longest) in sorted(
+                    effects.api.items()
+                )
+            ],
         )
-        await _upsert_sums(
-            conn,
-            _table(models.TtftHistogram),
-            ("model", "bucket_ms"),
-            ("replies",),
-            ((key, {"replies": count}) for key, count in effects.ttft.items()),
-        )
-        await self._write_api_usage(conn, effects)
         await write_system_metrics(conn, effects.counters, gauges)
-
-    async def _write_users(self, conn: AsyncConnection, effects: BatchEffects) -> None:
-        if not effects.users:
-            return
-        table = _table(models.AnalyticsUser)
-        stmt = pg_insert(table)
-        new, old = stmt.excluded, table.c
-        counters = {c: old[c] + new[c] for c in (*_USER_COUNTERS, "cost_usd")}
-        newer_roles = (new.roles_set_at.is_not(None)) & (
-            old.roles_set_at.is_(None) | (new.roles_set_at >= old.roles_set_at)
-        )
-        newer_active = (new.is_active_set_at.is_not(None)) & (
-            old.is_active_set_at.is_(None) | (new.is_active_set_at >= old.is_active_set_at)
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["user_id"],
-            set_={
-                **counters,
-                "username": func.coalesce(new.username, old.username),
-                "roles": case((newer_roles, new.roles), else_=old.roles),
-                "roles_set_at": case((newer_roles, new.roles_set_at), else_=old.roles_set_at),
-                "is_active": case((newer_active, new.is_active), else_=old.is_active),
-                "is_active_set_at": case(
-                    (newer_active, new.is_active_set_at), else_=old.is_active_set_at
-                ),
-                "registered_at": func.least(old.registered_at, new.registered_at),
-                "deleted_at": func.least(old.deleted_at, new.deleted_at),
-                "first_seen_at": func.least(old.first_seen_at, new.first_seen_at),
-                "last_seen_at": func.greatest(old.last_seen_at, new.last_seen_at),
-                "last_login_at": func.greatest(old.last_login_at, new.last_login_at),
-            },
-        )
-        rows = [effects.users[user_id].row(user_id) for user_id in sorted(effects.users)]
-        await conn.execute(stmt, rows)
-
-    async def _write_conversations(self, conn: AsyncConnection, effects: BatchEffects) -> None:
-        if not effects.conversations:
-            return
-        table = _table(models.ConversationMetrics)
-        stmt = pg_insert(table)
-        new, old = stmt.excluded, table.c
-        additive = (
-            *_CONVERSATION_COUNTERS,
-            "cost_usd",
-            "reply_duration_ms_total",
-            "ttft_ms_total",
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["conversation_id"],
-            set_={
-                **{c: old[c] + new[c] for c in additive},
-                "user_id": func.coalesce(old.user_id, new.user_id),
-                "model": func.coalesce(old.model, new.model),
-                "assistant_id": func.coalesce(old.assistant_id, new.assistant_id),
-                "started_at": func.least(old.started_at, new.started_at),
-                "created_at": func.least(old.created_at, new.created_at),
-                "last_activity_at": func.greatest(old.last_activity_at, new.last_activity_at),
-                "ended_at": func.least(old.ended_at, new.ended_at),
-                "deleted_at": func.least(old.deleted_at, new.deleted_at),
-            },
-        )
-        rows = [
-            effects.conversations[conversation_id].row(conversation_id)
-            for conversation_id in sorted(effects.conversations)
-        ]
-        await conn.execute(stmt, rows)
-
-    async def _write_api_usage(self, conn: AsyncConnection, effects: BatchEffects) -> None:
-        if not effects.api:
-            return
-        table = _table(models.DailyApiUsage)
-        stmt = pg_insert(table)
-        new, old = stmt.excluded, table.c
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["day", "service", "route", "method", "status_code"],
-            set_={
-                "calls": old.calls + new.calls,
-                "duration_ms_total": old.duration_ms_total + new.duration_ms_total,
-                "duration_ms_max": func.greatest(old.duration_ms_max, new.duration_ms_max),
-            },
-        )
-        rows = [
-            {
-                "day": day,
-                "service": service,
-                "route": route,
-                "method": method,
-                "status_code": status,
-                "calls": int(calls),
-                "duration_ms_total": total,
-                "duration_ms_max": longest,
-            }
-            for (day, service, route, method, status), (calls, total, longest) in sorted(
-                effects.api.items()
-            )
-        ]
-        await conn.execute(stmt, rows)
 
 
 async def write_system_metrics(
     conn: AsyncConnection, counters: Mapping[str, float], gauges: Mapping[str, float]
 ) -> None:
     """Counters add up; gauges are overwritten with the latest reading."""
-    table = _table(models.SystemMetric)
-    for values, additive in ((counters, True), (gauges, False)):
-        # A zero counter changes nothing; a zero gauge is a reading worth keeping.
-        rows = [
-            {"name": name[:128], "value": float(v)}
-            for name, v in sorted(values.items())
-            if v or not additive
-        ]
-        if not rows:
-            continue
-        stmt = pg_insert(table)
-        value = table.c.value + stmt.excluded.value if additive else stmt.excluded.value
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["name"], set_={"value": value, "updated_at": func.now()}
-            ),
-            rows,
-        )
+    # A zero counter changes nothing; a zero gauge is a reading worth keeping.
+    await _COUNTERS.execute(
+        conn,
+        [{"name": n[:128], "value": float(v)} for n, v in sorted(counters.items()) if v],
+    )
+    await _GAUGES.execute(
+        conn, [{"name": n[:128], "value": float(v)} for n, v in sorted(gauges.items())]
+    )
