@@ -99,6 +99,8 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    # Server-side timestamps come back with the INSERT (RETURNING), not a second SELECT.
+    __mapper_args__ = {"eager_defaults": True}
     __table_args__ = (
         UniqueConstraint("reply_to", name="uq_messages_reply_to"),
         UniqueConstraint("conversation_id", "client_message_id", name="uq_messages_client_id"),

@@ -410,7 +410,6 @@ class ChatService:
             except IntegrityError:
                 limiter.refund(rate_key)
                 raise
-            await session.refresh(message)
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id)

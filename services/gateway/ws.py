@@ -588,9 +588,11 @@ class ChatSocket:
                     await self._gw.fanout.unwatch(frame.conversation_id, watch)
             self.send({"type": "unsubscribed", "conversation_id": frame.conversation_id})
         elif isinstance(frame, SendMessageFrame):
-            await chat.get_conversation(user_id, frame.conversation_id)
-            # Watch before storing, so the reply's first frame cannot slip past this socket.
-            await self._watch_live(frame.conversation_id)
+            if frame.conversation_id not in self._watches:
+                # Ownership first: a socket never watches another user's conversation. Then
+                # watch before storing, so the reply's first frame cannot slip past it.
+                await chat.get_conversation(user_id, frame.conversation_id)
+                await self._watch_live(frame.conversation_id)
             accepted = await chat.send_message(
                 user_id,
                 frame.conversation_id,
