@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict
 from typing import Any
 
@@ -42,12 +43,16 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Frames and control first: a request may arrive as soon as the broker starts.
         await frames.start(replies.on_command)
-        runtime.run_in_background(replies.tick_forever(), "reply-ticker")
+        # Not a runtime background task: replies finishing during shutdown still need it.
+        ticker = asyncio.create_task(replies.tick_forever(), name="reply-ticker")
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
         await runtime.stop()
+        ticker.cancel()
+        with suppress(asyncio.CancelledError):
+            await ticker
         await outbox.drain_background()
         await frames.stop()
         await replies.client.close()

@@ -51,14 +51,22 @@ def mock_settings() -> MockLLMSettings:
 
 
 @pytest.fixture(scope="package")
-def start_worker(start_service, mock_llm):
+def workers() -> list:
+    """Every worker process this package started (some may have been stopped or killed)."""
+    return []
+
+
+@pytest.fixture(scope="package")
+def start_worker(start_service, mock_llm, workers):
     def _start(**env: str):
-        return start_service(
+        process = start_service(
             "chat_worker",
             instance_id=f"worker-{secrets.token_hex(3)}",
             CONVOAI_LLM_BASE_URL=f"{mock_llm.url}/v1",
             **{**WORKER_ENV, **env},
         )
+        workers.append(process)
+        return process
 
     return _start
 
