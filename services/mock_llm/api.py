@@ -62,6 +62,7 @@ class FaultRequest(BaseModel):
     stall_s: float = Field(default=3600.0, ge=0)
     tokens_per_second: float | None = Field(default=None, ge=0)
     ttft_ms: float | None = Field(default=None, ge=0)
+    reply_tokens: int | None = Field(default=None, ge=1, le=100_000)
     times: int = Field(default=1, ge=-1)
     match: str | None = None
 
@@ -116,7 +117,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
     if fault is not None and fault.status is not None:
         mock.stats.errors_injected += 1
         return _error(fault.status, f"injected HTTP {fault.status}", "server_error", "injected")
-    reply = expected_reply(messages, mock.settings, body.max_completion_tokens or body.max_tokens)
+    reply = expected_reply(
+        messages,
+        mock.settings,
+        body.max_completion_tokens or body.max_tokens,
+        fault.reply_tokens if fault is not None else None,
+    )
     ttft_s, tps = _pace(mock.settings, fault)
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     if not body.stream:
@@ -262,6 +268,12 @@ async def add_fault(body: FaultRequest, mock: Mock) -> dict[str, Any]:
 @router.delete("/_faults", status_code=204)
 async def clear_faults(mock: Mock) -> None:
     mock.faults.clear()
+
+
+@router.get("/_config")
+async def get_config(mock: Mock) -> dict[str, Any]:
+    """What a client needs to predict replies with `expected_reply` (never the API key)."""
+    return mock.settings.model_dump(exclude={"api_key"})
 
 
 @router.get("/_stats")

@@ -83,9 +83,14 @@ def expected_reply(
     messages: Sequence[Mapping[str, Any]],
     settings: MockLLMSettings,
     max_tokens: int | None = None,
+    reply_tokens: int | None = None,
 ) -> Reply:
-    """Exactly what mock_llm streams for this request (absent faults)."""
-    tokens = reply_tokens_for(last_user_message(messages), settings.reply_tokens, settings.seed)
+    """Exactly what mock_llm streams for this request (absent faults that cut it short).
+
+    `reply_tokens` is the length a matching fault rule sets instead of the configured one.
+    """
+    count = reply_tokens or settings.reply_tokens
+    tokens = reply_tokens_for(last_user_message(messages), count, settings.seed)
     finish_reason = "stop"
     if max_tokens is not None and 0 < max_tokens < len(tokens):
         tokens = tokens[:max_tokens]
@@ -106,6 +111,8 @@ class FaultRule:
     stall_s: float = 3600.0
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
+    reply_tokens: int | None = None
+    """Pace and length overrides: a rule may also just shape the calls it matches."""
     times: int = 1
     match: str | None = None
     """Only calls whose last user message contains this text (so parallel tests do not collide)."""

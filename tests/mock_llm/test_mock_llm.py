@@ -193,3 +193,18 @@ async def test_bad_request_is_refused():
     async with httpx.AsyncClient(transport=transport, base_url="http://mock") as http:
         response = await http.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert response.status_code == 422
+
+
+async def test_a_rule_can_set_length_and_pace_of_the_calls_it_matches(client, mock_llm):
+    content = "[bench] shaped"
+    _fault(mock_llm, reply_tokens=7, tokens_per_second=0, times=-1, match="[bench]")
+    messages = [{"role": "user", "content": content}]
+    config = httpx.get(f"{mock_llm.url}/_config").json()
+    assert "api_key" not in config
+    settings = MockLLMSettings(**config)
+    for _ in range(2):
+        deltas, _, usage = await _stream(client, messages)
+        assert "".join(deltas) == expected_reply(messages, settings, reply_tokens=7).text
+        assert usage.completion_tokens == 7
+    other, _, _ = await _stream(client, [{"role": "user", "content": "plain"}])
+    assert len(other) == REPLY_TOKENS
