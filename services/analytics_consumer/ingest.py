@@ -13,7 +13,7 @@ import logging
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -292,106 +292,111 @@ class BatchEffects:
 
     def add(self, event: Event) -> None:
         """Record an event whose id is new; replies only stage a row (see `add_reply`)."""
+        # A dict lookup, not `match`: isinstance on pydantic models goes through ABCMeta and
+        # was the single largest Python cost per event.
+        handler = _EVENT_HANDLERS.get(event.type)
+        if handler is not None:
+            handler(self, event)
+
+    def _user_registered(self, event: UserRegistered) -> None:
+        self._activity(
+            event, "registration", username=event.username, ip=event.ip, user_agent=event.user_agent
+        )
         day = utc_day(event.occurred_at)
-        match event:
-            case UserRegistered():
-                self._activity(
-                    event,
-                    "registration",
-                    username=event.username,
-                    ip=event.ip,
-                    user_agent=event.user_agent,
-                )
-                self.daily[day].add("new_users", 1)
-                if event.user_id:
-                    user = self._user(event.user_id, event.occurred_at)
-                    user.username = event.username
-                    user.registered_at = _earliest(user.registered_at, event.occurred_at)
-                    self._set_roles(user, event.roles, event.occurred_at)
-                    self._active(event.user_id, day)
-            case UserLoggedIn():
-                self._activity(
-                    event,
-                    "login",
-                    username=event.username,
-                    ip=event.ip,
-                    user_agent=event.user_agent,
-                )
-                self.daily[day].add("logins", 1)
-                if event.user_id:
-                    user = self._user(event.user_id, event.occurred_at)
-                    user.username = user.username or event.username
-                    user.last_login_at = _latest(user.last_login_at, event.occurred_at)
-                    user.counters["logins"] += 1
-                    self._active(event.user_id, day).add("logins", 1)
-            case UserLoginFailed():
-                self._activity(
-                    event,
-                    "login_failed",
-                    username=event.username_attempted,
-                    ip=event.ip,
-                    user_agent=event.user_agent,
-                    details={"reason": event.reason},
-                )
-                self.daily[day].add("failed_logins", 1)
-            case UserLoggedOut():
-                self._activity(event, "logout", ip=event.ip, user_agent=event.user_agent)
-                self.daily[day].add("logouts", 1)
-                if event.user_id:
-                    self._user(event.user_id, event.occurred_at)
-                    self._active(event.user_id, day)
-            case UserUpdated():
-                self._activity(
-                    event,
-                    "profile_updated",
-                    details={"changed_fields": event.changed_fields, "actor_id": event.actor_id},
-                )
-                if event.user_id:
-                    user = self._user(event.user_id, event.occurred_at)
-                    if event.roles is not None:
-                        self._set_roles(user, event.roles, event.occurred_at)
-                    if event.is_active is not None and (
-                        user.is_active_set_at is None or event.occurred_at >= user.is_active_set_at
-                    ):
-                        user.is_active = event.is_active
-                        user.is_active_set_at = event.occurred_at
-            case UserDeleted():
-                self._activity(event, "account_deleted", details={"actor_id": event.actor_id})
-                if event.user_id:
-                    user = self._user(event.user_id, event.occurred_at)
-                    user.deleted_at = _earliest(user.deleted_at, event.occurred_at)
-            case ConversationCreated():
-                conversation = self._conversation(event.conversation_id, event.occurred_at)
-                conversation.created_at = _earliest(conversation.created_at, event.occurred_at)
-                conversation.model = _clip(event.model, models.MODEL_LENGTH) or conversation.model
-                conversation.assistant_id = event.assistant_id or conversation.assistant_id
-                self.daily[day].add("conversations_created", 1)
-                if event.user_id:
-                    conversation.user_id = event.user_id
-                    self._user(event.user_id, event.occurred_at).counters["conversations"] += 1
-                    self._active(event.user_id, day).add("conversations_created", 1)
-            case ConversationRenamed():
-                self._owned_conversation(event.conversation_id, event)
-            case ConversationEnded():
-                conversation = self._owned_conversation(event.conversation_id, event)
-                conversation.ended_at = _earliest(conversation.ended_at, event.occurred_at)
-            case ConversationDeleted():
-                conversation = self._owned_conversation(event.conversation_id, event)
-                conversation.deleted_at = _earliest(conversation.deleted_at, event.occurred_at)
-            case MessageSent():
-                conversation = self._owned_conversation(event.conversation_id, event)
-                conversation.counters["user_messages"] += 1
-                self.daily[day].add("user_messages", 1)
-                if event.user_id:
-                    self._user(event.user_id, event.occurred_at).counters["user_messages"] += 1
-                    self._active(event.user_id, day).add("user_messages", 1)
-            case ReplyCompleted() | ReplyFailed() | ReplyCancelled():
-                self._stage_reply(event)
-            case HttpRequestCompleted():
-                self._add_http(event)
-            case _:
-                # Known to shared.events but carrying nothing analytics keeps (reply.started).
-                pass
+        self.daily[day].add("new_users", 1)
+        if event.user_id:
+            user = self._user(event.user_id, event.occurred_at)
+            user.username = event.username
+            user.registered_at = _earliest(user.registered_at, event.occurred_at)
+            self._set_roles(user, event.roles, event.occurred_at)
+            self._active(event.user_id, day)
+
+    def _user_logged_in(self, event: UserLoggedIn) -> None:
+        self._activity(
+            event, "login", username=event.username, ip=event.ip, user_agent=event.user_agent
+        )
+        day = utc_day(event.occurred_at)
+        self.daily[day].add("logins", 1)
+        if event.user_id:
+            user = self._user(event.user_id, event.occurred_at)
+            user.username = user.username or event.username
+            user.last_login_at = _latest(user.last_login_at, event.occurred_at)
+            user.counters["logins"] += 1
+            self._active(event.user_id, day).add("logins", 1)
+
+    def _user_login_failed(self, event: UserLoginFailed) -> None:
+        self._activity(
+            event,
+            "login_failed",
+            username=event.username_attempted,
+            ip=event.ip,
+            user_agent=event.user_agent,
+            details={"reason": event.reason},
+        )
+        self.daily[utc_day(event.occurred_at)].add("failed_logins", 1)
+
+    def _user_logged_out(self, event: UserLoggedOut) -> None:
+        self._activity(event, "logout", ip=event.ip, user_agent=event.user_agent)
+        day = utc_day(event.occurred_at)
+        self.daily[day].add("logouts", 1)
+        if event.user_id:
+            self._user(event.user_id, event.occurred_at)
+            self._active(event.user_id, day)
+
+    def _user_updated(self, event: UserUpdated) -> None:
+        self._activity(
+            event,
+            "profile_updated",
+            details={"changed_fields": event.changed_fields, "actor_id": event.actor_id},
+        )
+        if not event.user_id:
+            return
+        user = self._user(event.user_id, event.occurred_at)
+        if event.roles is not None:
+            self._set_roles(user, event.roles, event.occurred_at)
+        if event.is_active is not None and (
+            user.is_active_set_at is None or event.occurred_at >= user.is_active_set_at
+        ):
+            user.is_active = event.is_active
+            user.is_active_set_at = event.occurred_at
+
+    def _user_deleted(self, event: UserDeleted) -> None:
+        self._activity(event, "account_deleted", details={"actor_id": event.actor_id})
+        if event.user_id:
+            user = self._user(event.user_id, event.occurred_at)
+            user.deleted_at = _earliest(user.deleted_at, event.occurred_at)
+
+    def _conversation_created(self, event: ConversationCreated) -> None:
+        conversation = self._conversation(event.conversation_id, event.occurred_at)
+        conversation.created_at = _earliest(conversation.created_at, event.occurred_at)
+        conversation.model = _clip(event.model, models.MODEL_LENGTH) or conversation.model
+        conversation.assistant_id = event.assistant_id or conversation.assistant_id
+        day = utc_day(event.occurred_at)
+        self.daily[day].add("conversations_created", 1)
+        if event.user_id:
+            conversation.user_id = event.user_id
+            self._user(event.user_id, event.occurred_at).counters["conversations"] += 1
+            self._active(event.user_id, day).add("conversations_created", 1)
+
+    def _conversation_touched(self, event: ConversationRenamed) -> None:
+        self._owned_conversation(event.conversation_id, event)
+
+    def _conversation_ended(self, event: ConversationEnded) -> None:
+        conversation = self._owned_conversation(event.conversation_id, event)
+        conversation.ended_at = _earliest(conversation.ended_at, event.occurred_at)
+
+    def _conversation_deleted(self, event: ConversationDeleted) -> None:
+        conversation = self._owned_conversation(event.conversation_id, event)
+        conversation.deleted_at = _earliest(conversation.deleted_at, event.occurred_at)
+
+    def _message_sent(self, event: MessageSent) -> None:
+        conversation = self._owned_conversation(event.conversation_id, event)
+        conversation.counters["user_messages"] += 1
+        day = utc_day(event.occurred_at)
+        self.daily[day].add("user_messages", 1)
+        if event.user_id:
+            self._user(event.user_id, event.occurred_at).counters["user_messages"] += 1
+            self._active(event.user_id, day).add("user_messages", 1)
 
     def _set_roles(self, user: _UserDelta, roles: list[str], at: datetime) -> None:
         if user.roles_set_at is None or at >= user.roles_set_at:
@@ -415,13 +420,12 @@ class BatchEffects:
         ttft: float | None = None
         finish: str | None = None
         error: str | None = None
-        match event:
-            case ReplyCompleted():
-                status, ttft, finish = "completed", event.ttft_ms, event.finish_reason
-            case ReplyFailed():
-                status, error = "failed", event.error_code
-            case ReplyCancelled():
-                status = "cancelled"
+        if isinstance(event, ReplyCompleted):
+            status, ttft, finish = "completed", event.ttft_ms, event.finish_reason
+        elif isinstance(event, ReplyFailed):
+            status, error = "failed", event.error_code
+        else:
+            status = "cancelled"
         self.replies[event.message_id] = _ReplyRow(
             row={
                 "message_id": event.message_id,
@@ -515,6 +519,26 @@ class BatchEffects:
                 daily.add("api_server_errors", 1)
             elif request.status >= 400:
                 daily.add("api_client_errors", 1)
+
+
+_EVENT_HANDLERS: dict[str, Callable[[BatchEffects, Any], None]] = {
+    UserRegistered.routing_key: BatchEffects._user_registered,
+    UserLoggedIn.routing_key: BatchEffects._user_logged_in,
+    UserLoginFailed.routing_key: BatchEffects._user_login_failed,
+    UserLoggedOut.routing_key: BatchEffects._user_logged_out,
+    UserUpdated.routing_key: BatchEffects._user_updated,
+    UserDeleted.routing_key: BatchEffects._user_deleted,
+    ConversationCreated.routing_key: BatchEffects._conversation_created,
+    ConversationRenamed.routing_key: BatchEffects._conversation_touched,
+    ConversationEnded.routing_key: BatchEffects._conversation_ended,
+    ConversationDeleted.routing_key: BatchEffects._conversation_deleted,
+    MessageSent.routing_key: BatchEffects._message_sent,
+    ReplyCompleted.routing_key: BatchEffects._stage_reply,
+    ReplyFailed.routing_key: BatchEffects._stage_reply,
+    ReplyCancelled.routing_key: BatchEffects._stage_reply,
+    HttpRequestCompleted.routing_key: BatchEffects._add_http,
+}
+"""What each event type changes; types not listed (`reply.started`) carry nothing kept here."""
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -52,7 +52,13 @@ class AnalyticsSettings(ServiceSettings):
         ),
     )
     consumer_prefetch: int = Field(
-        default=1000, ge=1, le=10_000, description="Unacknowledged events held at once."
+        default=3000,
+        ge=1,
+        le=20_000,
+        description=(
+            "Unacknowledged events held at once; several batches' worth, so RabbitMQ keeps "
+            "delivering while a batch commits."
+        ),
     )
     batch_max_events: int = Field(
         default=500, ge=1, le=5000, description="Events written in one transaction at most."

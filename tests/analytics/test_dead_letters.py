@@ -68,6 +68,8 @@ async def test_bad_events_are_dead_lettered_and_the_rest_keep_flowing(stack):
     await eventually(lambda: _equals(stack.metric("dead_lettered"), 4), timeout_s=30)
     await eventually(lambda: _equals(_user_messages(stack), 40))
     await eventually(lambda: _equals(stack.queue_depth(dead=True), 4))
+    # The dashboard sees the dead letters waiting for a human, and the backlog.
+    await eventually(lambda: _equals(stack.metric("dead_letter_queue_depth"), 4))
     assert await stack.metric("malformed_events") == 2
     assert await stack.metric("poison_events") == 2
     assert sorted(await stack.dead_letters()) == sorted(body for _, body in bad)
@@ -79,6 +81,13 @@ async def test_bad_events_are_dead_lettered_and_the_rest_keep_flowing(stack):
     await stack.publish_all(_messages(15))
     await eventually(lambda: _equals(_user_messages(stack), 55))
     assert await stack.queue_depth() == 0
+    await eventually(lambda: _equals(stack.metric("dead_letter_queue_depth"), 0))
+    assert (
+        await stack.scalar(
+            "SELECT count(*) FROM analytics.system_metrics WHERE name = 'queue_depth'"
+        )
+        == 1
+    )
 
 
 async def test_unknown_types_are_counted_not_dead_lettered(stack):
