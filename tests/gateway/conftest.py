@@ -4,6 +4,7 @@ WebSocket helpers and a direct line to the broker's stream/control exchanges."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -20,6 +21,7 @@ import websockets
 
 from shared.ids import IdKind, new_id
 from shared.topology import Topology, conversation_routing_key
+from tests.conftest import _delete_namespace as delete_namespace
 from tests.infra import TestInfrastructure
 from tests.processes import ServiceProcess
 
@@ -64,6 +66,32 @@ def mint_token(
     return jwt.encode(claims, infra.jwt_secret, algorithm="HS256")
 
 
+@pytest.fixture(scope="package")
+def gw_infra(infra: TestInfrastructure) -> TestInfrastructure:
+    """The session's database with this package's own broker namespace: chat workers that other
+    packages leave running in the session namespace never answer this package's messages."""
+    return dataclasses.replace(infra, namespace=f"{infra.namespace}gw")
+
+
+@pytest.fixture(scope="package")
+async def start_service(
+    gw_infra: TestInfrastructure, start_service: Callable[..., ServiceProcess]
+) -> AsyncIterator[Callable[..., ServiceProcess]]:
+    """The session's `start_service` in this package's namespace; stops what it started and
+    deletes the namespace when the package is done."""
+    started: list[ServiceProcess] = []
+
+    def _start(service: str, **kwargs: Any) -> ServiceProcess:
+        process = start_service(service, CONVOAI_NAMESPACE=gw_infra.namespace, **kwargs)
+        started.append(process)
+        return process
+
+    yield _start
+    for process in reversed(started):
+        process.stop()
+    await delete_namespace(gw_infra.amqp_url, Topology(gw_infra.namespace))
+
+
 @pytest.fixture
 def new_user(infra: TestInfrastructure) -> Callable[[], User]:
     """A fresh user per call, so per-user rate limits never leak between tests."""
@@ -76,12 +104,12 @@ def new_user(infra: TestInfrastructure) -> Callable[[], User]:
     return _new
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(start_service: Callable[..., ServiceProcess]) -> ServiceProcess:
     return start_service("gateway", instance_id="gw-a", **GATEWAY_ENV)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway_b(start_service: Callable[..., ServiceProcess]) -> ServiceProcess:
     return start_service("gateway", instance_id="gw-b", **GATEWAY_ENV)
 
@@ -181,13 +209,13 @@ class BrokerLine:
         return queue
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def broker_line(
-    infra: TestInfrastructure, gateway: ServiceProcess
+    gw_infra: TestInfrastructure, gateway: ServiceProcess
 ) -> AsyncIterator[BrokerLine]:
     # `gateway` first: it declares the namespace's exchanges.
-    connection = await aio_pika.connect_robust(infra.amqp_url)
-    line = BrokerLine(connection, Topology(infra.namespace))
+    connection = await aio_pika.connect_robust(gw_infra.amqp_url)
+    line = BrokerLine(connection, Topology(gw_infra.namespace))
     await line.open()
     yield line
     await connection.close()
@@ -206,7 +234,7 @@ async def next_message(
     raise TimeoutError("no message on the queue")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mock_llm(start_service: Callable[..., ServiceProcess]) -> ServiceProcess:
     return start_service("mock_llm", instance_id="mock-llm-gw")
 

@@ -19,7 +19,7 @@ from tests.gateway.conftest import (
     worker_env,
 )
 from tests.gateway.test_outage import broker_ready
-from tests.processes import wait_until
+from tests.processes import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -42,11 +42,10 @@ async def test_message_sent_during_a_broker_outage_is_answered_after_it(
 ):
     proxy = TcpProxy.for_url(infra.amqp_url).start()
     proxied = {"CONVOAI_AMQP_URL": proxy.proxied_url(infra.amqp_url)}
+    stack: list[ServiceProcess] = []
     try:
         gateway = start_service("gateway", instance_id="gw-chat-outage", **GATEWAY_ENV, **proxied)
-        worker = start_service(
-            "chat_worker", instance_id="worker-outage", **worker_env(mock_llm), **proxied
-        )
+        start_service("chat_worker", instance_id="worker-outage", **worker_env(mock_llm), **proxied)
         alice = new_user()
         cid = (await create_conversation(gateway, alice))["id"]
         socket = await open_socket(gateway, alice)
@@ -78,6 +77,8 @@ async def test_message_sent_during_a_broker_outage_is_answered_after_it(
         ]
         assert messages[1]["content"] == reply
         await socket.close()
-        worker.stop()
     finally:
+        # Stopped now, not at the end of the package: later tests expect no worker running.
+        for process in stack:
+            process.stop()
         proxy.close()
