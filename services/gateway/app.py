@@ -70,6 +70,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
         )
     )
+    app.add_middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)

@@ -216,6 +216,12 @@ async def test_bad_requests_get_clear_4xx_errors(http, new_user, gateway):
         response = await http.request(method, path, json=body, headers=alice.headers)
         assert response.status_code == 422, (method, path, response.text)
         assert response.json()["detail"]
+    huge = await http.post(
+        f"/conversations/{cid}/messages",
+        content=b'{"content": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        headers={**alice.headers, "content-type": "application/json"},
+    )
+    assert huge.status_code == 413 and "detail" in huge.json()
     unknown = await http.get("/conversations/doesnotexist", headers=alice.headers)
     assert unknown.status_code == 404 and unknown.json() == {"detail": "Conversation not found"}
 
