@@ -183,3 +183,24 @@ async def test_cancel_mid_reply_stops_it_and_keeps_the_partial(gateway, worker, 
     messages = await history(gateway, alice, cid)
     assert (messages[1]["status"], messages[1]["content"]) == ("cancelled", cancelled["content"])
     await socket.close()
+
+
+async def test_a_failing_model_gives_the_client_reply_failed_with_a_code(
+    gateway, worker, mock_llm, new_user
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    tag = f"fail-{secrets.token_hex(4)}"
+    async with httpx.AsyncClient(base_url=mock_llm.url) as client:
+        rule = {"status": 500, "match": tag, "times": -1}
+        assert (await client.post("/_faults", json=rule)).status_code == 201
+    socket = await open_socket(gateway, alice)
+    ack = await socket.request(
+        {"type": "send_message", "conversation_id": cid, "content": tag, "client_message_id": "f"},
+        "ack",
+    )
+    failed, _ = await socket.recv_until("reply.failed", timeout_s=30)
+    assert failed["reply_to"] == ack["message_id"]
+    assert failed["error"]["code"] and failed["error"]["message"]
+    assert (await history(gateway, alice, cid))[1]["status"] == "failed"
+    await socket.close()
