@@ -47,6 +47,8 @@ class StreamFanout:
         self._topology = topology
         self._instance_id = instance_id
         self._watchers: dict[str, set[FrameWatcher]] = {}
+        self._unbound: set[str] = set()
+        """Watched conversations whose binding failed during an outage (made on recovery)."""
         self._binding_lock = asyncio.Lock()
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
@@ -81,18 +83,32 @@ class StreamFanout:
 
     @property
     def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        # Cleared as soon as the connection drops, set again when it is re-established:
+        # checked first so nothing waits on a robust channel's recovery during an outage.
+        return self._connection is not None and self._connection.connected.is_set()
 
     def watched_conversations(self) -> int:
         return len(self._watchers)
 
     async def watch(self, conversation_id: str, watcher: FrameWatcher) -> None:
-        """Start delivering `conversation_id`'s frames to `watcher` (binds on the first one)."""
+        """Start delivering `conversation_id`'s frames to `watcher` (binds on the first one).
+
+        While the broker is unreachable the watcher is registered anyway and the binding made
+        on recovery, when every watcher is told to resynchronise: chat keeps working from the
+        database during an outage and live frames resume after it.
+        """
         async with self._binding_lock:
             watchers = self._watchers.get(conversation_id)
             if watchers is None:
-                await self._bind(conversation_id)
                 watchers = self._watchers[conversation_id] = set()
+                try:
+                    await self._bind(conversation_id)
+                except StreamUnavailable as exc:
+                    self._unbound.add(conversation_id)
+                    log.warning(
+                        "bind deferred until the broker is back",
+                        extra={"conversation_id": conversation_id, "error": str(exc)},
+                    )
             watchers.add(watcher)
 
     async def unwatch(self, conversation_id: str, watcher: FrameWatcher) -> None:
@@ -104,6 +120,9 @@ class StreamFanout:
             if watchers:
                 return
             del self._watchers[conversation_id]
+            if conversation_id in self._unbound:
+                self._unbound.discard(conversation_id)
+                return
             try:
                 assert self._queue is not None and self._stream is not None
                 await self._queue.unbind(
@@ -162,6 +181,13 @@ class StreamFanout:
             "stream connection recovered",
             extra={"url": redact_url(self._amqp_url), "conversations": len(self._watchers)},
         )
+        async with self._binding_lock:
+            for conversation_id in tuple(self._unbound):
+                try:
+                    await self._bind(conversation_id)
+                except StreamUnavailable:
+                    break  # down again; the next recovery retries
+                self._unbound.discard(conversation_id)
         for watchers in tuple(self._watchers.values()):
             for watcher in tuple(watchers):
                 watcher.broker_recovered()

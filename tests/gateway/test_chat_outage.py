@@ -60,6 +60,20 @@ async def test_message_sent_during_a_broker_outage_is_answered_after_it(
             )
         assert accepted.status_code == 202
         mid = accepted.json()["message_id"]
+        # A socket opened during the outage still subscribes and sends (from the database).
+        late = await open_socket(gateway, alice)
+        snapshot = await late.request({"type": "subscribe", "conversation_id": cid}, "snapshot")
+        assert [m["id"] for m in snapshot["messages"]] == [mid]
+        late_prompt = f"also in the dark {secrets.token_hex(4)}"
+        ack = await late.request(
+            {
+                "type": "send_message",
+                "conversation_id": cid,
+                "content": late_prompt,
+                "client_message_id": "late",
+            },
+            "ack",
+        )
         proxy.restore()
 
         reply = None
@@ -67,16 +81,24 @@ async def test_message_sent_during_a_broker_outage_is_answered_after_it(
         while reply is None:
             reply = reply_in(await socket.recv(max(0.1, deadline - time.monotonic())), mid)
         assert reply == expected_reply_text(prompt)
+        late_reply = None
+        while late_reply is None:
+            frame = await late.recv(max(0.1, deadline - time.monotonic()))
+            late_reply = reply_in(frame, ack["message_id"])
+        assert late_reply == expected_reply_text(late_prompt)
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             messages = (
                 await client.get(f"/conversations/{cid}/messages", headers=alice.headers)
             ).json()["items"]
-        assert [(m["role"], m["status"]) for m in messages] == [
-            ("user", "complete"),
+        assert sorted((m["role"], m["status"]) for m in messages) == [
             ("assistant", "complete"),
+            ("assistant", "complete"),
+            ("user", "complete"),
+            ("user", "complete"),
         ]
-        assert messages[1]["content"] == reply
+        assert {m["content"] for m in messages if m["role"] == "assistant"} == {reply, late_reply}
         await socket.close()
+        await late.close()
     finally:
         # Stopped now, not at the end of the package: later tests expect no worker running.
         for process in stack:
