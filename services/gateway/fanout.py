@@ -20,6 +20,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from shared.logging import redact_url
@@ -62,7 +63,8 @@ class StreamFanout:
             reconnect_interval=1.0,
             client_properties={"connection_name": f"{self._instance_id}-stream"},
         )
-        channel = await self._connection.channel(publisher_confirms=False)
+        # Confirms tell a routed control command from one no worker was bound to receive.
+        channel = await self._connection.channel(publisher_confirms=True)
         self._stream = await channel.declare_exchange(
             self._topology.stream.name, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -144,22 +146,28 @@ class StreamFanout:
         except Exception as exc:
             raise StreamUnavailable(f"cannot bind: {type(exc).__name__}") from exc
 
-    async def publish_control(self, command: CancelCommand | ResyncCommand) -> None:
-        """Send a command to whichever worker holds the conversation's reply (transient)."""
+    async def publish_control(self, command: CancelCommand | ResyncCommand) -> bool:
+        """Send a command to whichever worker holds the conversation's reply (transient).
+
+        False when no worker is bound to the conversation: nothing is streaming in it. A worker
+        binds before it writes the reply row and unbinds after its last frame.
+        """
         if self._control is None or not self.connected:
             raise StreamUnavailable("stream connection is not open")
         try:
-            await self._control.publish(
+            confirmation = await self._control.publish(
                 aio_pika.Message(
                     command.model_dump_json().encode(),
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                 ),
                 routing_key=conversation_routing_key(command.conversation_id),
+                mandatory=True,
                 timeout=5,
             )
         except Exception as exc:
             raise StreamUnavailable(f"cannot publish: {type(exc).__name__}") from exc
+        return not isinstance(getattr(confirmation, "delivery", None), Basic.Return)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:

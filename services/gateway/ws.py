@@ -644,13 +644,19 @@ class ChatSocket:
             )
         elif isinstance(frame, CancelFrame):
             await chat.get_conversation(user_id, frame.conversation_id)
-            await self._gw.fanout.publish_control(
+            routed = await self._gw.fanout.publish_control(
                 CancelCommand(
                     conversation_id=frame.conversation_id,
                     message_id=frame.message_id,
                     requested_by=user_id,
                 )
             )
+            if not routed:
+                self.error(
+                    "nothing_to_cancel",
+                    "no reply is being generated in this conversation",
+                    conversation_id=frame.conversation_id,
+                )
 
     def _rate_key(self) -> str | None:
         # Anonymous ids are per socket; the client's address is what a reconnect keeps.
@@ -715,12 +721,14 @@ class ChatSocket:
             request_id = secrets.token_urlsafe(12)
             watch.expect_snapshots(request_id, set(partials), awaiting)
             try:
-                await self._gw.fanout.publish_control(
+                routed = await self._gw.fanout.publish_control(
                     ResyncCommand(conversation_id=conversation_id, request_id=request_id)
                 )
-                answers = await watch.wait_snapshots(self._settings.resync_timeout_s)
             except StreamUnavailable:
-                answers = {}
+                routed = False
+            # Unrouted: no worker holds a reply here, so none will answer; whatever starts
+            # from now on arrives live on the binding made before the read.
+            answers = await watch.wait_snapshots(self._settings.resync_timeout_s if routed else 0)
             for message_id, snap in answers.items():
                 known = partials.get(message_id)
                 # The worker's memory is ahead of the stored partial unless a newer attempt

@@ -254,8 +254,10 @@ async def test_cancel_is_published_to_the_conversations_worker(
 ):
     alice = new_user()
     cid = (await create_conversation(gateway, alice))["id"]
-    control = await broker_line.control_queue(cid)
     socket = await open_socket(gateway, alice)
+    idle = await socket.request({"type": "cancel", "conversation_id": cid}, "error")
+    assert idle["code"] == "nothing_to_cancel"
+    control = await broker_line.control_queue(cid)
     await socket.send({"type": "cancel", "conversation_id": cid, "message_id": "abcdefghij"})
     command = await next_message(control)
     assert command == {
