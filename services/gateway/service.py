@@ -97,10 +97,18 @@ class MessageRateLimiter:
         self._per_minute = per_minute
         self._window_s = window_s
         self._sent: dict[str, deque[float]] = {}
+        self._pruned_at = time.monotonic()
+
+    def _prune(self, now: float) -> None:
+        """Forget users idle for a whole window, so the table holds only recent senders."""
+        self._sent = {k: v for k, v in self._sent.items() if v and now - v[-1] < self._window_s}
+        self._pruned_at = now
 
     def check(self, key: str) -> None:
         """Count one message for `key`, or raise `RateLimited` without counting it."""
         now = time.monotonic()
+        if now - self._pruned_at >= self._window_s:
+            self._prune(now)
         sent = self._sent.setdefault(key, deque())
         while sent and now - sent[0] >= self._window_s:
             sent.popleft()

@@ -4,6 +4,7 @@ message rate limiter."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -129,4 +130,15 @@ def test_rate_limiter_counts_per_key_and_refunds():
     assert 0 < limited.value.retry_after_s <= 60
     limiter.check("b")
     limiter.refund("a")
+    limiter.check("a")
+
+
+def test_rate_limiter_window_slides_and_idle_users_are_forgotten():
+    limiter = MessageRateLimiter(1, window_s=0.05)
+    limiter.check("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+    time.sleep(0.06)  # the window itself is under test
+    limiter.check("b")
+    assert "a" not in limiter._sent
     limiter.check("a")
