@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiormq
@@ -78,8 +79,8 @@ SELECT 'seed-r' || g, gen_random_uuid(), 'seed-c' || (g % 50000), 'seed-u' || (g
        'seed-m' || g, (ARRAY['gpt-4o-mini','gpt-4o','gpt-4.1-mini','mock-gpt'])[1 + g % 4],
        CASE WHEN g % 40 = 0 THEN 'failed' ELSE 'completed' END,
        100 + g % 900, 20 + g % 480, 0, true,
-       CASE WHEN g % 40 = 0 THEN NULL ELSE 50 + (g * 7919) % 2950 END,
-       200 + (g * 104729) % 9800, 'stop', NULL,
+       CASE WHEN g % 40 = 0 THEN NULL ELSE 50 + (g::bigint * 7919) % 2950 END,
+       200 + (g::bigint * 104729) % 9800, 'stop', NULL,
        now() - make_interval(days => g % 90, secs => g % 86400)
 FROM generate_series(1, $1::int) AS g;
 
@@ -137,6 +138,11 @@ ROLLUP_SQL = [
     INSERT INTO analytics.ttft_histogram (model, bucket_ms, replies)
     SELECT model, round(ttft_ms)::int, count(*) FROM analytics.replies
     WHERE status = 'completed' AND message_id LIKE 'seed-r%' GROUP BY 1, 2
+    """,
+    """
+    INSERT INTO analytics.ttft_histogram (model, bucket_ms, replies)
+    SELECT '*', round(ttft_ms)::int, count(*) FROM analytics.replies
+    WHERE status = 'completed' AND message_id LIKE 'seed-r%' GROUP BY 2
     """,
     """
     INSERT INTO analytics.users (user_id, username, first_seen_at, last_seen_at, user_messages,
@@ -316,9 +322,7 @@ class Consumer:
     def __init__(self, env: dict[str, str], port: int) -> None:
         self.env, self.port = env, port
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.NamedTemporaryFile(
-            prefix="bench-analytics-", suffix=".log", delete=False
-        )
+        self.log_path = Path(tempfile.mkstemp(prefix="bench-analytics-", suffix=".log")[1])
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -332,12 +336,12 @@ class Consumer:
                 str(self.port),
             ],
             env=self.env,
-            stdout=self.log,
+            stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "analytics consumer exited; see " + self.log.name
+            assert self.proc.poll() is None, f"analytics consumer exited; see {self.log_path}"
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
                     return
@@ -481,7 +485,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["daily_stats_366d"] = latency(url, token, "/daily-stats?days=366", args.requests)
         result["models"] = latency(url, token, "/models", args.requests)
         result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
-        result["settings"] = {"batch_max_events": 500, "batch_window_ms": 50, "prefetch": 1000}
+        result["settings"] = {"batch_max_events": 500, "batch_window_ms": 50, "prefetch": 3000}
     finally:
         if consumer is not None:
             consumer.stop()

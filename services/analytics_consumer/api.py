@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
+from services.analytics_consumer import models
 from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.repository import (
     AnalyticsRepository,
     DateRange,
     UsersRankedBy,
     money,
-    nearest_rank,
 )
 from services.analytics_consumer.schemas import (
     Activity,
@@ -89,7 +89,7 @@ async def summary(repo: Repository) -> Summary:
         int(t["replies_failed"]),
         int(t["replies_cancelled"]),
     )
-    histogram = await repo.ttft_histogram()
+    ttft = (await repo.ttft_percentiles(models.ALL_MODELS)).get(models.ALL_MODELS)
     api_calls = int(t["api_calls"])
     return Summary(
         total_users=await repo.total_users(),
@@ -111,8 +111,8 @@ async def summary(repo: Repository) -> Summary:
         error_rate=_rate(int(t["api_server_errors"]), api_calls),
         reply_failure_rate=_rate(failed, completed + failed + cancelled),
         avg_ttft_ms=_avg(float(t["ttft_ms_total"]), completed),
-        ttft_p50_ms=nearest_rank(histogram, 50),
-        ttft_p95_ms=nearest_rank(histogram, 95),
+        ttft_p50_ms=ttft.p50 if ttft else None,
+        ttft_p95_ms=ttft.p95 if ttft else None,
         logins=int(t["logins"]),
         failed_logins=int(t["failed_logins"]),
         system=await repo.system_metrics(),
@@ -347,12 +347,12 @@ async def model_stats(
 ) -> Page[ModelRow]:
     """Per model over the date range; time-to-first-token percentiles are lifetime."""
     rows = await repo.models(_date_range(start, end))
-    histograms = await repo.ttft_histograms_by_model()
+    percentiles = await repo.ttft_percentiles()
     items = []
     for r in rows:
         price = prices.price_of(r["model"])
         completed = int(r["replies_completed"])
-        histogram = histograms.get(r["model"], [])
+        ttft = percentiles.get(r["model"])
         items.append(
             ModelRow(
                 model=r["model"],
@@ -369,8 +369,8 @@ async def model_stats(
                 output_usd_per_million=float(price.output_per_million) if price else None,
                 avg_duration_ms=_avg(float(r["reply_duration_ms_total"]), completed),
                 avg_ttft_ms=_avg(float(r["ttft_ms_total"]), completed),
-                ttft_p50_ms=nearest_rank(histogram, 50),
-                ttft_p95_ms=nearest_rank(histogram, 95),
+                ttft_p50_ms=ttft.p50 if ttft else None,
+                ttft_p95_ms=ttft.p95 if ttft else None,
             )
         )
     items.sort(key=lambda m: (-m.total_tokens, m.model))

@@ -189,6 +189,10 @@ class EventConsumer:
             await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
             attempt += 1
 
+    async def _close_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
     def _forget_channel(self) -> None:
         self._channel = None
         self._connected.clear()
@@ -226,8 +230,15 @@ class EventConsumer:
                 self._arrived.clear()
             if len(self._pending) < self._config.batch_max_events:
                 self._full.clear()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self.write_batch(batch)
+            except Exception:
+                # A bug, not bad data or an outage: drop the channel so that every delivery it
+                # holds comes back, instead of leaving them unacknowledged forever.
+                log.exception("batch writer failed; returning its deliveries to the queue")
+                await self._close_channel(batch[0].channel)
 
     async def write_batch(self, batch: Sequence[Delivery]) -> None:
         good: list[tuple[Delivery, Incoming]] = []

@@ -481,7 +481,9 @@ class BatchEffects:
                 sums.add("ttft_ms_total", ttft)
             conversation.reply_duration_ms_total += duration
             conversation.ttft_ms_total += ttft
-            self.ttft[(model, ttft_bucket(ttft))] += 1
+            bucket = ttft_bucket(ttft)
+            self.ttft[(model, bucket)] += 1
+            self.ttft[(models.ALL_MODELS, bucket)] += 1
         if event.user_id:
             user = self._user(event.user_id, event.occurred_at)
             user.counters["replies"] += 1

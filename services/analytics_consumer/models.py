@@ -47,6 +47,8 @@ USER_AGENT_LENGTH = 512
 ROUTE_LENGTH = 300
 UNKNOWN_MODEL = "unknown"
 """Rollup key for replies whose event names no model (a failure before the model was chosen)."""
+ALL_MODELS = "*"
+"""`ttft_histogram` rows under this model count every model, so the summary reads one histogram."""
 
 Money = Numeric(20, 8)
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models
@@ -36,18 +34,29 @@ class DateRange:
         return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), UTC)
 
 
-def nearest_rank(histogram: Sequence[tuple[int, int]], percentile: float) -> float | None:
-    """The nearest-rank percentile of a sorted (value, count) histogram."""
-    total = sum(count for _, count in histogram)
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(percentile / 100 * total))
-    seen = 0
-    for value, count in histogram:
-        seen += count
-        if seen >= rank:
-            return float(value)
-    return float(histogram[-1][0])
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float | None
+    p95: float | None
+
+
+# Nearest rank: the smallest value whose cumulative count reaches ceil(p * n). The window runs
+# along the primary key (model, bucket_ms), so it reads the histogram in index order.
+_PERCENTILES_SQL = """
+    WITH h AS (
+        SELECT model, bucket_ms,
+               sum(replies) OVER (PARTITION BY model ORDER BY bucket_ms) AS seen,
+               sum(replies) OVER (PARTITION BY model) AS total
+        FROM analytics.ttft_histogram
+        WHERE {condition}
+    )
+    SELECT model,
+           min(bucket_ms) FILTER (WHERE seen >= ceil(0.50 * total)) AS p50,
+           min(bucket_ms) FILTER (WHERE seen >= ceil(0.95 * total)) AS p95
+    FROM h GROUP BY model
+"""
+_ONE_MODEL_PERCENTILES = text(_PERCENTILES_SQL.format(condition="model = :model"))
+_EACH_MODEL_PERCENTILES = text(_PERCENTILES_SQL.format(condition="model <> :all_models"))
 
 
 def _num(value: Any) -> Any:
@@ -87,22 +96,19 @@ class AnalyticsRepository:
             or 0
         )
 
-    async def ttft_histogram(self, model: str | None = None) -> list[tuple[int, int]]:
-        h = models.TtftHistogram
-        query = select(h.bucket_ms, func.sum(h.replies)).group_by(h.bucket_ms).order_by(h.bucket_ms)
-        if model is not None:
-            query = query.where(h.model == model)
-        return [(int(b), int(n)) for b, n in (await self._session.execute(query)).all()]
-
-    async def ttft_histograms_by_model(self) -> dict[str, list[tuple[int, int]]]:
-        h = models.TtftHistogram
-        rows = await self._session.execute(
-            select(h.model, h.bucket_ms, h.replies).order_by(h.model, h.bucket_ms)
-        )
-        histograms: dict[str, list[tuple[int, int]]] = {}
-        for model, bucket, count in rows.all():
-            histograms.setdefault(model, []).append((int(bucket), int(count)))
-        return histograms
+    async def ttft_percentiles(self, model: str | None = None) -> dict[str, Percentiles]:
+        """Lifetime time-to-first-token percentiles of `model` (`ALL_MODELS`), or of each."""
+        if model is None:
+            query, params = _EACH_MODEL_PERCENTILES, {"all_models": models.ALL_MODELS}
+        else:
+            query, params = _ONE_MODEL_PERCENTILES, {"model": model}
+        rows = await self._session.execute(query, params)
+        return {
+            name: Percentiles(
+                None if p50 is None else float(p50), None if p95 is None else float(p95)
+            )
+            for name, p50, p95 in rows.all()
+        }
 
     async def system_metrics(self) -> dict[str, float]:
         rows = await self._session.execute(
