@@ -103,13 +103,23 @@ class Outbox:
         session.info.setdefault(_STAGED_KEY, []).extend(staged)
 
     @asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
-        """A transaction whose staged events are published as soon as it has committed."""
+    async def unit_of_work(self, *, wait_for_publish: bool = True) -> AsyncIterator[AsyncSession]:
+        """A transaction whose staged events are published as soon as it has committed.
+
+        `wait_for_publish=False` publishes in the background instead (a hot path that must not
+        wait for the broker's confirm; the row in the table still guarantees delivery).
+        """
         async with transaction(self._sessions) as session:
             yield session
         staged: list[_StagedEvent] = session.info.pop(_STAGED_KEY, [])
-        if staged:
+        if not staged:
+            return
+        if wait_for_publish:
             await self._publish_after_commit(staged)
+        else:
+            task = asyncio.create_task(self._publish_after_commit(staged))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _publish_after_commit(self, staged: list[_StagedEvent]) -> None:
         published: list[str] = []

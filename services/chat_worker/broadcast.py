@@ -3,8 +3,14 @@
 Frames are transient and need no publisher confirms, so they use their own aio-pika connection
 and channel (the FastStream broker's channel confirms every publish). One task publishes them in
 order from a queue, so frames of one reply never overtake each other and the hot path only
-appends to a list. The control queue is bound to `conv.<id>` only while this worker streams a
-reply in that conversation.
+appends to a list.
+
+The control queue is bound to `conv.*`: every worker hears every command and acts on those for
+replies it holds. Commands are rare (a cancel, a resync per subscribe while a reply streams),
+whereas binding and unbinding `conv.<id>` around every reply costs two broker round trips that
+are serialised per channel; measured under load they added up to a second before a reply
+could start. A wildcard binding also cannot miss a command sent between a reply's start and
+its binding.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from shared.topology import Topology, conversation_routing_key
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
+CONTROL_BINDING = "conv.*"
 
 CommandHandler = Callable[[ControlCommand], Awaitable[None]]
 
@@ -45,8 +52,6 @@ class FrameChannel:
         self._control_queue: AbstractQueue | None = None
         self._outgoing: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
-        self._bound: dict[str, int] = {}
-        self._binding_lock = asyncio.Lock()
         self.frames_published = 0
         self.frames_dropped = 0
 
@@ -81,6 +86,7 @@ class FrameChannel:
             except Exception:
                 log.exception("control command failed", extra={"type": command.type})
 
+        await self._control_queue.bind(self._control, CONTROL_BINDING)
         await self._control_queue.consume(deliver, no_ack=True)
         self._publisher = asyncio.create_task(self._publish_forever(), name="frame-publisher")
 
@@ -130,33 +136,6 @@ class FrameChannel:
                 log.warning("frame not published", extra={"error": repr(exc)})
             finally:
                 self._outgoing.task_done()
-
-    async def watch(self, conversation_id: str) -> None:
-        """Receive control commands for `conversation_id` (counted: one per streaming reply)."""
-        async with self._binding_lock:
-            count = self._bound.get(conversation_id, 0)
-            if count == 0:
-                assert self._control_queue is not None and self._control is not None
-                await self._control_queue.bind(
-                    self._control, conversation_routing_key(conversation_id)
-                )
-            self._bound[conversation_id] = count + 1
-
-    async def unwatch(self, conversation_id: str) -> None:
-        async with self._binding_lock:
-            count = self._bound.get(conversation_id, 0) - 1
-            if count > 0:
-                self._bound[conversation_id] = count
-                return
-            self._bound.pop(conversation_id, None)
-            assert self._control_queue is not None and self._control is not None
-            try:
-                await self._control_queue.unbind(
-                    self._control, conversation_routing_key(conversation_id)
-                )
-            except Exception as exc:
-                # A stale binding only routes a few commands here, which are then ignored.
-                log.warning("control unbind failed", extra={"error": repr(exc)})
 
     @property
     def pending_frames(self) -> int:

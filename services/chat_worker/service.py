@@ -86,7 +86,7 @@ class Claim:
     model: str
     temperature: float | None
     system_prompt: str
-    history: list[Turn]
+    question: Message
 
 
 @dataclass
@@ -111,12 +111,9 @@ class ChatReplies:
     async def handle_request(self, event: MessageSent, *, redelivered: bool) -> Disposition:
         """Generate the reply to `event`'s message unless it exists; what to do with the request."""
         self.metrics.in_flight += 1
-        # Bound before the reply row exists, so whoever sees it streaming can reach this worker.
-        await self.frames.watch(event.conversation_id)
         try:
             return await self._handle(event, redelivered)
         finally:
-            await self.frames.unwatch(event.conversation_id)
             self.metrics.in_flight -= 1
 
     async def _handle(self, event: MessageSent, redelivered: bool) -> Disposition:
@@ -142,7 +139,7 @@ class ChatReplies:
             superseded.task.cancel()
         self.active[reply.message_id] = reply
         try:
-            return await self._generate(reply, claim, event)
+            return await self._generate(reply, claim)
         finally:
             if self.active.get(reply.message_id) is reply:
                 del self.active[reply.message_id]
@@ -158,7 +155,7 @@ class ChatReplies:
 
     async def _claim_once(self, event: MessageSent, redelivered: bool) -> Claim | None:
         started_frame: StreamFrame | None = None
-        async with self.outbox.unit_of_work() as session:
+        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
             loaded = await repository.load_request(session, event.message_id)
             if loaded is None:
                 log.info("request for a missing message dropped", extra={"id": event.message_id})
@@ -216,7 +213,6 @@ class ChatReplies:
                     attempt=attempt,
                 ),
             )
-            history = await repository.load_history(session, question)
             claim = Claim(
                 reply_id=reply_id,
                 attempt=attempt,
@@ -228,7 +224,7 @@ class ChatReplies:
                 system_prompt=conversation.system_prompt
                 or (assistant.system_prompt if assistant else "")
                 or self.settings.default_system_prompt,
-                history=history,
+                question=question,
             )
             started_frame = ActiveReply(
                 conversation_id=question.conversation_id,
@@ -239,7 +235,6 @@ class ChatReplies:
                 policy=self.policy,
             ).started_frame()
             await session.commit()
-            # Out before the outbox's confirmed publish of `reply.started`: clients wait for it.
             self.frames.publish(started_frame)
         return claim
 
@@ -252,11 +247,8 @@ class ChatReplies:
         idle_s = (datetime.now(UTC) - existing.updated_at).total_seconds()
         return idle_s > self.settings.stale_reply_s
 
-    async def _generate(self, reply: ActiveReply, claim: Claim, event: MessageSent) -> Disposition:
-        messages = build_prompt(
-            claim.system_prompt, claim.history, self.settings.context_budget_tokens
-        )
-        reply.task = asyncio.create_task(self._stream_with_retries(reply, claim, messages))
+    async def _generate(self, reply: ActiveReply, claim: Claim) -> Disposition:
+        reply.task = asyncio.create_task(self._stream_with_retries(reply, claim))
         try:
             outcome = await reply.task
             assert isinstance(outcome, StreamOutcome)
@@ -285,9 +277,10 @@ class ChatReplies:
             return Disposition.REQUEUE
         return Disposition.ACK
 
-    async def _stream_with_retries(
-        self, reply: ActiveReply, claim: Claim, messages: list[dict[str, str]]
-    ) -> StreamOutcome:
+    async def _stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
+        # Read after the claim has committed, so `reply.started` is not held up by it.
+        history = await self._with_db_retry(lambda: self._load_history(claim.question))
+        messages = build_prompt(claim.system_prompt, history, self.settings.context_budget_tokens)
         retries = 0
         while True:
             outcome = StreamOutcome()
@@ -323,8 +316,12 @@ class ChatReplies:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
                 await self._with_db_retry(lambda: self._restart(reply))
 
+    async def _load_history(self, question: Message) -> list[Turn]:
+        async with self.sessions() as session:
+            return await repository.load_history(session, question)
+
     async def _restart(self, reply: ActiveReply) -> None:
-        async with self.outbox.unit_of_work() as session:
+        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
             if not await repository.update_streaming_reply(
                 session,
                 reply.message_id,
@@ -351,7 +348,7 @@ class ChatReplies:
         frame = reply.completed_frame(usage, outcome.finish_reason)
         ttft_ms, duration_ms = reply.ttft_ms(), reply.elapsed_ms()
         try:
-            async with self.outbox.unit_of_work() as session:
+            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
                 if not await repository.update_streaming_reply(
                     session,
                     reply.message_id,
@@ -395,7 +392,7 @@ class ChatReplies:
         self._flush(reply)
         frame = reply.failed_frame(failure.code, failure.message)
         try:
-            async with self.outbox.unit_of_work() as session:
+            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
                 if not await repository.update_streaming_reply(
                     session,
                     reply.message_id,
@@ -433,7 +430,7 @@ class ChatReplies:
         self._flush(reply)
         frame = reply.cancelled_frame()
         try:
-            async with self.outbox.unit_of_work() as session:
+            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
                 if not await repository.update_streaming_reply(
                     session,
                     reply.message_id,
@@ -534,7 +531,7 @@ class ChatReplies:
         ]
         stored = [(r.attempt, r.seq) for r in changed]
         try:
-            async with self.outbox.unit_of_work() as session:
+            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
                 await repository.persist_partials(session, rows)
         except Exception as exc:
             log.warning("storing partial replies failed", extra={"error": repr(exc)})
