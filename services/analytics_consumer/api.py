@@ -83,7 +83,7 @@ async def analytics_health(request: Request) -> AnalyticsHealth:
 
 @readers.get("/summary")
 async def summary(repo: Repository) -> Summary:
-    t = await repo.daily_totals()
+    t = await repo.totals()
     completed, failed, cancelled = (
         int(t["replies_completed"]),
         int(t["replies_failed"]),
@@ -92,7 +92,7 @@ async def summary(repo: Repository) -> Summary:
     ttft = (await repo.ttft_percentiles(models.ALL_MODELS)).get(models.ALL_MODELS)
     api_calls = int(t["api_calls"])
     return Summary(
-        total_users=await repo.total_users(),
+        total_users=int(t["total_users"]),
         active_users_today=int(t["active_users_today"]),
         total_conversations=int(t["conversations_created"]),
         total_messages=int(t["user_messages"]) + completed + cancelled,
