@@ -354,6 +354,14 @@ class ChatSocket:
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
         if self._closing is None:
+            log.info(
+                "closing websocket",
+                extra={
+                    "code": code,
+                    "reason": reason,
+                    "user_id": self._principal.user_id if self._principal else None,
+                },
+            )
             self._closing = _Closing(code, reason, flush)
             if not flush:
                 self._outgoing.clear()
