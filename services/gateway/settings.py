@@ -12,26 +12,49 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="Origins a browser WebSocket may connect from.",
     )
-    max_message_length: int = Field(default=16_000, ge=1, le=1_000_000)
-    """Characters in one user message (REST and WebSocket)."""
-    max_frame_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
-    """Largest WebSocket frame the gateway parses; larger ones get an `error` frame."""
-    messages_per_minute: int = Field(default=30, ge=1, le=100_000)
-    """User messages per minute per user, per gateway instance."""
-    ws_auth_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    """How long a socket may stay open without authenticating."""
-    ws_frames_per_second: float = Field(default=50.0, gt=0)
-    """Sustained client frame rate before a socket counts as abusive (bursts are allowed)."""
-    ws_frame_burst: int = Field(default=200, ge=1)
-    ws_max_errors: int = Field(default=50, ge=1)
-    """Bad frames one socket may send before it is closed as abusive (1008)."""
-    ws_send_queue_size: int = Field(default=2000, ge=10)
-    """Frames waiting for a slow socket before it is closed (1013)."""
-    resync_timeout_s: float = Field(default=1.0, gt=0, le=30)
-    """How long a subscribe waits for the streaming worker's `reply.snapshot`."""
-    wait_reply_timeout_s: float = Field(default=60.0, gt=0, le=600)
-    """Upper bound of `POST .../messages?wait=true`."""
-    allow_anonymous: bool = False
-    """Sockets may authenticate with `{"type":"auth","anonymous":true}`: one ephemeral
-    conversation, deleted when the socket closes, under a strict per-IP message limit."""
-    anonymous_messages_per_minute: int = Field(default=5, ge=1, le=10_000)
+    max_message_length: int = Field(
+        default=16_000, ge=1, le=1_000_000, description="Characters in one user message."
+    )
+    max_frame_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest WebSocket frame the gateway parses; larger ones get an error frame.",
+    )
+    messages_per_minute: int = Field(
+        default=30, ge=1, le=100_000, description="User messages per minute per user and gateway."
+    )
+    ws_auth_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="How long a socket may stay unauthenticated."
+    )
+    ws_frames_per_second: float = Field(
+        default=50.0,
+        gt=0,
+        description="Sustained client frame rate before a socket is closed as abusive (1008).",
+    )
+    ws_frame_burst: int = Field(default=200, ge=1, description="Client frames allowed in a burst.")
+    ws_max_errors: int = Field(
+        default=50, ge=1, description="Bad frames one socket may send before it is closed (1008)."
+    )
+    ws_send_queue_size: int = Field(
+        default=2000,
+        ge=10,
+        description="Frames queued for a slow socket before it is closed (1013).",
+    )
+    resync_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="How long a subscribe waits for the streaming worker's reply.snapshot.",
+    )
+    wait_reply_timeout_s: float = Field(
+        default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description='Sockets may authenticate with {"type":"auth","anonymous":true}: one '
+        "ephemeral conversation, deleted when the socket closes, strict per-address limit.",
+    )
+    anonymous_messages_per_minute: int = Field(
+        default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
+    )
