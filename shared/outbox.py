@@ -39,6 +39,7 @@ from shared.events import Event
 log = logging.getLogger(__name__)
 
 _STAGED_KEY = "convoai.outbox.staged"
+FORGET_BATCH_DELAY_S = 0.05
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -81,6 +82,8 @@ class Outbox:
         self._poll_interval_s = poll_interval_s
         self._batch_size = batch_size
         self._background: set[asyncio.Task[None]] = set()
+        self._published: list[str] = []
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def stage(self, session: AsyncSession, *events: Event) -> None:
         """Write `events` in `session`'s transaction; they are published only if it commits."""
@@ -136,9 +139,19 @@ class Outbox:
             )
         if published:
             # Forgetting the rows is not on the caller's path; a leftover row is only republished.
-            task = asyncio.create_task(self._forget(published))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            # Rows published close together are deleted by one statement: under load that saves
+            # a transaction per commit.
+            self._published.extend(published)
+            if self._forgetting is None or self._forgetting.done():
+                self._forgetting = asyncio.create_task(self._forget_published())
+                self._background.add(self._forgetting)
+                self._forgetting.add_done_callback(self._background.discard)
+
+    async def _forget_published(self) -> None:
+        while self._published:
+            await asyncio.sleep(FORGET_BATCH_DELAY_S)
+            event_ids, self._published = self._published, []
+            await self._forget(event_ids)
 
     async def _forget(self, event_ids: list[str]) -> None:
         try:

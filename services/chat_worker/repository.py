@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.chat_worker.prompt import Turn
@@ -35,6 +36,27 @@ async def load_request(
     if row is None:
         return None
     return row[0], row[1], row[2]
+
+
+async def insert_reply(session: AsyncSession, reply_id: str, question: Message, model: str) -> bool:
+    """Create the (streaming) reply to `question`; False if it already has one."""
+    inserted = await session.execute(
+        insert(Message)
+        .values(
+            id=reply_id,
+            conversation_id=question.conversation_id,
+            role=MessageRole.ASSISTANT.value,
+            content="",
+            status=MessageStatus.STREAMING.value,
+            reply_to=question.id,
+            seq=0,
+            attempt=1,
+            model=model,
+        )
+        .on_conflict_do_nothing(constraint="uq_messages_reply_to")
+        .returning(Message.id)
+    )
+    return inserted.first() is not None
 
 
 async def lock_reply(session: AsyncSession, reply_to: str) -> Message | None:

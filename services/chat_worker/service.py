@@ -27,7 +27,7 @@ from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, cla
 from services.chat_worker.prompt import Turn, build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway.models import Message, MessageRole, MessageStatus
+from services.gateway.models import Message, MessageStatus
 from shared.events import (
     MessageSent,
     ReplyCancelled,
@@ -166,31 +166,16 @@ class ChatReplies:
                 or (assistant.model if assistant else None)
                 or self.settings.default_model
             )
-            existing = await repository.lock_reply(session, question.id)
-            if existing is None:
-                reply_id, attempt = new_id(IdKind.MESSAGE), 1
-                session.add(
-                    Message(
-                        id=reply_id,
-                        conversation_id=question.conversation_id,
-                        role=MessageRole.ASSISTANT.value,
-                        content="",
-                        status=MessageStatus.STREAMING.value,
-                        reply_to=question.id,
-                        seq=0,
-                        attempt=1,
-                        model=model,
+            reply_id, attempt = new_id(IdKind.MESSAGE), 1
+            if not await repository.insert_reply(session, reply_id, question, model):
+                existing = await repository.lock_reply(session, question.id)
+                if existing is None or not self._may_take_over(existing, redelivered):
+                    self.metrics.duplicates_skipped += 1
+                    log.info(
+                        "request already answered or being answered",
+                        extra={"reply": existing.id if existing else None},
                     )
-                )
-                await session.flush()
-            elif not self._may_take_over(existing, redelivered):
-                self.metrics.duplicates_skipped += 1
-                log.info(
-                    "request already answered or being answered",
-                    extra={"reply": existing.id, "status": existing.status},
-                )
-                return None
-            else:
+                    return None
                 reply_id, attempt = existing.id, existing.attempt + 1
                 await repository.update_streaming_reply(
                     session,
