@@ -61,7 +61,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         health_router(
             SERVICE,
             runtime.instance_id,
-            {"broker": runtime.check_broker, "database": runtime.check_database},
+            {
+                "broker": runtime.check_broker,
+                "database": runtime.check_database,
+                "consumer": consumer.check_connected,
+            },
         )
     )
     app.include_router(api.public)
