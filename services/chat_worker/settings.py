@@ -57,4 +57,9 @@ class ChatWorkerSettings(ServiceSettings):
         ge=0,
         description="How long a request retries the database before going back to the queue.",
     )
-    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Database connections kept open; replies beyond it open and close extra ones.",
+    )
