@@ -19,8 +19,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -28,6 +30,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
+from aiormq.channel import Channel as AmqpChannel
 from pydantic import ValidationError
 
 from shared.stream import ControlCommand, StreamFrame, control_command_adapter
@@ -47,6 +50,7 @@ class FrameChannel:
         self._topology = topology
         self._instance_id = instance_id
         self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractRobustChannel | None = None
         self._stream: AbstractRobustExchange | None = None
         self._control: AbstractRobustExchange | None = None
         self._control_queue: AbstractQueue | None = None
@@ -62,6 +66,7 @@ class FrameChannel:
         publish_channel: AbstractRobustChannel = await self._connection.channel(
             publisher_confirms=False
         )
+        self._publish_channel = publish_channel
         control_channel: AbstractRobustChannel = await self._connection.channel()
         topology = self._topology
         self._stream = await publish_channel.declare_exchange(
@@ -111,18 +116,26 @@ class FrameChannel:
         )
 
     async def _publish_forever(self) -> None:
-        assert self._stream is not None
+        assert self._publish_channel is not None and self._stream is not None
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
         while True:
             routing_key, body = await self._outgoing.get()
             try:
+                channel = cast(AmqpChannel, await self._publish_channel.get_underlay_channel())
+                # Not mandatory: a conversation nobody watches just drops its frames (a returned
+                # message would cost a round of handling each). `wait=False` hands the frame to
+                # the connection's writer without waiting for the socket to drain; this task is
+                # the only publisher, so frames still leave in order.
                 await asyncio.wait_for(
-                    self._stream.publish(
-                        aio_pika.Message(
-                            body,
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                        ),
-                        routing_key,
+                    channel.basic_publish(
+                        body,
+                        exchange=self._stream.name,
+                        routing_key=routing_key,
+                        properties=properties,
+                        mandatory=False,
+                        wait=False,
                     ),
                     PUBLISH_TIMEOUT_S,
                 )

@@ -18,9 +18,13 @@ from shared.stream import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class CoalescingPolicy:
-    """The first delta leaves at once; later ones at most every `interval_s`, or at `max_chars`."""
+    """The first delta leaves at once; later ones at most every `interval_s`, or at `max_chars`.
+
+    One policy is shared by every reply of a worker, so the worker can stretch `interval_s`
+    when it streams many replies at once (see `ChatReplies.tick_forever`).
+    """
 
     interval_s: float
     max_chars: int

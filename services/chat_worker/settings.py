@@ -40,6 +40,13 @@ class ChatWorkerSettings(ServiceSettings):
         ge=0,
         description="Deltas after the first are coalesced into at most one frame per interval.",
     )
+    max_frames_per_second: float = Field(
+        default=1000.0,
+        gt=0,
+        description="Frames per second this worker sends at most, over all its replies; with "
+        "many replies at once each one's frames are spaced further apart (first tokens still "
+        "go out at once).",
+    )
     frame_max_chars: int = Field(
         default=1024, ge=1, description="A frame is sent early once this much text is pending."
     )
