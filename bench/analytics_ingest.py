@@ -7,6 +7,8 @@ real `convoai serve analytics_consumer` process. Steps:
 2. live ingestion: publish a synthetic mix of events (with ~3% duplicates) to `<ns>.events`
    while the consumer runs; report events/s from the first publish to the last commit;
 3. backlog drain: with the consumer stopped, queue another batch, start it, report events/s;
+   then the same amount drained by a consumer that does nothing: what RabbitMQ alone delivers
+   on this machine at that moment (the ceiling for the numbers above);
 4. latency of `summary` and `daily-stats` over HTTP, p50/p95.
 
 Prints one JSON object. Not a test: numbers depend on the machine and its load.
@@ -290,25 +292,30 @@ def synthetic_events(count: int, rng: random.Random) -> list[tuple[str, bytes]]:
     return out[:count]
 
 
-async def publish(amqp_url: str, exchange: str, items: list[tuple[str, bytes]]) -> float:
-    """Publish with confirms, a window of messages in flight; returns elapsed seconds."""
-    connection = await aiormq.connect(amqp_url)
-    channel = await connection.channel(publisher_confirms=True)
-    properties = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json")
-    started = time.perf_counter()
-    window = 1000
-    for start in range(0, len(items), window):
-        await asyncio.gather(
-            *(
-                channel.basic_publish(
-                    body, exchange=exchange, routing_key=key, properties=properties
+async def publish(
+    amqp_url: str, exchange: str, items: list[tuple[str, bytes]], publishers: int = 1
+) -> float:
+    """Publish with confirms from `publishers` connections, a window in flight on each."""
+
+    async def one(share: list[tuple[str, bytes]]) -> None:
+        connection = await aiormq.connect(amqp_url)
+        channel = await connection.channel(publisher_confirms=True)
+        properties = aiormq.spec.Basic.Properties(delivery_mode=2, content_type="application/json")
+        window = 1000
+        for start in range(0, len(share), window):
+            await asyncio.gather(
+                *(
+                    channel.basic_publish(
+                        body, exchange=exchange, routing_key=key, properties=properties
+                    )
+                    for key, body in share[start : start + window]
                 )
-                for key, body in items[start : start + window]
             )
-        )
-    elapsed = time.perf_counter() - started
-    await connection.close()
-    return elapsed
+        await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(items[i::publishers]) for i in range(publishers)))
+    return time.perf_counter() - started
 
 
 def unique_count(items: list[tuple[str, bytes]]) -> int:
@@ -357,6 +364,33 @@ class Consumer:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+async def broker_ceiling(amqp_url: str, queue: str, count: int) -> float:
+    """Events/s RabbitMQ alone delivers from the queue right now (consumer that does nothing)."""
+    connection = await aiormq.connect(amqp_url)
+    channel = await connection.channel()
+    await channel.basic_qos(prefetch_count=3000)
+    received: list[int] = []
+    done = asyncio.Event()
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        received.append(message.delivery_tag or 0)
+        if len(received) >= count:
+            done.set()
+
+    started = time.perf_counter()
+    await channel.basic_consume(queue, on_message)
+    acked = 0
+    while not done.is_set():
+        await asyncio.sleep(0.02)
+        if len(received) > acked:
+            acked = len(received)
+            await channel.basic_ack(received[acked - 1], multiple=True)
+    elapsed = time.perf_counter() - started
+    await channel.basic_ack(received[-1], multiple=True)
+    await connection.close()
+    return count / elapsed
 
 
 async def ingested(conn: asyncpg.Connection) -> int:
@@ -452,9 +486,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         live = synthetic_events(args.events, rng)
         live_unique = unique_count(live)
         started = time.perf_counter()
-        publish_s = await publish(AMQP_URL, topology.events.name, live)
+        publish_s = await publish(AMQP_URL, topology.events.name, live, args.publishers)
         done = await wait_ingested(db, live_unique, 600)
         result["live"] = {
+            "publishers": args.publishers,
             "events_published": len(live),
             "unique_events": live_unique,
             "publish_events_per_s": round(len(live) / publish_s),
@@ -472,6 +507,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "events": len(backlog),
             "ingest_events_per_s": round(len(backlog) / (done - started)),
         }
+        # What the broker alone can deliver at this moment, to read the numbers above against.
+        consumer.stop()
+        probe = synthetic_events(args.events, rng)
+        await publish(AMQP_URL, topology.events.name, probe)
+        result["broker_only_events_per_s"] = round(
+            await broker_ceiling(AMQP_URL, topology.analytics_events.name, len(probe))
+        )
+        consumer.start()
         result["stored_replies"] = await db.fetchval("SELECT count(*) FROM analytics.replies")
         result["processed_event_ids"] = await db.fetchval(
             "SELECT count(*) FROM analytics.processed_events"
@@ -511,4 +554,7 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=30_000, help="events per ingestion phase")
     parser.add_argument("--replies", type=int, default=1_000_000, help="stored replies to seed")
     parser.add_argument("--requests", type=int, default=200, help="requests per latency probe")
+    parser.add_argument(
+        "--publishers", type=int, default=1, help="publishing connections in the live phase"
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
