@@ -4,7 +4,9 @@ fan-out to every socket on every gateway, reference-counted bindings, and the su
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -12,6 +14,10 @@ import httpx
 import pytest
 from pamqp.commands import Basic
 from sqlalchemy.ext.asyncio import AsyncEngine
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from services.gateway.models import Message
 from shared.db import create_engine, create_session_factory, transaction
@@ -307,3 +313,85 @@ async def test_subscribe_before_the_reply_row_exists_gets_the_workers_in_memory_
     rest = await collect_reply(socket)
     assert snapshot["partial"]["content"] + rest[0]["delta"] == rest[-1]["content"]
     await socket.close()
+
+
+class StalledClient:
+    """A WebSocket client that authenticates, subscribes and then stops reading, with a small
+    fixed receive buffer: a client on a dead-slow link, as the gateway sees it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.settimeout(10)
+        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws"), max_size=None)
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.sock.sendall(data)
+
+    def _read_until(self, predicate: Callable[[list[Any]], bool]) -> list[Any]:
+        seen: list[Any] = []
+        while not predicate(seen):
+            data = self.sock.recv(65536)
+            if not data:
+                self.protocol.receive_eof()
+                seen.extend(self.protocol.events_received())
+                break
+            self.protocol.receive_data(data)
+            seen.extend(self.protocol.events_received())
+        return seen
+
+    def open(self, token: str, conversation_id: str) -> None:
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        self._read_until(lambda events: any(isinstance(e, Response) for e in events))
+        for frame in (
+            {"type": "auth", "token": token},
+            {"type": "subscribe", "conversation_id": conversation_id},
+        ):
+            self.protocol.send_text(json.dumps(frame).encode())
+        self._flush()
+        self._read_until(
+            lambda events: any(b'"snapshot"' in getattr(e, "data", b"") for e in events)
+        )
+
+    def drain_until_closed(self) -> int | None:
+        """Read everything the gateway still sends; the close code it sent, if any."""
+        events = self._read_until(
+            lambda seen: any(getattr(e, "opcode", None) == Opcode.CLOSE for e in seen)
+        )
+        closes = [e for e in events if getattr(e, "opcode", None) == Opcode.CLOSE]
+        return Close.parse(closes[0].data).code if closes else None
+
+
+async def test_a_socket_that_stops_reading_is_closed_without_stalling_the_others(
+    gateway, new_user, broker_line: BrokerLine
+):
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    reader = await open_socket(gateway, alice)
+    await reader.request({"type": "subscribe", "conversation_id": cid}, "snapshot")
+    stalled = StalledClient(gateway.port)
+    await asyncio.to_thread(stalled.open, alice.token, cid)
+    mid, reply_to = new_id(IdKind.MESSAGE), new_id(IdKind.MESSAGE)
+    chunk = "x" * 8192
+    # 20 MB: far beyond the stalled socket's kernel buffers (a few MB) plus its send queue
+    # (CONVOAI_WS_SEND_QUEUE_SIZE=500 frames of 8 KB in these tests).
+    count = 2500
+
+    async def publish() -> None:
+        await broker_line.publish_frame(frame("reply.started", cid, mid, reply_to, 0, model="m"))
+        for seq in range(1, count + 1):
+            await broker_line.publish_frame(
+                frame("reply.delta", cid, mid, reply_to, seq, delta=chunk)
+            )
+
+    publishing = asyncio.create_task(publish())
+    await reader.recv_until("reply.started")
+    for expected_seq in range(1, count + 1):
+        assert (await reader.recv())["seq"] == expected_seq
+    await publishing
+    assert await asyncio.to_thread(stalled.drain_until_closed) == 1013
+    await reader.close()
