@@ -131,7 +131,7 @@ class ChatReplies:
         if claim is None:
             return Disposition.ACK
         reply = ActiveReply(
-            conversation_id=event.conversation_id,
+            conversation_id=claim.question.conversation_id,
             message_id=claim.reply_id,
             reply_to=event.message_id,
             model=claim.model,

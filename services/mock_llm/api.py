@@ -23,9 +23,6 @@ from services.mock_llm.service import (
 )
 from services.mock_llm.settings import MockLLMSettings
 
-MAX_BATCH_DELAY_S = 0.002
-"""Tokens due within this much of each other go out in one write (fewer syscalls under load)."""
-
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -63,6 +60,7 @@ class FaultRequest(BaseModel):
     tokens_per_second: float | None = Field(default=None, ge=0)
     ttft_ms: float | None = Field(default=None, ge=0)
     reply_tokens: int | None = Field(default=None, ge=1, le=100_000)
+    write_window_ms: float | None = Field(default=None, ge=0)
     times: int = Field(default=1, ge=-1)
     match: str | None = None
 
@@ -124,6 +122,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
         fault.reply_tokens if fault is not None else None,
     )
     ttft_s, tps = _pace(mock.settings, fault)
+    window_s = (
+        fault.write_window_ms
+        if fault is not None and fault.write_window_ms is not None
+        else mock.settings.write_window_ms
+    ) / 1000
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
     if not body.stream:
         duration_s = ttft_s + ((reply.completion_tokens - 1) / tps if tps else 0.0)
@@ -132,7 +135,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
         return JSONResponse(_completion(completion_id, body.model, reply))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     chunks = _stream_chunks(
-        mock, completion_id, body.model, reply, include_usage, ttft_s, tps, fault
+        mock, completion_id, body.model, reply, include_usage, ttft_s, tps, window_s, fault
     )
     return StreamingResponse(
         chunks, media_type="text/event-stream", headers={"cache-control": "no-cache"}
@@ -184,6 +187,7 @@ async def _stream_chunks(
     include_usage: bool,
     ttft_s: float,
     tokens_per_second: float,
+    window_s: float,
     fault: FaultRule | None,
 ) -> AsyncIterator[bytes]:
     """SSE events exactly as OpenAI sends them: role chunk, one chunk per token, finish, usage."""
@@ -215,7 +219,7 @@ async def _stream_chunks(
             if interval and index:
                 due = start + ttft_s + index * interval
                 delay = due - time.monotonic()
-                if delay > MAX_BATCH_DELAY_S:
+                if delay > window_s:
                     yield "".join(pending).encode()
                     pending.clear()
                     await asyncio.sleep(delay)

@@ -112,6 +112,7 @@ class FaultRule:
     tokens_per_second: float | None = None
     ttft_ms: float | None = None
     reply_tokens: int | None = None
+    write_window_ms: float | None = None
     """Pace and length overrides: a rule may also just shape the calls it matches."""
     times: int = 1
     match: str | None = None

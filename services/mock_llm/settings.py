@@ -16,6 +16,12 @@ class MockLLMSettings(BaseSettings):
     tokens_per_second: float = Field(
         default=0.0, ge=0, description="Pace of the following tokens; 0 streams without delay."
     )
+    write_window_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Tokens due within this window go out in one write, a little early: fewer "
+        "writes when hundreds of streams are paced (the rate stays tokens_per_second).",
+    )
     models: list[str] = Field(
         default_factory=lambda: ["mock-gpt", "gpt-4o-mini"],
         description="What GET /v1/models lists; any requested model name is served.",
