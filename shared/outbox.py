@@ -83,6 +83,9 @@ class Outbox:
         self._batch_size = batch_size
         self._background: set[asyncio.Task[None]] = set()
         self._published: list[str] = []
+        # Committed here and not yet forgotten: the relay leaves these to the fast path, so an
+        # overloaded process does not publish its own events twice.
+        self._in_flight: set[str] = set()
         self._forgetting: asyncio.Task[None] | None = None
 
     async def stage(self, session: AsyncSession, *events: Event) -> None:
@@ -117,6 +120,7 @@ class Outbox:
         staged: list[_StagedEvent] = session.info.pop(_STAGED_KEY, [])
         if not staged:
             return
+        self._in_flight.update(s.event_id for s in staged)
         if wait_for_publish:
             await self._publish_after_commit(staged)
         else:
@@ -137,6 +141,7 @@ class Outbox:
                 "outbox fast path failed; the relay will publish later",
                 extra={"error": repr(exc), "pending": len(staged) - len(published)},
             )
+            self._in_flight.difference_update(s.event_id for s in staged[len(published) :])
         if published:
             # Forgetting the rows is not on the caller's path; a leftover row is only republished.
             # Rows published close together are deleted by one statement: under load that saves
@@ -161,19 +166,21 @@ class Outbox:
                 )
         except Exception as exc:
             log.warning("outbox cleanup failed", extra={"error": repr(exc)})
+        finally:
+            self._in_flight.difference_update(event_ids)
 
     async def relay_once(self) -> int:
         """Publish one batch of rows older than the grace period; return how many were sent."""
         cutoff = datetime.now(UTC) - self._relay_grace
         t = self._table
+        claim = select(t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload)
+        claim = claim.where(t.c.created_at < cutoff)
+        if self._in_flight:
+            claim = claim.where(t.c.event_id.not_in(list(self._in_flight)))
         async with transaction(self._sessions) as session:
             rows = (
                 await session.execute(
-                    select(t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload)
-                    .where(t.c.created_at < cutoff)
-                    .order_by(t.c.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
+                    claim.order_by(t.c.id).limit(self._batch_size).with_for_update(skip_locked=True)
                 )
             ).all()
             for row in rows:
