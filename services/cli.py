@@ -91,7 +91,8 @@ async def _serve(spec: ServiceSpec, settings: object, host: str, port: int) -> i
         log_config=None,
         lifespan="on",
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        forwarded_allow_ips=getattr(settings, "trusted_proxies", "127.0.0.1"),
+        access_log=spec.access_log,
         timeout_graceful_shutdown=15,
         ws_max_size=1024 * 1024,
     )
@@ -103,7 +104,7 @@ async def _serve(spec: ServiceSpec, settings: object, host: str, port: int) -> i
 def cmd_serve(args: argparse.Namespace) -> int:
     spec = SERVICES[args.service]
     try:
-        settings = spec.load_settings(instance_id=args.instance_id, port=args.port)
+        settings = spec.load_settings(instance_id=args.instance_id)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
@@ -113,8 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = getattr(settings, "log_level", "INFO")
     fmt = getattr(settings, "log_format", "kv")
     configure_logging(spec.name, level, fmt)
-    port = args.port or getattr(settings, "port", spec.default_port)
-    return asyncio.run(_serve(spec, settings, args.host, port))
+    return asyncio.run(_serve(spec, settings, args.host, args.port or spec.default_port))
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:

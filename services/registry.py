@@ -18,6 +18,8 @@ class ServiceSpec:
     default_port: int
     uses_infrastructure: bool
     """Whether it needs RabbitMQ and Postgres (mock_llm needs neither)."""
+    access_log: bool = True
+    """mock_llm is a test double under benchmark load: a line per request would cost CPU."""
 
     def load_settings(self, **overrides: Any) -> BaseSettings:
         module = importlib.import_module(f"{self.package}.settings")
@@ -39,7 +41,9 @@ SERVICES: dict[str, ServiceSpec] = {
             "analytics_consumer", "services.analytics_consumer", "AnalyticsSettings", 8002, True
         ),
         ServiceSpec("chat_worker", "services.chat_worker", "ChatWorkerSettings", 8003, True),
-        ServiceSpec("mock_llm", "services.mock_llm", "MockLLMSettings", 8009, False),
+        ServiceSpec(
+            "mock_llm", "services.mock_llm", "MockLLMSettings", 8009, False, access_log=False
+        ),
     )
 }
 

@@ -40,6 +40,13 @@ class ServiceSettings(BaseSettings):
     )
     broker_connect_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     http_metrics_enabled: bool = True
+    trusted_proxies: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Comma-separated addresses (or *) whose X-Forwarded-For is believed: the client "
+            "address behind them drives rate limits, lockouts and logged IPs."
+        ),
+    )
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> ServiceSettings:

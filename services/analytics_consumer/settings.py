@@ -43,7 +43,6 @@ DEFAULT_MODEL_PRICES: dict[str, ModelPrice] = {
 class AnalyticsSettings(ServiceSettings):
     """Settings of the analytics consumer and dashboard API (env prefix CONVOAI_)."""
 
-    port: int = Field(default=8002, ge=1, le=65535)
     model_prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description=(

@@ -19,6 +19,7 @@ from services.auth.service import AccountError, AccountsFactory, LockoutPolicy
 from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
 from shared.health import health_router
+from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -105,4 +106,5 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             {"broker": runtime.check_broker, "database": runtime.check_database},
         )
     )
+    install_http_metrics(app, runtime)
     return app

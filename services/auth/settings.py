@@ -10,7 +10,6 @@ MIN_ARGON2_TIME_COST = 2
 class AuthSettings(ServiceSettings):
     """Settings of the auth service (env prefix CONVOAI_)."""
 
-    port: int = Field(default=8001, ge=1, le=65535)
     access_token_ttl_s: int = Field(default=15 * 60, ge=30, le=24 * 3600)
     refresh_token_ttl_s: int = Field(default=14 * 24 * 3600, ge=60, le=365 * 24 * 3600)
 

@@ -13,6 +13,7 @@ from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.health import health_router
+from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -74,4 +75,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)
+    install_http_metrics(app, runtime)
     return app

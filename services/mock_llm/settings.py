@@ -7,7 +7,6 @@ class MockLLMSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CONVOAI_MOCK_LLM_", extra="ignore")
 
-    port: int = Field(default=8009, ge=1, le=65535)
     instance_id: str = ""
     reply_tokens: int = Field(
         default=24, ge=1, le=100_000, description="Tokens (words) in every reply."

@@ -148,7 +148,9 @@ def test_settings_load_from_the_compose_environment(
             assert urlsplit(settings.database_url).password == env["POSTGRES_PASSWORD"]
             assert urlsplit(settings.amqp_url).password == env["RABBITMQ_PASSWORD"]
         if command.default_port is not None:
-            assert settings.port == command.default_port, f"{name}: port overridden in compose"
+            # The port is a command-line option only (a shared CONVOAI_PORT would move every
+            # service at once); compose keeps each service on its documented port.
+            assert command.port_option in (None, command.default_port), f"{name}: port moved"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
