@@ -325,6 +325,21 @@ def unique_count(items: list[tuple[str, bytes]]) -> int:
 # --- the consumer process ----------------------------------------------------------------------
 
 
+class Consumers:
+    """`count` replicas of the consumer process; the first one also answers the latency probes."""
+
+    def __init__(self, env: dict[str, str], port: int, count: int) -> None:
+        self.replicas = [Consumer(env, port + i) for i in range(count)]
+
+    def start(self) -> None:
+        for replica in self.replicas:
+            replica.start()
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+
+
 class Consumer:
     def __init__(self, env: dict[str, str], port: int) -> None:
         self.env, self.port = env, port
@@ -456,7 +471,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     secret = secrets.token_urlsafe(48)
     admin = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
     await admin.execute(f'CREATE DATABASE "{database}"')
-    consumer: Consumer | None = None
+    consumer: Consumers | None = None
     result: dict[str, Any] = {}
     try:
         await upgrade_to_head(database_url, {"analytics": "services.analytics_consumer"})
@@ -478,7 +493,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             CONVOAI_LOG_LEVEL="WARNING",
             CONVOAI_HTTP_METRICS_ENABLED="false",
         )
-        consumer = Consumer(env, port)
+        consumer = Consumers(env, port, args.consumers)
         consumer.start()
         db = await asyncpg.connect(_dsn(database_url, database))
         rng = random.Random(42)
@@ -528,7 +543,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         result["daily_stats_366d"] = latency(url, token, "/daily-stats?days=366", args.requests)
         result["models"] = latency(url, token, "/models", args.requests)
         result["machine"] = {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
-        result["settings"] = {"batch_max_events": 500, "batch_window_ms": 50, "prefetch": 3000}
+        result["settings"] = {
+            "consumers": args.consumers,
+            "batch_max_events": 500,
+            "batch_window_ms": 50,
+            "prefetch": 3000,
+        }
     finally:
         if consumer is not None:
             consumer.stop()
@@ -557,4 +577,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--publishers", type=int, default=1, help="publishing connections in the live phase"
     )
+    parser.add_argument("--consumers", type=int, default=1, help="consumer processes (replicas)")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
