@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -23,13 +22,10 @@ NAMING_CONVENTION = {
 }
 
 
-def schema_base(schema: str) -> type[DeclarativeBase]:
-    """A declarative base whose tables live in `schema` (one schema per owning service)."""
-
-    class Base(DeclarativeBase):
-        metadata = MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
-
-    return Base
+def schema_metadata(schema: str) -> MetaData:
+    """Metadata whose tables live in `schema` (one schema per owning service), with the
+    project's constraint naming convention so migrations name things predictably."""
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -21,7 +21,6 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
-    MetaData,
     Numeric,
     String,
     Uuid,
@@ -31,13 +30,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import NAMING_CONVENTION
+from shared.db import schema_metadata
 
 
 class Base(DeclarativeBase):
     """Tables of the `analytics` schema."""
 
-    metadata = MetaData(schema="analytics", naming_convention=NAMING_CONVENTION)
+    metadata = schema_metadata("analytics")
 
 
 ID_LENGTH = 64

@@ -18,19 +18,17 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
-    MetaData,
     String,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import NAMING_CONVENTION
+from shared.db import schema_metadata
 from shared.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
-    # Spelled out rather than `shared.db.schema_base("auth")` so mypy sees a real class.
-    metadata = MetaData(schema="auth", naming_convention=NAMING_CONVENTION)
+    metadata = schema_metadata("auth")
 
 
 outbox = outbox_table(Base.metadata)

@@ -17,7 +17,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -25,14 +24,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import NAMING_CONVENTION
+from shared.db import schema_metadata
 from shared.outbox import outbox_table
 
 
 class Base(DeclarativeBase):
     """Tables of the `chat` schema."""
 
-    metadata = MetaData(schema="chat", naming_convention=NAMING_CONVENTION)
+    metadata = schema_metadata("chat")
 
 
 outbox = outbox_table(Base.metadata)
