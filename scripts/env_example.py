@@ -1,4 +1,4 @@
-"""Print a `.env.example` generated from the settings classes: `python scripts/env_example.py > .env.example`."""
+"""Write `.env.example` from the settings: `python scripts/env_example.py > .env.example`."""
 
 from __future__ import annotations
 

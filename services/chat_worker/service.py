@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import openai
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -37,7 +37,16 @@ from shared.events import (
 )
 from shared.ids import IdKind, new_id
 from shared.outbox import Outbox
-from shared.stream import CancelCommand, ControlCommand, ResyncCommand, StreamFrame, Usage
+from shared.stream import (
+    CancelCommand,
+    ControlCommand,
+    ReplyCancelledFrame,
+    ReplyCompletedFrame,
+    ReplyFailedFrame,
+    ResyncCommand,
+    StreamFrame,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,121 +346,98 @@ class ChatReplies:
         )
         frame = reply.completed_frame(usage, outcome.finish_reason)
         ttft_ms, duration_ms = reply.ttft_ms(), reply.elapsed_ms()
-        try:
-            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
-                if not await repository.update_streaming_reply(
-                    session,
-                    reply.message_id,
-                    reply.attempt,
-                    {
-                        "content": frame.content,
-                        "status": MessageStatus.COMPLETE.value,
-                        "seq": frame.seq,
-                        "prompt_tokens": usage.prompt_tokens,
-                        "completion_tokens": usage.completion_tokens,
-                        "ttft_ms": ttft_ms,
-                        "duration_ms": duration_ms,
-                        "finish_reason": outcome.finish_reason,
-                    },
-                ):
-                    raise Superseded
-                await self.outbox.stage(
-                    session,
-                    ReplyCompleted(
-                        producer=PRODUCER,
-                        user_id=claim.owner_id,
-                        correlation_id=reply.reply_to,
-                        conversation_id=reply.conversation_id,
-                        message_id=reply.message_id,
-                        reply_to=reply.reply_to,
-                        model=reply.model,
-                        prompt_tokens=usage.prompt_tokens,
-                        completion_tokens=usage.completion_tokens,
-                        ttft_ms=ttft_ms,
-                        duration_ms=duration_ms,
-                        finish_reason=outcome.finish_reason,
-                    ),
-                )
-                await session.commit()
-                self.frames.publish(frame)
-        except DBAPIError:
-            reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
-            raise
+        await self._store_outcome(
+            reply,
+            frame,
+            {
+                "status": MessageStatus.COMPLETE.value,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "ttft_ms": ttft_ms,
+                "duration_ms": duration_ms,
+                "finish_reason": outcome.finish_reason,
+            },
+            ReplyCompleted(
+                **self._event_fields(reply, claim),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                finish_reason=outcome.finish_reason,
+            ),
+        )
 
     async def _store_failed(self, reply: ActiveReply, claim: Claim, failure: ModelFailure) -> None:
         self._flush(reply)
         frame = reply.failed_frame(failure.code, failure.message)
-        try:
-            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
-                if not await repository.update_streaming_reply(
-                    session,
-                    reply.message_id,
-                    reply.attempt,
-                    {
-                        "content": frame.content,
-                        "status": MessageStatus.FAILED.value,
-                        "seq": frame.seq,
-                        "error_code": failure.code,
-                        "duration_ms": reply.elapsed_ms(),
-                    },
-                ):
-                    raise Superseded
-                await self.outbox.stage(
-                    session,
-                    ReplyFailed(
-                        producer=PRODUCER,
-                        user_id=claim.owner_id,
-                        correlation_id=reply.reply_to,
-                        conversation_id=reply.conversation_id,
-                        message_id=reply.message_id,
-                        reply_to=reply.reply_to,
-                        model=reply.model,
-                        error_code=failure.code,
-                        duration_ms=reply.elapsed_ms(),
-                    ),
-                )
-                await session.commit()
-                self.frames.publish(frame)
-        except DBAPIError:
-            reply.seq -= 1
-            raise
+        duration_ms = reply.elapsed_ms()
+        await self._store_outcome(
+            reply,
+            frame,
+            {
+                "status": MessageStatus.FAILED.value,
+                "error_code": failure.code,
+                "duration_ms": duration_ms,
+            },
+            ReplyFailed(
+                **self._event_fields(reply, claim),
+                error_code=failure.code,
+                duration_ms=duration_ms,
+            ),
+        )
 
     async def _store_cancelled(self, reply: ActiveReply, claim: Claim) -> None:
         self._flush(reply)
         frame = reply.cancelled_frame()
+        duration_ms = reply.elapsed_ms()
+        await self._store_outcome(
+            reply,
+            frame,
+            {
+                "status": MessageStatus.CANCELLED.value,
+                "finish_reason": "cancelled",
+                "ttft_ms": reply.ttft_ms(),
+                "duration_ms": duration_ms,
+            },
+            ReplyCancelled(**self._event_fields(reply, claim), duration_ms=duration_ms),
+        )
+
+    @staticmethod
+    def _event_fields(reply: ActiveReply, claim: Claim) -> dict[str, Any]:
+        """Envelope and identity fields every reply outcome event carries."""
+        return {
+            "producer": PRODUCER,
+            "user_id": claim.owner_id,
+            "correlation_id": reply.reply_to,
+            "conversation_id": reply.conversation_id,
+            "message_id": reply.message_id,
+            "reply_to": reply.reply_to,
+            "model": reply.model,
+        }
+
+    async def _store_outcome(
+        self,
+        reply: ActiveReply,
+        frame: ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame,
+        values: dict[str, Any],
+        event: ReplyCompleted | ReplyFailed | ReplyCancelled,
+    ) -> None:
+        """Store the reply's final state and its event in one transaction, then send the
+        terminal frame; only the worker holding the current attempt may write it."""
         try:
             async with self.outbox.unit_of_work(wait_for_publish=False) as session:
                 if not await repository.update_streaming_reply(
                     session,
                     reply.message_id,
                     reply.attempt,
-                    {
-                        "content": frame.content,
-                        "status": MessageStatus.CANCELLED.value,
-                        "seq": frame.seq,
-                        "finish_reason": "cancelled",
-                        "ttft_ms": reply.ttft_ms(),
-                        "duration_ms": reply.elapsed_ms(),
-                    },
+                    {"content": frame.content, "seq": frame.seq, **values},
                 ):
                     raise Superseded
-                await self.outbox.stage(
-                    session,
-                    ReplyCancelled(
-                        producer=PRODUCER,
-                        user_id=claim.owner_id,
-                        correlation_id=reply.reply_to,
-                        conversation_id=reply.conversation_id,
-                        message_id=reply.message_id,
-                        reply_to=reply.reply_to,
-                        model=reply.model,
-                        duration_ms=reply.elapsed_ms(),
-                    ),
-                )
+                await self.outbox.stage(session, event)
                 await session.commit()
                 self.frames.publish(frame)
         except DBAPIError:
-            reply.seq -= 1
+            reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
             raise
 
     async def _with_db_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
