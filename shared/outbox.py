@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _STAGED_KEY = "convoai.outbox.staged"
 FORGET_BATCH_DELAY_S = 0.05
+RELAY_ATTEMPT_TIMEOUT_S = 15.0
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -195,9 +196,16 @@ class Outbox:
         """Background loop: drain leftovers, back off while the broker or database is down."""
         while True:
             try:
-                sent = await self.relay_once()
+                # Bounded: a publish stuck on a half-recovered connection must not stall the
+                # relay forever; the batch's rows stay and are claimed again.
+                sent = await asyncio.wait_for(self.relay_once(), RELAY_ATTEMPT_TIMEOUT_S)
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise
+                # A dropped AMQP connection cancels its pending futures: not our cancellation.
+                log.warning("outbox relay interrupted by the broker, retrying")
+                sent = 0
             except Exception as exc:
                 log.warning("outbox relay failed, retrying", extra={"error": repr(exc)})
                 sent = 0

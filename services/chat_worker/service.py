@@ -28,6 +28,7 @@ from services.chat_worker.prompt import Turn, build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway.models import Message, MessageStatus
+from shared.db import skip_commit_flush
 from shared.events import (
     MessageSent,
     ReplyCancelled,
@@ -170,6 +171,9 @@ class ChatReplies:
     async def _claim_once(self, event: MessageSent, redelivered: bool) -> Claim | None:
         started_frame: StreamFrame | None = None
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:
+            # The request stays unacked until the final reply is stored durably, so a claim
+            # lost in a database crash is only redone: no need to wait for its WAL flush.
+            await skip_commit_flush(session)
             loaded = await repository.load_request(session, event.message_id)
             if loaded is None:
                 log.info("request for a missing message dropped", extra={"id": event.message_id})
@@ -514,6 +518,8 @@ class ChatReplies:
         stored = [(r.attempt, r.seq) for r in changed]
         try:
             async with self._db_slots, self.outbox.unit_of_work() as session:
+                # Partials are a convenience for reconnecting clients, not a promise.
+                await skip_commit_flush(session)
                 await repository.persist_partials(session, rows)
         except Exception as exc:
             log.warning("storing partial replies failed", extra={"error": repr(exc)})
