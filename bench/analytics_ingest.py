@@ -41,7 +41,8 @@ import httpx
 import jwt
 from sqlalchemy.engine import make_url
 
-from shared.broker import create_broker, declare_topology
+from shared.broker import create_broker, declare_topology, delete_topology
+from shared.db import asyncpg_dsn
 from shared.events import (
     ConversationCreated,
     Event,
@@ -61,14 +62,6 @@ SERVER_URL = os.environ.get(
 )
 AMQP_URL = os.environ.get("CONVOAI_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "mock-gpt"]
-
-
-def _dsn(url: str, database: str) -> str:
-    return (
-        make_url(url)
-        .set(drivername="postgresql", database=database)
-        .render_as_string(hide_password=False)
-    )
 
 
 # --- seeding -----------------------------------------------------------------------------------
@@ -169,7 +162,7 @@ ROLLUP_SQL = [
 
 async def seed(database_url: str, replies: int) -> float:
     started = time.perf_counter()
-    conn = await asyncpg.connect(_dsn(database_url, make_url(database_url).database or ""))
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         for statement in SEED_SQL.split(";\n"):
             if "$1" in statement:
@@ -469,7 +462,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     namespace = f"bench{run}"
     topology = Topology(namespace)
     secret = secrets.token_urlsafe(48)
-    admin = await asyncpg.connect(_dsn(SERVER_URL, "postgres"))
+    admin = await asyncpg.connect(asyncpg_dsn(SERVER_URL, "postgres"))
     await admin.execute(f'CREATE DATABASE "{database}"')
     consumer: Consumers | None = None
     result: dict[str, Any] = {}
@@ -495,7 +488,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         consumer = Consumers(env, port, args.consumers)
         consumer.start()
-        db = await asyncpg.connect(_dsn(database_url, database))
+        db = await asyncpg.connect(asyncpg_dsn(database_url, database))
         rng = random.Random(42)
 
         live = synthetic_events(args.events, rng)
@@ -554,19 +547,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             consumer.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
-        await _delete_namespace(topology)
+        await delete_topology(AMQP_URL, topology)
     return result
-
-
-async def _delete_namespace(topology: Topology) -> None:
-    connection = await aiormq.connect(AMQP_URL)
-    channel = await connection.channel()
-    for queue in (topology.chat_requests, topology.analytics_events):
-        await channel.queue_delete(queue.name)
-        await channel.queue_delete(topology.dead_letter_queue(queue).name)
-    for exchange in (topology.events, topology.stream, topology.control, topology.dead_letters):
-        await channel.exchange_delete(exchange.name)
-    await connection.close()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from services.registry import MIGRATED_SCHEMAS, SERVICES, ServiceSpec
 from shared.broker import BrokerUnavailable, wait_for_broker
+from shared.db import asyncpg_dsn
 from shared.logging import configure_logging, redact_url
 from shared.migrations import upgrade_to_head
 from shared.settings import ServiceSettings
@@ -36,9 +37,7 @@ async def wait_for_database(
 ) -> None:
     """Retry until PostgreSQL answers; `server_only` checks the server, not the database."""
     url = make_url(database_url)
-    if server_only:
-        url = url.set(database="postgres")
-    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = asyncpg_dsn(database_url, "postgres" if server_only else None)
     deadline = time.monotonic() + timeout_s
     attempt = 0
     while True:

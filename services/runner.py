@@ -26,6 +26,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from services.registry import MIGRATED_SCHEMAS
+from shared.db import asyncpg_dsn
 from shared.logging import redact_url
 from shared.migrations import upgrade_to_head
 from shared.settings import ServiceSettings
@@ -66,9 +67,8 @@ def _die_with_parent() -> None:
 
 
 async def _postgres_answers(database_url: str) -> bool:
-    dsn = make_url(database_url).set(drivername="postgresql", database="postgres")
     try:
-        conn = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=3)
+        conn = await asyncpg.connect(asyncpg_dsn(database_url, "postgres"), timeout=3)
     except (TimeoutError, OSError, asyncpg.PostgresError):
         return False
     await conn.close()

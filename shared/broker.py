@@ -63,16 +63,28 @@ async def wait_for_broker(amqp_url: str, timeout_s: float) -> None:
 
 async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
     """Declare every durable exchange and queue (idempotent), so no event is routed nowhere."""
-    for exchange in (topology.events, topology.stream, topology.control, topology.dead_letters):
+    for exchange in topology.durable_exchanges:
         await broker.declare_exchange(exchange)
     events = await broker.declare_exchange(topology.events)
     dead_letters = await broker.declare_exchange(topology.dead_letters)
-    for queue in (topology.chat_requests, topology.analytics_events):
+    for queue in topology.event_queues:
         declared = await broker.declare_queue(queue)
         await declared.bind(events, routing_key=queue.routing_key)
         dead = topology.dead_letter_queue(queue)
         declared_dead = await broker.declare_queue(dead)
         await declared_dead.bind(dead_letters, routing_key=queue.name)
+
+
+async def delete_topology(amqp_url: str, topology: Topology) -> None:
+    """Remove what `declare_topology` made (a finished test run's or benchmark's namespace)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in topology.event_queues:
+            await channel.queue_delete(queue.name)
+            await channel.queue_delete(topology.dead_letter_queue(queue).name)
+        for exchange in topology.durable_exchanges:
+            await channel.exchange_delete(exchange.name)
 
 
 class EventPublisher:

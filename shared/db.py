@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,6 +27,15 @@ def schema_metadata(schema: str) -> MetaData:
     """Metadata whose tables live in `schema` (one schema per owning service), with the
     project's constraint naming convention so migrations name things predictably."""
     return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+
+
+def asyncpg_dsn(database_url: str, database: str | None = None) -> str:
+    """`database_url` as a plain DSN for asyncpg itself, optionally naming another database
+    (`"postgres"` to reach the server when the target database may not exist yet)."""
+    url = make_url(database_url).set(drivername="postgresql")
+    if database is not None:
+        url = url.set(database=database)
+    return url.render_as_string(hide_password=False)
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -12,7 +12,7 @@ from alembic.config import Config
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, make_url
 
-from shared.db import create_engine
+from shared.db import asyncpg_dsn, create_engine
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,8 @@ def configure_and_run(context: Any, metadata: MetaData) -> None:
 
 async def ensure_database(database_url: str) -> None:
     """Create the database named in `database_url` if it does not exist yet."""
-    url = make_url(database_url)
-    name = url.database
-    admin_dsn = url.set(drivername="postgresql", database="postgres").render_as_string(
-        hide_password=False
-    )
-    conn = await asyncpg.connect(admin_dsn)
+    name = make_url(database_url).database
+    conn = await asyncpg.connect(asyncpg_dsn(database_url, "postgres"))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:

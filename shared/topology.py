@@ -74,6 +74,15 @@ class Topology:
             arguments=self._dead_letter_args(name, ANALYTICS_DELIVERY_LIMIT),
         )
 
+    @property
+    def durable_exchanges(self) -> tuple[RabbitExchange, ...]:
+        return (self.events, self.stream, self.control, self.dead_letters)
+
+    @property
+    def event_queues(self) -> tuple[RabbitQueue, ...]:
+        """Durable queues bound to `events`, each with a dead-letter queue of its own."""
+        return (self.chat_requests, self.analytics_events)
+
     def dead_letter_queue(self, source: RabbitQueue) -> RabbitQueue:
         """`<source>.dead`: where `source`'s poison messages wait, visible, for a human."""
         return RabbitQueue(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import aio_pika
 import pytest
 
 from services.registry import MIGRATED_SCHEMAS
+from shared.broker import delete_topology
 from shared.migrations import upgrade_to_head
 from shared.topology import Topology
 from tests.infra import (
@@ -43,18 +43,7 @@ async def infra(_server_urls: tuple[str, str]) -> AsyncIterator[TestInfrastructu
     )
     yield infrastructure
     await drop_database(server_url, db_name)
-    await _delete_namespace(amqp_url, Topology(infrastructure.namespace))
-
-
-async def _delete_namespace(amqp_url: str, topology: Topology) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (topology.chat_requests, topology.analytics_events):
-            await channel.queue_delete(queue.name)
-            await channel.queue_delete(topology.dead_letter_queue(queue).name)
-        for exchange in (topology.events, topology.stream, topology.control, topology.dead_letters):
-            await channel.exchange_delete(exchange.name)
+    await delete_topology(amqp_url, Topology(infrastructure.namespace))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from shared.db import asyncpg_dsn
+
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -75,16 +77,8 @@ def server_urls() -> Iterator[tuple[str, str]]:
     )
 
 
-def _plain_dsn(url: str, database: str) -> str:
-    return (
-        make_url(url)
-        .set(drivername="postgresql", database=database)
-        .render_as_string(hide_password=False)
-    )
-
-
 async def create_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(_plain_dsn(server_url, "postgres"))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url, "postgres"))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -93,7 +87,7 @@ async def create_database(server_url: str, name: str) -> str:
 
 
 async def drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(_plain_dsn(server_url, "postgres"))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url, "postgres"))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

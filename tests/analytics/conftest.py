@@ -20,7 +20,7 @@ import jwt
 import pytest
 from sqlalchemy import text
 
-from shared.broker import create_broker, declare_topology
+from shared.broker import create_broker, declare_topology, delete_topology
 from shared.db import create_engine
 from shared.events import Event
 from shared.migrations import upgrade_to_head
@@ -71,16 +71,7 @@ class AnalyticsStack:
         for process in reversed(self.processes):
             process.stop()
         if self._channel is not None:
-            for queue in (self.topology.chat_requests, self.topology.analytics_events):
-                await self._channel.queue_delete(queue.name)
-                await self._channel.queue_delete(self.topology.dead_letter_queue(queue).name)
-            for exchange in (
-                self.topology.events,
-                self.topology.stream,
-                self.topology.control,
-                self.topology.dead_letters,
-            ):
-                await self._channel.exchange_delete(exchange.name)
+            await delete_topology(self.infra.amqp_url, self.topology)
         if self._connection is not None:
             await self._connection.close()
         await self.engine.dispose()

@@ -19,9 +19,9 @@ import jwt
 import pytest
 import websockets
 
+from shared.broker import delete_topology
 from shared.ids import IdKind, new_id
 from shared.topology import Topology, conversation_routing_key
-from tests.conftest import _delete_namespace as delete_namespace
 from tests.infra import TestInfrastructure
 from tests.processes import ServiceProcess
 
@@ -90,7 +90,7 @@ async def start_service(
     yield _start
     for process in reversed(started):
         process.stop()
-    await delete_namespace(gw_infra.amqp_url, Topology(gw_infra.namespace))
+    await delete_topology(gw_infra.amqp_url, Topology(gw_infra.namespace))
 
 
 @pytest.fixture

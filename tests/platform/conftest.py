@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pytest
 
 from services.registry import MIGRATED_SCHEMAS
+from shared.broker import delete_topology
 from shared.migrations import upgrade_to_head
 from shared.topology import Topology
-from tests.conftest import _delete_namespace as delete_namespace
 from tests.infra import TestInfrastructure, create_database, drop_database, new_run_id
 from tests.processes import ServiceProcess
 
@@ -72,5 +72,5 @@ async def platform(
     finally:
         for process in reversed(processes):
             process.stop()
-        await delete_namespace(own.amqp_url, Topology(own.namespace))
+        await delete_topology(own.amqp_url, Topology(own.namespace))
         await drop_database(server_url, db_name)
