@@ -3,9 +3,10 @@
 `Outbox.unit_of_work()` commits the session and publishes its staged events right away (the fast
 path, so a chat message reaches a worker without waiting for a poll). Anything the fast path could
 not publish — broker down, process killed after commit — stays in the table and the relay loop
-publishes it later. Several instances relay side by side: rows are claimed with
-`FOR UPDATE SKIP LOCKED`. Consumers are idempotent on `event_id`, so the rare double publish
-(fast path slower than the relay's grace period) is harmless.
+publishes it later. Several instances relay side by side: a relay leases a batch (moves its
+`created_at` forward, under `FOR UPDATE SKIP LOCKED`) and publishes it outside any transaction.
+Consumers are idempotent on `event_id`, so the rare double publish (a fast path or a relay
+slower than the grace period) is harmless.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -53,16 +55,41 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("routing_key", String(64), nullable=False),
         Column("correlation_id", String(64), nullable=True),
         Column("payload", LargeBinary, nullable=False),
+        # When the row was written, or last leased by a relay: it is due for the relay a grace
+        # period after this.
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
 
 
 @dataclass(frozen=True)
-class _StagedEvent:
+class StagedEvent:
+    """An event serialised for the outbox table and for the broker."""
+
     event_id: str
     routing_key: str
     correlation_id: str | None
     payload: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> StagedEvent:
+        return cls(
+            str(event.event_id), event.type, event.correlation_id, event.model_dump_json().encode()
+        )
+
+    def parameters(self) -> tuple[str, str, str | None, bytes]:
+        """The values `outbox_rows_for` takes, in its parameter order."""
+        return self.event_id, self.routing_key, self.correlation_id, self.payload
+
+
+def outbox_rows_for(outbox: str, source: str, first_parameter: int) -> str:
+    """A CTE (`staged AS (...)`) writing one row to the `outbox` table per row of the CTE
+    `source`, with the event from parameters $first_parameter.. (`StagedEvent.parameters()`):
+    a hot-path statement stages its event in the same statement as its change."""
+    n = first_parameter
+    # Names come from code, never from input; the values are $n parameters.
+    columns = "event_id, routing_key, correlation_id, payload"
+    values = f"${n}, ${n + 1}, ${n + 2}, ${n + 3}"
+    return f"staged AS (INSERT INTO {outbox} ({columns}) SELECT {values} FROM {source})"  # noqa: S608
 
 
 class Outbox:
@@ -91,10 +118,7 @@ class Outbox:
 
     async def stage(self, session: AsyncSession, *events: Event) -> None:
         """Write `events` in `session`'s transaction; they are published only if it commits."""
-        staged = [
-            _StagedEvent(str(e.event_id), e.type, e.correlation_id, e.model_dump_json().encode())
-            for e in events
-        ]
+        staged = [StagedEvent.of(e) for e in events]
         await session.execute(
             self._table.insert(),
             [
@@ -118,18 +142,27 @@ class Outbox:
         """
         async with transaction(self._sessions) as session:
             yield session
-        staged: list[_StagedEvent] = session.info.pop(_STAGED_KEY, [])
+        staged: list[StagedEvent] = session.info.pop(_STAGED_KEY, [])
+        await self.publish_committed(staged, wait=wait_for_publish)
+
+    @property
+    def table_name(self) -> str:
+        """Schema-qualified, for statements that insert rows themselves (`StagedEvent`)."""
+        return self._table.fullname
+
+    async def publish_committed(self, staged: list[StagedEvent], *, wait: bool = True) -> None:
+        """The fast path for events whose rows a committed statement wrote to the table."""
         if not staged:
             return
         self._in_flight.update(s.event_id for s in staged)
-        if wait_for_publish:
+        if wait:
             await self._publish_after_commit(staged)
         else:
             task = asyncio.create_task(self._publish_after_commit(staged))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _publish_after_commit(self, staged: list[_StagedEvent]) -> None:
+    async def _publish_after_commit(self, staged: list[StagedEvent]) -> None:
         published: list[str] = []
         try:
             for s in staged:
@@ -171,25 +204,38 @@ class Outbox:
             self._in_flight.difference_update(event_ids)
 
     async def relay_once(self) -> int:
-        """Publish one batch of rows older than the grace period; return how many were sent."""
+        """Publish one batch of rows older than the grace period; return how many were sent.
+
+        Rows are leased, not locked while publishing: the claim moves their `created_at` to
+        now and commits, so other relays leave them alone for a grace period. A relay that
+        stalls on a half-recovered broker connection (or dies) then holds nothing: its rows
+        come due again and another relay publishes them.
+        """
         cutoff = datetime.now(UTC) - self._relay_grace
         t = self._table
-        claim = select(t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload)
-        claim = claim.where(t.c.created_at < cutoff)
+        due = select(t.c.id).where(t.c.created_at < cutoff)
         if self._in_flight:
-            claim = claim.where(t.c.event_id.not_in(list(self._in_flight)))
+            due = due.where(t.c.event_id.not_in(list(self._in_flight)))
+        due = due.order_by(t.c.id).limit(self._batch_size).with_for_update(skip_locked=True)
         async with transaction(self._sessions) as session:
             rows = (
                 await session.execute(
-                    claim.order_by(t.c.id).limit(self._batch_size).with_for_update(skip_locked=True)
+                    update(t)
+                    .where(t.c.id.in_(due.scalar_subquery()))
+                    .values(created_at=func.now())
+                    .returning(
+                        t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload
+                    )
                 )
             ).all()
-            for row in rows:
-                await self._publisher.publish_raw(
-                    row.routing_key, row.payload, row.event_id, row.correlation_id
-                )
-            if rows:
-                await session.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
+        if not rows:
+            return 0
+        for row in sorted(rows, key=lambda r: r.id):
+            await self._publisher.publish_raw(
+                row.routing_key, row.payload, row.event_id, row.correlation_id
+            )
+        async with transaction(self._sessions) as session:
+            await session.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
         return len(rows)
 
     async def relay_forever(self) -> None:

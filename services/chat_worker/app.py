@@ -32,6 +32,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
     frames = FrameChannel(settings.amqp_url, runtime.topology, runtime.instance_id)
     replies = ChatReplies(
         settings=settings,
+        engine=runtime.engine,
         sessions=runtime.sessions,
         outbox=outbox,
         frames=frames,

@@ -113,7 +113,9 @@ async def stream_reply(
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    break
+                    # Read on to the end of the body rather than break: a response left
+                    # unread is closed, and the next request would open a new connection.
+                    continue
                 for delta in _read_chunk(json.loads(data), outcome):
                     yield delta
         except httpx2.TimeoutException as exc:

@@ -1,62 +1,186 @@
-"""Queries of the chat worker on the `chat` schema. Callers own the transaction."""
+"""Queries of the chat worker on the `chat` schema.
+
+The per-reply path (load, claim, finish) is three single statements on the driver connection
+(see `shared.db.driver_connection` for why); the rare paths use SQLAlchemy in the caller's
+transaction.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import and_, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.chat_worker.prompt import Turn
 from services.gateway.models import (
-    Assistant,
-    Conversation,
+    ASSISTANTS,
+    CONVERSATIONS,
+    MESSAGES,
+    OUTBOX,
     Message,
     MessageRole,
     MessageStatus,
 )
+from shared.outbox import StagedEvent, outbox_rows_for
 
 HISTORY_MESSAGES = 100
 """User messages looked at for the prompt; the token budget usually keeps far fewer."""
 
 
-async def load_request(
-    session: AsyncSession, message_id: str
-) -> tuple[Message, Conversation, Assistant | None] | None:
-    row = (
-        await session.execute(
-            select(Message, Conversation, Assistant)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .outerjoin(Assistant, Assistant.id == Conversation.assistant_id)
-            .where(Message.id == message_id, Message.role == MessageRole.USER)
-        )
-    ).first()
+@dataclass(frozen=True)
+class Request:
+    """A user message to answer, with what its conversation (or assistant) says about the
+    reply, and the history the prompt is built from (oldest first, ending with the message)."""
+
+    message_id: str
+    conversation_id: str
+    owner_id: str
+    model: str | None
+    temperature: float | None
+    system_prompt: str | None
+    history: list[Turn]
+
+
+# One round trip: the message, its conversation and assistant, and the newest
+# `$2` earlier questions each with its answer (if one was completed or cancelled with text).
+_LOAD_REQUEST = f"""
+SELECT m.conversation_id, m.content, c.owner_id,
+       coalesce(c.model, a.model) AS model,
+       coalesce(c.temperature, a.temperature) AS temperature,
+       coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, '')) AS system_prompt,
+       (SELECT json_agg(json_build_array(q.content, r.content) ORDER BY q.created_at, q.id)
+        FROM (SELECT id, content, created_at FROM {MESSAGES}
+              WHERE conversation_id = m.conversation_id AND role = '{MessageRole.USER.value}'
+                AND created_at <= m.created_at AND id <> m.id
+              ORDER BY created_at DESC, id DESC
+              LIMIT $2) AS q
+        LEFT JOIN {MESSAGES} AS r
+          ON r.reply_to = q.id AND r.content <> ''
+         AND r.status IN ('{MessageStatus.COMPLETE.value}', '{MessageStatus.CANCELLED.value}')
+       ) AS history
+FROM {MESSAGES} AS m
+JOIN {CONVERSATIONS} AS c ON c.id = m.conversation_id
+LEFT JOIN {ASSISTANTS} AS a ON a.id = c.assistant_id
+WHERE m.id = $1 AND m.role = '{MessageRole.USER.value}'
+"""  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+async def load_request(connection: asyncpg.Connection, message_id: str) -> Request | None:
+    row = await connection.fetchrow(_LOAD_REQUEST, message_id, HISTORY_MESSAGES)
     if row is None:
         return None
-    return row[0], row[1], row[2]
-
-
-async def insert_reply(session: AsyncSession, reply_id: str, question: Message, model: str) -> bool:
-    """Create the (streaming) reply to `question`; False if it already has one."""
-    inserted = await session.execute(
-        insert(Message)
-        .values(
-            id=reply_id,
-            conversation_id=question.conversation_id,
-            role=MessageRole.ASSISTANT.value,
-            content="",
-            status=MessageStatus.STREAMING.value,
-            reply_to=question.id,
-            seq=0,
-            attempt=1,
-            model=model,
-        )
-        .on_conflict_do_nothing(constraint="uq_messages_reply_to")
-        .returning(Message.id)
+    pairs = row["history"] or []
+    if isinstance(pairs, str):
+        # SQLAlchemy's pool registers a JSON codec on its connections; a bare one does not.
+        pairs = json.loads(pairs)
+    history: list[Turn] = []
+    for question, answer in pairs:
+        history.append(Turn("user", question))
+        if answer is not None:
+            history.append(Turn("assistant", answer))
+    history.append(Turn("user", row["content"]))
+    return Request(
+        message_id=message_id,
+        conversation_id=row["conversation_id"],
+        owner_id=row["owner_id"],
+        model=row["model"],
+        temperature=row["temperature"],
+        system_prompt=row["system_prompt"],
+        history=history,
     )
-    return inserted.first() is not None
+
+
+# The reply row and its `reply.started` outbox row, atomically, unless the request has a reply.
+_INSERT_REPLY = f"""
+WITH inserted AS (
+    INSERT INTO {MESSAGES}
+        (id, conversation_id, role, content, status, reply_to, seq, attempt, model)
+    VALUES ($1, $2, '{MessageRole.ASSISTANT.value}', '', '{MessageStatus.STREAMING.value}',
+            $3, 0, 1, $4)
+    ON CONFLICT ON CONSTRAINT uq_messages_reply_to DO NOTHING
+    RETURNING id
+), {outbox_rows_for(OUTBOX, "inserted", 5)}
+SELECT count(*) FROM inserted
+"""  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+async def insert_reply(
+    connection: asyncpg.Connection,
+    reply_id: str,
+    request: Request,
+    model: str,
+    started: StagedEvent,
+) -> bool:
+    """Create the (streaming) reply to `request` with its event; False if it has a reply."""
+    inserted = await connection.fetchval(
+        _INSERT_REPLY,
+        reply_id,
+        request.conversation_id,
+        request.message_id,
+        model,
+        *started.parameters(),
+    )
+    return bool(inserted)
+
+
+@dataclass(frozen=True)
+class FinalReply:
+    """A reply's terminal state; fields an outcome does not have stay NULL."""
+
+    content: str
+    seq: int
+    status: MessageStatus
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_ms: float | None = None
+    duration_ms: float | None = None
+    finish_reason: str | None = None
+    error_code: str | None = None
+
+
+# The final state and its outcome event, atomically, only by the attempt that owns the reply.
+_FINISH_REPLY = f"""
+WITH finished AS (
+    UPDATE {MESSAGES}
+    SET content = $3, seq = $4, status = $5, prompt_tokens = $6, completion_tokens = $7,
+        ttft_ms = $8, duration_ms = $9, finish_reason = $10, error_code = $11,
+        updated_at = now()
+    WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
+    RETURNING id
+), {outbox_rows_for(OUTBOX, "finished", 12)}
+SELECT count(*) FROM finished
+"""  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+async def finish_reply(
+    connection: asyncpg.Connection,
+    reply_id: str,
+    attempt: int,
+    final: FinalReply,
+    event: StagedEvent,
+) -> bool:
+    """Store `final` and its event if this attempt still owns the reply; False if not."""
+    finished = await connection.fetchval(
+        _FINISH_REPLY,
+        reply_id,
+        attempt,
+        final.content,
+        final.seq,
+        final.status.value,
+        final.prompt_tokens,
+        final.completion_tokens,
+        final.ttft_ms,
+        final.duration_ms,
+        final.finish_reason,
+        final.error_code,
+        *event.parameters(),
+    )
+    return bool(finished)
 
 
 async def lock_reply(session: AsyncSession, reply_to: str) -> Message | None:
@@ -64,44 +188,6 @@ async def lock_reply(session: AsyncSession, reply_to: str) -> Message | None:
     return (
         await session.execute(select(Message).where(Message.reply_to == reply_to).with_for_update())
     ).scalar_one_or_none()
-
-
-async def load_history(session: AsyncSession, question: Message) -> list[Turn]:
-    """The conversation up to `question`, oldest first, each question followed by its answer."""
-    questions = (
-        (
-            await session.execute(
-                select(Message)
-                .where(
-                    Message.conversation_id == question.conversation_id,
-                    Message.role == MessageRole.USER,
-                    Message.created_at <= question.created_at,
-                    Message.id != question.id,
-                )
-                .order_by(Message.created_at.desc(), Message.id.desc())
-                .limit(HISTORY_MESSAGES)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    answers: dict[str | None, str] = {}
-    if questions:
-        rows = await session.execute(
-            select(Message.reply_to, Message.content).where(
-                Message.reply_to.in_([q.id for q in questions]),
-                Message.status.in_([MessageStatus.COMPLETE, MessageStatus.CANCELLED]),
-                Message.content != "",
-            )
-        )
-        answers = {reply_to: content for reply_to, content in rows.tuples()}
-    turns: list[Turn] = []
-    for q in reversed(questions):
-        turns.append(Turn("user", q.content))
-        if q.id in answers:
-            turns.append(Turn("assistant", answers[q.id]))
-    turns.append(Turn("user", question.content))
-    return turns
 
 
 async def persist_partials(session: AsyncSession, partials: Sequence[dict[str, Any]]) -> None:

@@ -19,16 +19,16 @@ from typing import Any, TypeVar
 
 import openai
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.chat_worker import repository
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
-from services.chat_worker.prompt import Turn, build_prompt
+from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway.models import Message, MessageStatus
-from shared.db import skip_commit_flush
+from shared.db import driver_connection, skip_commit_flush
 from shared.events import (
     MessageSent,
     ReplyCancelled,
@@ -37,7 +37,7 @@ from shared.events import (
     ReplyStarted,
 )
 from shared.ids import IdKind, new_id
-from shared.outbox import Outbox
+from shared.outbox import Outbox, StagedEvent
 from shared.stream import (
     CancelCommand,
     ControlCommand,
@@ -45,7 +45,6 @@ from shared.stream import (
     ReplyCompletedFrame,
     ReplyFailedFrame,
     ResyncCommand,
-    StreamFrame,
     Usage,
 )
 
@@ -92,16 +91,16 @@ class Claim:
 
     reply_id: str
     attempt: int
-    owner_id: str
     model: str
     temperature: float | None
     system_prompt: str
-    question: Message
+    request: repository.Request
 
 
 @dataclass
 class ChatReplies:
     settings: ChatWorkerSettings
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     outbox: Outbox
     frames: FrameChannel
@@ -140,14 +139,7 @@ class ChatReplies:
             return Disposition.REQUEUE
         if claim is None:
             return Disposition.ACK
-        reply = ActiveReply(
-            conversation_id=claim.question.conversation_id,
-            message_id=claim.reply_id,
-            reply_to=event.message_id,
-            model=claim.model,
-            attempt=claim.attempt,
-            policy=self.policy,
-        )
+        reply = self._active(claim)
         superseded = self.active.get(reply.message_id)
         if superseded is not None and superseded.task is not None:
             # This worker's older delivery of the same request lost its channel: it stops.
@@ -160,86 +152,80 @@ class ChatReplies:
                 del self.active[reply.message_id]
 
     async def _claim(self, event: MessageSent, redelivered: bool) -> Claim | None:
-        for _ in range(2):
-            try:
-                return await self._claim_once(event, redelivered)
-            except IntegrityError:
-                # A concurrent duplicate of this request inserted the reply first; look again.
-                continue
-        return None
-
-    async def _claim_once(self, event: MessageSent, redelivered: bool) -> Claim | None:
-        started_frame: StreamFrame | None = None
-        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
-            # The request stays unacked until the final reply is stored durably, so a claim
-            # lost in a database crash is only redone: no need to wait for its WAL flush.
-            await skip_commit_flush(session)
-            loaded = await repository.load_request(session, event.message_id)
-            if loaded is None:
+        async with driver_connection(self.engine) as connection:
+            request = await repository.load_request(connection, event.message_id)
+            if request is None:
                 log.info("request for a missing message dropped", extra={"id": event.message_id})
                 return None
-            question, conversation, assistant = loaded
-            model = (
-                conversation.model
-                or (assistant.model if assistant else None)
-                or self.settings.default_model
+            claim = self._claim_for(request, new_id(IdKind.MESSAGE), attempt=1)
+            started = StagedEvent.of(self._started_event(claim))
+            # The request stays unacked until the final reply is stored, so if this worker
+            # dies from here on, the redelivered request finds the reply and takes it over.
+            inserted = await repository.insert_reply(
+                connection, claim.reply_id, request, claim.model, started
             )
-            reply_id, attempt = new_id(IdKind.MESSAGE), 1
-            if not await repository.insert_reply(session, reply_id, question, model):
-                existing = await repository.lock_reply(session, question.id)
-                if existing is None or not self._may_take_over(existing, redelivered):
-                    self.metrics.duplicates_skipped += 1
-                    log.info(
-                        "request already answered or being answered",
-                        extra={"reply": existing.id if existing else None},
-                    )
-                    return None
-                reply_id, attempt = existing.id, existing.attempt + 1
-                await repository.update_streaming_reply(
-                    session,
-                    reply_id,
-                    existing.attempt,
-                    {"attempt": attempt, "content": "", "seq": 0},
-                )
-                self.metrics.regenerated += 1
-                log.info("regenerating an abandoned reply", extra={"reply": reply_id})
-            await self.outbox.stage(
-                session,
-                ReplyStarted(
-                    producer=PRODUCER,
-                    user_id=conversation.owner_id,
-                    correlation_id=question.id,
-                    conversation_id=question.conversation_id,
-                    message_id=reply_id,
-                    reply_to=question.id,
-                    model=model,
-                    attempt=attempt,
-                ),
-            )
-            claim = Claim(
-                reply_id=reply_id,
-                attempt=attempt,
-                owner_id=conversation.owner_id,
-                model=model,
-                temperature=conversation.temperature
-                if conversation.temperature is not None
-                else (assistant.temperature if assistant else None),
-                system_prompt=conversation.system_prompt
-                or (assistant.system_prompt if assistant else "")
-                or self.settings.default_system_prompt,
-                question=question,
-            )
-            started_frame = ActiveReply(
-                conversation_id=question.conversation_id,
-                message_id=reply_id,
-                reply_to=question.id,
-                model=model,
-                attempt=attempt,
-                policy=self.policy,
-            ).started_frame()
-            await session.commit()
-            self.frames.publish(started_frame)
+        if not inserted:
+            # Redelivered, or a duplicate delivery: decide under the reply's row lock.
+            return await self._take_over(request, redelivered)
+        await self.outbox.publish_committed([started], wait=False)
+        self.frames.publish(self._active(claim).started_frame())
         return claim
+
+    async def _take_over(self, request: repository.Request, redelivered: bool) -> Claim | None:
+        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
+            existing = await repository.lock_reply(session, request.message_id)
+            if existing is None or not self._may_take_over(existing, redelivered):
+                self.metrics.duplicates_skipped += 1
+                log.info(
+                    "request already answered or being answered",
+                    extra={"reply": existing.id if existing else None},
+                )
+                return None
+            claim = self._claim_for(request, existing.id, attempt=existing.attempt + 1)
+            await repository.update_streaming_reply(
+                session,
+                claim.reply_id,
+                existing.attempt,
+                {"attempt": claim.attempt, "content": "", "seq": 0},
+            )
+            await self.outbox.stage(session, self._started_event(claim))
+            self.metrics.regenerated += 1
+            log.info("regenerating an abandoned reply", extra={"reply": claim.reply_id})
+        self.frames.publish(self._active(claim).started_frame())
+        return claim
+
+    def _claim_for(self, request: repository.Request, reply_id: str, attempt: int) -> Claim:
+        return Claim(
+            reply_id=reply_id,
+            attempt=attempt,
+            model=request.model or self.settings.default_model,
+            temperature=request.temperature,
+            system_prompt=request.system_prompt or self.settings.default_system_prompt,
+            request=request,
+        )
+
+    def _active(self, claim: Claim) -> ActiveReply:
+        return ActiveReply(
+            conversation_id=claim.request.conversation_id,
+            message_id=claim.reply_id,
+            reply_to=claim.request.message_id,
+            model=claim.model,
+            attempt=claim.attempt,
+            policy=self.policy,
+        )
+
+    @staticmethod
+    def _started_event(claim: Claim) -> ReplyStarted:
+        return ReplyStarted(
+            producer=PRODUCER,
+            user_id=claim.request.owner_id,
+            correlation_id=claim.request.message_id,
+            conversation_id=claim.request.conversation_id,
+            message_id=claim.reply_id,
+            reply_to=claim.request.message_id,
+            model=claim.model,
+            attempt=claim.attempt,
+        )
 
     def _may_take_over(self, existing: Message, redelivered: bool) -> bool:
         if existing.status != MessageStatus.STREAMING:
@@ -281,9 +267,9 @@ class ChatReplies:
         return Disposition.ACK
 
     async def _stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
-        # Read after the claim has committed, so `reply.started` is not held up by it.
-        history = await self._with_db_retry(lambda: self._load_history(claim.question))
-        messages = build_prompt(claim.system_prompt, history, self.settings.context_budget_tokens)
+        messages = build_prompt(
+            claim.system_prompt, claim.request.history, self.settings.context_budget_tokens
+        )
         retries = 0
         while True:
             outcome = StreamOutcome()
@@ -319,10 +305,6 @@ class ChatReplies:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
                 await self._with_db_retry(lambda: self._restart(reply))
 
-    async def _load_history(self, question: Message) -> list[Turn]:
-        async with self.sessions() as session:
-            return await repository.load_history(session, question)
-
     async def _restart(self, reply: ActiveReply) -> None:
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:
             if not await repository.update_streaming_reply(
@@ -353,14 +335,16 @@ class ChatReplies:
         await self._store_outcome(
             reply,
             frame,
-            {
-                "status": MessageStatus.COMPLETE.value,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "ttft_ms": ttft_ms,
-                "duration_ms": duration_ms,
-                "finish_reason": outcome.finish_reason,
-            },
+            repository.FinalReply(
+                content=frame.content,
+                seq=frame.seq,
+                status=MessageStatus.COMPLETE,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                ttft_ms=ttft_ms,
+                duration_ms=duration_ms,
+                finish_reason=outcome.finish_reason,
+            ),
             ReplyCompleted(
                 **self._event_fields(reply, claim),
                 prompt_tokens=usage.prompt_tokens,
@@ -378,11 +362,13 @@ class ChatReplies:
         await self._store_outcome(
             reply,
             frame,
-            {
-                "status": MessageStatus.FAILED.value,
-                "error_code": failure.code,
-                "duration_ms": duration_ms,
-            },
+            repository.FinalReply(
+                content=frame.content,
+                seq=frame.seq,
+                status=MessageStatus.FAILED,
+                error_code=failure.code,
+                duration_ms=duration_ms,
+            ),
             ReplyFailed(
                 **self._event_fields(reply, claim),
                 error_code=failure.code,
@@ -397,12 +383,14 @@ class ChatReplies:
         await self._store_outcome(
             reply,
             frame,
-            {
-                "status": MessageStatus.CANCELLED.value,
-                "finish_reason": "cancelled",
-                "ttft_ms": reply.ttft_ms(),
-                "duration_ms": duration_ms,
-            },
+            repository.FinalReply(
+                content=frame.content,
+                seq=frame.seq,
+                status=MessageStatus.CANCELLED,
+                finish_reason="cancelled",
+                ttft_ms=reply.ttft_ms(),
+                duration_ms=duration_ms,
+            ),
             ReplyCancelled(**self._event_fields(reply, claim), duration_ms=duration_ms),
         )
 
@@ -411,7 +399,7 @@ class ChatReplies:
         """Envelope and identity fields every reply outcome event carries."""
         return {
             "producer": PRODUCER,
-            "user_id": claim.owner_id,
+            "user_id": claim.request.owner_id,
             "correlation_id": reply.reply_to,
             "conversation_id": reply.conversation_id,
             "message_id": reply.message_id,
@@ -423,26 +411,24 @@ class ChatReplies:
         self,
         reply: ActiveReply,
         frame: ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame,
-        values: dict[str, Any],
+        final: repository.FinalReply,
         event: ReplyCompleted | ReplyFailed | ReplyCancelled,
     ) -> None:
-        """Store the reply's final state and its event in one transaction, then send the
+        """Store the reply's final state and its event in one statement, then send the
         terminal frame; only the worker holding the current attempt may write it."""
+        staged = StagedEvent.of(event)
         try:
-            async with self.outbox.unit_of_work(wait_for_publish=False) as session:
-                if not await repository.update_streaming_reply(
-                    session,
-                    reply.message_id,
-                    reply.attempt,
-                    {"content": frame.content, "seq": frame.seq, **values},
-                ):
-                    raise Superseded
-                await self.outbox.stage(session, event)
-                await session.commit()
-                self.frames.publish(frame)
-        except DBAPIError:
+            async with driver_connection(self.engine) as connection:
+                stored = await repository.finish_reply(
+                    connection, reply.message_id, reply.attempt, final, staged
+                )
+        except (DBAPIError, OSError):
             reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
             raise
+        if not stored:
+            raise Superseded
+        await self.outbox.publish_committed([staged], wait=False)
+        self.frames.publish(frame)
 
     async def _with_db_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run `operation` (a whole transaction) again while the database is unreachable."""

@@ -30,6 +30,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     gateway = Gateway(
         settings=settings,
         chat=ChatService(
+            runtime.engine,
             runtime.sessions,
             outbox,
             max_message_length=settings.max_message_length,

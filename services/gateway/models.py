@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import cast
 
 from sqlalchemy import (
     DateTime,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -131,3 +133,10 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# Schema-qualified names for the hand-written hot-path statements (repositories' raw SQL).
+MESSAGES = cast(Table, Message.__table__).fullname
+CONVERSATIONS = cast(Table, Conversation.__table__).fullname
+ASSISTANTS = cast(Table, Assistant.__table__).fullname
+OUTBOX = outbox.fullname

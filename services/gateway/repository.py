@@ -6,10 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.models import (
+    CONVERSATIONS,
+    MESSAGES,
+    OUTBOX,
     Assistant,
     Conversation,
     ConversationStatus,
@@ -17,6 +21,7 @@ from services.gateway.models import (
     MessageRole,
     MessageStatus,
 )
+from shared.outbox import StagedEvent, outbox_rows_for
 
 
 def _escape_like(text: str) -> str:
@@ -111,6 +116,71 @@ async def find_by_client_id(
             Message.client_message_id == client_message_id,
         )
     )
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What `store_user_message` found: the conversation's status (None: not the owner's or
+    gone), the id of an earlier copy of the message, or the id it stored now."""
+
+    conversation_status: str | None
+    earlier_id: str | None
+    stored_id: str | None
+
+
+# One statement, so one round trip and atomic without BEGIN/COMMIT: the ownership check, the
+# resend check, the message, the conversation's `updated_at` and the outbox row together.
+# `earlier` also matches the message's own id: a retry after a lost connection whose first
+# attempt did commit finds that copy instead of storing a second.
+_STORE_USER_MESSAGE = f"""
+WITH conversation AS (
+    SELECT id, status FROM {CONVERSATIONS}
+    WHERE id = $1 AND owner_id = $2
+), earlier AS (
+    SELECT id FROM {MESSAGES}
+    WHERE conversation_id = $1 AND (id = $3 OR client_message_id = $4)
+    LIMIT 1
+), stored AS (
+    INSERT INTO {MESSAGES}
+        (id, conversation_id, role, content, status, client_message_id, seq, attempt)
+    SELECT $3, id, '{MessageRole.USER.value}', $5, '{MessageStatus.COMPLETE.value}', $4, 0, 1
+    FROM conversation
+    WHERE status = '{ConversationStatus.ACTIVE.value}' AND NOT EXISTS (SELECT 1 FROM earlier)
+    ON CONFLICT DO NOTHING
+    RETURNING id, conversation_id
+), touched AS (
+    UPDATE {CONVERSATIONS} SET updated_at = now()
+    WHERE id = (SELECT conversation_id FROM stored)
+), {outbox_rows_for(OUTBOX, "stored", 6)}
+SELECT (SELECT status FROM conversation) AS conversation_status,
+       (SELECT id FROM earlier) AS earlier_id,
+       (SELECT id FROM stored) AS stored_id
+"""  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+async def store_user_message(
+    connection: asyncpg.Connection,
+    *,
+    owner_id: str,
+    conversation_id: str,
+    message_id: str,
+    content: str,
+    client_message_id: str | None,
+    event: StagedEvent,
+) -> StoreOutcome:
+    """Store a user message and its event's outbox row unless the conversation is not the
+    owner's, has ended, or already holds this message (by client id or id)."""
+    row = await connection.fetchrow(
+        _STORE_USER_MESSAGE,
+        conversation_id,
+        owner_id,
+        message_id,
+        client_message_id,
+        content,
+        *event.parameters(),
+    )
+    assert row is not None
+    return StoreOutcome(row["conversation_status"], row["earlier_id"], row["stored_id"])
 
 
 async def find_reply(session: AsyncSession, message_id: str) -> Message | None:

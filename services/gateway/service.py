@@ -12,9 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.gateway import repository
 from services.gateway.models import (
@@ -31,7 +29,7 @@ from services.gateway.schemas import (
     ConversationCreate,
     ConversationStats,
 )
-from shared.db import transaction
+from shared.db import DatabaseConnectionLost, driver_connection, transaction
 from shared.events import (
     ConversationCreated,
     ConversationDeleted,
@@ -40,7 +38,7 @@ from shared.events import (
     MessageSent,
 )
 from shared.ids import IdKind, is_valid_id, new_id
-from shared.outbox import Outbox
+from shared.outbox import Outbox, StagedEvent
 
 PRODUCER = "gateway"
 DEFAULT_TITLE = "New conversation"
@@ -132,6 +130,7 @@ class AcceptedMessage:
 class ChatService:
     def __init__(
         self,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         outbox: Outbox,
         *,
@@ -139,6 +138,7 @@ class ChatService:
         rate_limiter: MessageRateLimiter,
         anonymous_rate_limiter: MessageRateLimiter | None = None,
     ) -> None:
+        self._engine = engine
         self._sessions = sessions
         self._outbox = outbox
         self._max_message_length = max_message_length
@@ -356,81 +356,94 @@ class ChatService:
         *,
         rate_key: str | None = None,
     ) -> AcceptedMessage:
-        """Store a user message and its `message.sent` in one transaction.
+        """Store a user message and its `message.sent` in one statement, then publish it.
 
         A `client_message_id` seen before in this conversation returns the stored message and
         creates nothing, whether the first copy was committed long ago or a moment ago by a
-        concurrent resend (the unique constraint decides the race).
+        concurrent resend (the unique constraint decides the race). Resends are not counted
+        against the rate limit.
         """
         if not content.strip():
             raise InvalidInput("content must not be empty")
         if len(content) > self._max_message_length:
             raise InvalidInput(f"content longer than {self._max_message_length} characters")
+        if not is_valid_id(conversation_id, IdKind.CONVERSATION):
+            raise NotFound("Conversation not found")
+        rate_key = rate_key or owner_id
+        limiter = self._anonymous_rate_limiter if is_anonymous(owner_id) else self._rate_limiter
         try:
-            return await self._store_message(
-                owner_id, conversation_id, content, client_message_id, rate_key or owner_id
-            )
-        except IntegrityError:
-            if client_message_id is None:
+            limiter.check(rate_key)
+        except RateLimited:
+            earlier = await self._find_copy(conversation_id, client_message_id, None)
+            if earlier is None:
                 raise
-        async with transaction(self._sessions) as session:
-            existing = await repository.find_by_client_id(
-                session, conversation_id, client_message_id
+            return AcceptedMessage(earlier, duplicate=True)
+        message = Message(
+            id=new_id(IdKind.MESSAGE),
+            conversation_id=conversation_id,
+            role=MessageRole.USER.value,
+            content=content,
+            status=MessageStatus.COMPLETE.value,
+            client_message_id=client_message_id,
+            seq=0,
+            attempt=1,
+        )
+        event = StagedEvent.of(
+            MessageSent(
+                producer=PRODUCER,
+                user_id=owner_id,
+                conversation_id=conversation_id,
+                message_id=message.id,
+                content_length=len(content),
             )
-        if existing is None:
+        )
+        try:
+            outcome = await self._store_message(owner_id, message, event)
+        except BaseException:
+            limiter.refund(rate_key)
+            raise
+        if outcome.stored_id is not None:
+            await self._outbox.publish_committed([event])
+            return AcceptedMessage(message, duplicate=False)
+        limiter.refund(rate_key)
+        if outcome.conversation_status is None:
+            raise NotFound("Conversation not found")
+        if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
+            raise Conflict("Conversation has ended")
+        # An earlier copy, or a concurrent resend that won the unique constraint just now.
+        earlier = await self._find_copy(conversation_id, client_message_id, outcome.earlier_id)
+        if earlier is None:
             raise Conflict("message could not be stored; retry")
-        return AcceptedMessage(existing, duplicate=True)
+        return AcceptedMessage(earlier, duplicate=True)
 
     async def _store_message(
-        self,
-        owner_id: str,
-        conversation_id: str,
-        content: str,
-        client_message_id: str | None,
-        rate_key: str,
-    ) -> AcceptedMessage:
-        limiter = self._anonymous_rate_limiter if is_anonymous(owner_id) else self._rate_limiter
-        async with self._outbox.unit_of_work() as session:
-            conversation = await self._owned_conversation(session, owner_id, conversation_id)
-            if client_message_id is not None:
-                existing = await repository.find_by_client_id(
-                    session, conversation_id, client_message_id
-                )
-                if existing is not None:
-                    return AcceptedMessage(existing, duplicate=True)
-            if conversation.status == ConversationStatus.ENDED:
-                raise Conflict("Conversation has ended")
-            # Counted only for messages that will really be stored: resends are free.
-            limiter.check(rate_key)
-            message = Message(
-                id=new_id(IdKind.MESSAGE),
-                conversation_id=conversation_id,
-                role=MessageRole.USER.value,
-                content=content,
-                status=MessageStatus.COMPLETE.value,
-                client_message_id=client_message_id,
-                seq=0,
-                attempt=1,
-            )
-            session.add(message)
+        self, owner_id: str, message: Message, event: StagedEvent
+    ) -> repository.StoreOutcome:
+        for attempt in range(2):
             try:
-                await session.flush()
-            except IntegrityError:
-                limiter.refund(rate_key)
-                raise
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id)
-                .values(updated_at=func.now())
-            )
-            await self._outbox.stage(
-                session,
-                MessageSent(
-                    producer=PRODUCER,
-                    user_id=owner_id,
-                    conversation_id=conversation_id,
-                    message_id=message.id,
-                    content_length=len(content),
-                ),
-            )
-        return AcceptedMessage(message, duplicate=False)
+                async with driver_connection(self._engine) as connection:
+                    return await repository.store_user_message(
+                        connection,
+                        owner_id=owner_id,
+                        conversation_id=message.conversation_id,
+                        message_id=message.id,
+                        content=message.content,
+                        client_message_id=message.client_message_id,
+                        event=event,
+                    )
+            except DatabaseConnectionLost:
+                # Once: a pooled connection may have died with a database restart. Safe to
+                # repeat: the statement finds its own first copy if that one committed.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _find_copy(
+        self, conversation_id: str, client_message_id: str | None, message_id: str | None
+    ) -> Message | None:
+        async with transaction(self._sessions) as session:
+            if message_id is not None:
+                return await session.get(Message, message_id)
+            if client_message_id is None:
+                return None
+            return await repository.find_by_client_id(session, conversation_id, client_message_id)

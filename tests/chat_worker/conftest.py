@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -51,9 +51,16 @@ def mock_settings() -> MockLLMSettings:
 
 
 @pytest.fixture(scope="package")
-def workers() -> list:
-    """Every worker process this package started (some may have been stopped or killed)."""
-    return []
+def workers() -> Iterator[list]:
+    """Every worker process this package started (some may have been stopped or killed).
+
+    Stopped with the package: a worker left running would answer (and relay the outbox rows
+    of) the next packages' tests, which share this run's database and broker namespace.
+    """
+    started: list = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(scope="package")

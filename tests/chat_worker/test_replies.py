@@ -6,7 +6,11 @@ import asyncio
 
 import pytest
 
+from services.chat_worker.prompt import Turn as PromptTurn
+from services.chat_worker.prompt import build_prompt
+from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway.models import MessageStatus
+from services.mock_llm.service import count_prompt_tokens
 from shared.stream import (
     CancelCommand,
     ReplyCancelledFrame,
@@ -200,3 +204,25 @@ async def test_a_request_delivered_again_gets_no_second_reply(probe, worker, moc
     assert turn.frames.empty()
     [reply] = await probe.replies(turn)
     assert reply.content == terminal.content
+
+
+async def test_the_prompt_carries_the_conversations_history(probe, worker, mock_settings):
+    """Turn two's prompt is the system prompt, turn one's question and answer, then the new
+    question: mock_llm counts the prompt's words into `usage.prompt_tokens`."""
+    first = await probe.send(unique("first question"))
+    first_done = await first.until_terminal()
+    assert isinstance(first_done, ReplyCompletedFrame)
+    second = await probe.send(unique("second question"), first.conversation_id)
+    second_done = await second.until_terminal()
+    assert isinstance(second_done, ReplyCompletedFrame)
+    settings = ChatWorkerSettings()
+    history = [
+        PromptTurn("user", first.content),
+        PromptTurn("assistant", first_done.content),
+        PromptTurn("user", second.content),
+    ]
+    prompt = build_prompt(settings.default_system_prompt, history, settings.context_budget_tokens)
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+    assert second_done.usage.prompt_tokens == count_prompt_tokens(prompt)
+    first_prompt = [prompt[0], {"role": "user", "content": first.content}]
+    assert first_done.usage.prompt_tokens == count_prompt_tokens(first_prompt)

@@ -45,7 +45,12 @@ async def test_message_sent_during_a_broker_outage_is_answered_after_it(
     stack: list[ServiceProcess] = []
     try:
         gateway = start_service("gateway", instance_id="gw-chat-outage", **GATEWAY_ENV, **proxied)
-        start_service("chat_worker", instance_id="worker-outage", **worker_env(mock_llm), **proxied)
+        stack.append(gateway)
+        stack.append(
+            start_service(
+                "chat_worker", instance_id="worker-outage", **worker_env(mock_llm), **proxied
+            )
+        )
         alice = new_user()
         cid = (await create_conversation(gateway, alice))["id"]
         socket = await open_socket(gateway, alice)
