@@ -40,40 +40,61 @@ class Request:
     message_id: str
     conversation_id: str
     owner_id: str
-    model: str | None
+    model: str
     temperature: float | None
     system_prompt: str | None
     history: list[Turn]
 
 
-# One round trip: the message, its conversation and assistant, and the newest
-# `$2` earlier questions each with its answer (if one was completed or cancelled with text).
-_LOAD_REQUEST = f"""
-SELECT m.conversation_id, m.content, c.owner_id,
-       coalesce(c.model, a.model) AS model,
-       coalesce(c.temperature, a.temperature) AS temperature,
-       coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, '')) AS system_prompt,
+# One statement: read the message with its conversation and assistant and the newest `$4`
+# earlier questions each with its answer (if one was completed or cancelled with text), and
+# create the (streaming) reply `$2` unless the message already has one.
+_CLAIM_REQUEST = f"""
+WITH request AS (
+    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
+           coalesce(c.model, a.model, $3) AS model,
+           coalesce(c.temperature, a.temperature) AS temperature,
+           coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, '')) AS system_prompt
+    FROM {MESSAGES} AS m
+    JOIN {CONVERSATIONS} AS c ON c.id = m.conversation_id
+    LEFT JOIN {ASSISTANTS} AS a ON a.id = c.assistant_id
+    WHERE m.id = $1 AND m.role = '{MessageRole.USER.value}'
+), inserted AS (
+    INSERT INTO {MESSAGES}
+        (id, conversation_id, role, content, status, reply_to, seq, attempt, model)
+    SELECT $2, conversation_id, '{MessageRole.ASSISTANT.value}', '',
+           '{MessageStatus.STREAMING.value}', id, 0, 1, model
+    FROM request
+    ON CONFLICT ON CONSTRAINT uq_messages_reply_to DO NOTHING
+    RETURNING id
+)
+SELECT request.*,
+       (SELECT count(*) FROM inserted) AS inserted,
        (SELECT json_agg(json_build_array(q.content, r.content) ORDER BY q.created_at, q.id)
         FROM (SELECT id, content, created_at FROM {MESSAGES}
-              WHERE conversation_id = m.conversation_id AND role = '{MessageRole.USER.value}'
-                AND created_at <= m.created_at AND id <> m.id
+              WHERE conversation_id = request.conversation_id
+                AND role = '{MessageRole.USER.value}'
+                AND created_at <= request.created_at AND id <> request.id
               ORDER BY created_at DESC, id DESC
-              LIMIT $2) AS q
+              LIMIT $4) AS q
         LEFT JOIN {MESSAGES} AS r
           ON r.reply_to = q.id AND r.content <> ''
          AND r.status IN ('{MessageStatus.COMPLETE.value}', '{MessageStatus.CANCELLED.value}')
        ) AS history
-FROM {MESSAGES} AS m
-JOIN {CONVERSATIONS} AS c ON c.id = m.conversation_id
-LEFT JOIN {ASSISTANTS} AS a ON a.id = c.assistant_id
-WHERE m.id = $1 AND m.role = '{MessageRole.USER.value}'
+FROM request
 """  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
 
 
-async def load_request(connection: asyncpg.Connection, message_id: str) -> Request | None:
-    row = await connection.fetchrow(_LOAD_REQUEST, message_id, HISTORY_MESSAGES)
+async def claim_request(
+    connection: asyncpg.Connection, message_id: str, reply_id: str, default_model: str
+) -> tuple[Request | None, bool]:
+    """The request to answer (None: no such user message) and whether its reply `reply_id`
+    was created now (False: the message already has a reply)."""
+    row = await connection.fetchrow(
+        _CLAIM_REQUEST, message_id, reply_id, default_model, HISTORY_MESSAGES
+    )
     if row is None:
-        return None
+        return None, False
     pairs = row["history"] or []
     if isinstance(pairs, str):
         # SQLAlchemy's pool registers a JSON codec on its connections; a bare one does not.
@@ -84,7 +105,7 @@ async def load_request(connection: asyncpg.Connection, message_id: str) -> Reque
         if answer is not None:
             history.append(Turn("assistant", answer))
     history.append(Turn("user", row["content"]))
-    return Request(
+    request = Request(
         message_id=message_id,
         conversation_id=row["conversation_id"],
         owner_id=row["owner_id"],
@@ -93,39 +114,16 @@ async def load_request(connection: asyncpg.Connection, message_id: str) -> Reque
         system_prompt=row["system_prompt"],
         history=history,
     )
+    return request, bool(row["inserted"])
 
 
-# The reply row and its `reply.started` outbox row, atomically, unless the request has a reply.
-_INSERT_REPLY = f"""
-WITH inserted AS (
-    INSERT INTO {MESSAGES}
-        (id, conversation_id, role, content, status, reply_to, seq, attempt, model)
-    VALUES ($1, $2, '{MessageRole.ASSISTANT.value}', '', '{MessageStatus.STREAMING.value}',
-            $3, 0, 1, $4)
-    ON CONFLICT ON CONSTRAINT uq_messages_reply_to DO NOTHING
-    RETURNING id
-), {outbox_rows_for(OUTBOX, "inserted", 5)}
-SELECT count(*) FROM inserted
-"""  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+_STAGE_EVENT = f"""
+INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload) VALUES ($1, $2, $3, $4)
+"""  # noqa: S608 (only the table name is interpolated; data are $n parameters)
 
 
-async def insert_reply(
-    connection: asyncpg.Connection,
-    reply_id: str,
-    request: Request,
-    model: str,
-    started: StagedEvent,
-) -> bool:
-    """Create the (streaming) reply to `request` with its event; False if it has a reply."""
-    inserted = await connection.fetchval(
-        _INSERT_REPLY,
-        reply_id,
-        request.conversation_id,
-        request.message_id,
-        model,
-        *started.parameters(),
-    )
-    return bool(inserted)
+async def stage_event(connection: asyncpg.Connection, event: StagedEvent) -> None:
+    await connection.execute(_STAGE_EVENT, *event.parameters())
 
 
 @dataclass(frozen=True)

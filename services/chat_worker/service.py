@@ -139,6 +139,13 @@ class ChatReplies:
             return Disposition.REQUEUE
         if claim is None:
             return Disposition.ACK
+        if claim.attempt == 1:
+            try:
+                await self._with_db_retry(lambda: self._announce_start(claim))
+            except (DBAPIError, OSError) as exc:
+                log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
+                self.metrics.requeued += 1
+                return Disposition.REQUEUE
         reply = self._active(claim)
         superseded = self.active.get(reply.message_id)
         if superseded is not None and superseded.task is not None:
@@ -152,24 +159,30 @@ class ChatReplies:
                 del self.active[reply.message_id]
 
     async def _claim(self, event: MessageSent, redelivered: bool) -> Claim | None:
+        reply_id = new_id(IdKind.MESSAGE)
         async with driver_connection(self.engine) as connection:
-            request = await repository.load_request(connection, event.message_id)
-            if request is None:
-                log.info("request for a missing message dropped", extra={"id": event.message_id})
-                return None
-            claim = self._claim_for(request, new_id(IdKind.MESSAGE), attempt=1)
-            started = StagedEvent.of(self._started_event(claim))
-            # The request stays unacked until the final reply is stored, so if this worker
-            # dies from here on, the redelivered request finds the reply and takes it over.
-            inserted = await repository.insert_reply(
-                connection, claim.reply_id, request, claim.model, started
+            request, created = await repository.claim_request(
+                connection, event.message_id, reply_id, self.settings.default_model
             )
-        if not inserted:
+        if request is None:
+            log.info("request for a missing message dropped", extra={"id": event.message_id})
+            return None
+        if not created:
             # Redelivered, or a duplicate delivery: decide under the reply's row lock.
             return await self._take_over(request, redelivered)
-        await self.outbox.publish_committed([started], wait=False)
+        # The request stays unacked until the final reply is stored, so if this worker dies
+        # from here on, the redelivered request finds the reply and takes it over.
+        claim = self._claim_for(request, reply_id, attempt=1)
         self.frames.publish(self._active(claim).started_frame())
         return claim
+
+    async def _announce_start(self, claim: Claim) -> None:
+        """Stage and publish `reply.started`: after the frame, so clients do not wait for it.
+        Lost only if this worker dies right here; the regenerated attempt announces itself."""
+        started = StagedEvent.of(self._started_event(claim))
+        async with driver_connection(self.engine) as connection:
+            await repository.stage_event(connection, started)
+        await self.outbox.publish_committed([started], wait=False)
 
     async def _take_over(self, request: repository.Request, redelivered: bool) -> Claim | None:
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:
@@ -198,7 +211,7 @@ class ChatReplies:
         return Claim(
             reply_id=reply_id,
             attempt=attempt,
-            model=request.model or self.settings.default_model,
+            model=request.model,
             temperature=request.temperature,
             system_prompt=request.system_prompt or self.settings.default_system_prompt,
             request=request,
