@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.chat_worker.broadcast import FrameChannel
-from services.chat_worker.handlers import register_handlers
+from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
@@ -21,13 +21,13 @@ from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 
 SERVICE = "chat_worker"
+DRAIN_TIMEOUT_S = 30.0
+"""How long a stopping worker lets replies in flight finish before they go back."""
 
 
 def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
     settings = settings or ChatWorkerSettings()
-    runtime = ServiceRuntime.build(
-        SERVICE, settings, prefetch=settings.prefetch, db_pool_size=settings.db_pool_size
-    )
+    runtime = ServiceRuntime.build(SERVICE, settings, db_pool_size=settings.db_pool_size)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
     frames = FrameChannel(settings.amqp_url, runtime.topology, runtime.instance_id)
     replies = ChatReplies(
@@ -38,7 +38,13 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         frames=frames,
         client=create_client(settings),
     )
-    register_handlers(runtime.broker, runtime.topology, replies)
+    requests = RequestConsumer(
+        settings.amqp_url,
+        runtime.topology,
+        replies,
+        prefetch=settings.prefetch,
+        instance_id=runtime.instance_id,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -48,8 +54,10 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         ticker = asyncio.create_task(replies.tick_forever(), name="reply-ticker")
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
+        await requests.start()
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
+        await requests.stop(DRAIN_TIMEOUT_S)
         await runtime.stop()
         ticker.cancel()
         with suppress(asyncio.CancelledError):
@@ -66,7 +74,11 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         health_router(
             SERVICE,
             runtime.instance_id,
-            {"broker": runtime.check_broker, "database": runtime.check_database},
+            {
+                "broker": runtime.check_broker,
+                "requests": requests.check_connected,
+                "database": runtime.check_database,
+            },
         )
     )
 
