@@ -20,7 +20,8 @@ from shared.stream import (
 
 @dataclass
 class CoalescingPolicy:
-    """The first delta leaves at once; later ones at most every `interval_s`, or at `max_chars`.
+    """The first delta leaves at once (with whatever arrived alongside it); later ones at most
+    every `interval_s`, or at `max_chars`.
 
     One policy is shared by every reply of a worker, so the worker can stretch `interval_s`
     when it streams many replies at once (see `ChatReplies.tick_forever`).
@@ -49,6 +50,7 @@ class ActiveReply:
     _sent: list[str] = field(default_factory=list)
     _pending: list[str] = field(default_factory=list)
     _pending_chars: int = 0
+    _first_frame_scheduled: bool = False
 
     @property
     def sent_text(self) -> str:
@@ -75,6 +77,7 @@ class ActiveReply:
         self._sent.clear()
         self._pending.clear()
         self._pending_chars = 0
+        self._first_frame_scheduled = False
         return self.started_frame()
 
     def started_frame(self) -> ReplyStartedFrame:
@@ -88,13 +91,23 @@ class ActiveReply:
             self.first_token_at = now
         self._pending.append(text)
         self._pending_chars += len(text)
+        if self.seq == 0:
+            # The first text leaves on the event loop's next turn (`needs_first_frame`), not
+            # here: deltas that came in the same read from a fast model join it in one frame.
+            return None
         if (
-            self.seq == 0
-            or self._pending_chars >= self.policy.max_chars
+            self._pending_chars >= self.policy.max_chars
             or now - self.last_frame_at >= self.policy.interval_s
         ):
             return self.flush(now)
         return None
+
+    def needs_first_frame(self) -> bool:
+        """True once, when the first text is pending: the caller schedules its flush."""
+        if self.seq != 0 or not self._pending or self._first_frame_scheduled:
+            return False
+        self._first_frame_scheduled = True
+        return True
 
     def due(self, now: float) -> bool:
         return bool(self._pending) and now - self.last_frame_at >= self.policy.interval_s

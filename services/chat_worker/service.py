@@ -298,6 +298,8 @@ class ChatReplies:
                     frame = reply.add_delta(delta)
                     if frame is not None:
                         self.frames.publish(frame)
+                    elif reply.needs_first_frame():
+                        asyncio.get_running_loop().call_soon(self._flush, reply)
                 return outcome
             except Exception as exc:
                 failure = classify(exc)

@@ -44,7 +44,12 @@ def _reply(interval_s: float = 60.0, max_chars: int = 1000) -> ActiveReply:
 def test_first_delta_goes_out_at_once_and_later_ones_are_coalesced():
     reply = _reply()
     assert reply.started_frame().seq == 0
-    first = reply.add_delta("Hello")
+    # The first text is flushed by the caller on the loop's next turn, with what came along.
+    assert reply.add_delta("Hel") is None
+    assert reply.needs_first_frame()
+    assert reply.add_delta("lo") is None
+    assert not reply.needs_first_frame()
+    first = reply.flush()
     assert first is not None and (first.seq, first.delta) == (1, "Hello")
     assert reply.add_delta(" wor") is None
     assert reply.add_delta("ld") is None
@@ -58,6 +63,7 @@ def test_a_frame_leaves_early_when_enough_text_is_pending():
     reply = _reply(max_chars=10)
     reply.started_frame()
     reply.add_delta("a")
+    reply.flush()  # the first frame
     assert reply.add_delta("12345") is None
     frame = reply.add_delta("67890")
     assert frame is not None and frame.delta == "1234567890"
@@ -67,6 +73,7 @@ def test_pending_text_becomes_due_after_the_interval():
     reply = _reply(interval_s=0.05)
     reply.started_frame()
     reply.add_delta("a")
+    reply.flush()  # the first frame
     reply.add_delta("b")
     now = time.monotonic()
     assert not reply.due(now)
@@ -77,6 +84,7 @@ def test_terminal_frame_follows_the_last_delta_and_carries_the_whole_text():
     reply = _reply()
     reply.started_frame()
     reply.add_delta("one")
+    reply.flush()
     reply.add_delta(" two")
     reply.flush()
     snapshot = reply.snapshot_frame("r")
