@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 import asyncpg
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -71,6 +73,33 @@ async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterato
             raise
 
 
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+"""Connection exception, transaction rollback (serialisation, deadlock), insufficient
+resources, operator intervention (shutdown), system error: retrying later can succeed."""
+_UNAVAILABLE_SQLSTATES = frozenset({"55P03"})  # lock not available
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means "the database is unreachable or busy, try again", not "this
+    statement or its data is wrong" (a bug or bad input, which a retry would only repeat)."""
+    if isinstance(exc, (OSError, TimeoutError, PoolTimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc.orig, OSError):
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    else:
+        sqlstate = getattr(exc, "sqlstate", None)  # asyncpg's own errors (driver connection)
+    if isinstance(sqlstate, str) and (
+        sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
+    ):
+        return True
+    # A client-side encoding error (value out of range) is the data's fault, even though the
+    # driver files it under InterfaceError: only a closed connection counts as an outage.
+    cause = exc.__cause__
+    return cause is not None and cause is not exc and is_database_unavailable(cause)
+
+
 class DatabaseConnectionLost(ConnectionError):
     """A statement failed because its connection to PostgreSQL is gone; safe to retry."""
 
@@ -104,8 +133,12 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
         driver: asyncpg.Connection = raw.driver_connection
         try:
             yield driver
-        except _CONNECTION_FAILURES as exc:
-            await connection.invalidate(exc if isinstance(exc, Exception) else None)
+        except Exception as exc:
+            # asyncpg reports a connection the server closed while it sat in the pool as a
+            # plain InterfaceError ("connection is closed"), hence the `is_closed()` check.
+            if not isinstance(exc, _CONNECTION_FAILURES) and not driver.is_closed():
+                raise
+            await connection.invalidate(exc)
             await engine.dispose()
             raise DatabaseConnectionLost(f"database connection lost: {exc!r}") from exc
 
@@ -118,9 +151,9 @@ async def ping_database(engine: AsyncEngine) -> None:
 async def skip_commit_flush(session: AsyncSession) -> None:
     """Let this transaction's commit return before its WAL reaches the disk.
 
-    Only for writes that something else keeps safe until they are durable — e.g. a chat
-    worker's claim on a request it has not acked yet: a database crash loses at most the
-    last few such commits, and the broker redelivers the request. Never for a write that is
-    the only record of something a client was told was accepted.
+    Only for writes that something else keeps safe or that may be lost — e.g. a chat worker's
+    partial replies, which the final write supersedes: a database crash loses at most the
+    last few such commits. Never for a write that is the only record of something a client
+    was told was accepted.
     """
     await session.execute(text("SET LOCAL synchronous_commit TO OFF"))

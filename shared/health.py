@@ -1,12 +1,21 @@
-"""`GET /health` (liveness) and `GET /ready` (dependencies) for every service."""
+"""`GET /health` (liveness) and `GET /ready` (dependencies) for every service, and the 503 a
+request gets while the database is unavailable."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from fastapi import APIRouter
+import asyncpg
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from shared.db import is_database_unavailable
+
+log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
@@ -38,3 +47,25 @@ def health_router(
         )
 
     return router
+
+
+DATABASE_RETRY_AFTER_S = 1
+
+
+def answer_503_while_database_unavailable(app: FastAPI) -> None:
+    """A request that fails because PostgreSQL is unreachable or busy (or a connection to a
+    backing service is refused) gets 503 with Retry-After — the client may simply retry —
+    not a 500; other errors stay 500s."""
+
+    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        if not is_database_unavailable(exc):
+            raise exc
+        log.warning("request failed: dependency unavailable", extra={"error": repr(exc)})
+        return JSONResponse(
+            {"detail": "service temporarily unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    for error in (DBAPIError, PoolTimeoutError, asyncpg.PostgresError, OSError):
+        app.add_exception_handler(error, unavailable)

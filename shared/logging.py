@@ -87,3 +87,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "kv") -> Non
     # aiormq/aio_pika are chatty at INFO during reconnects; warnings are enough.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    # The model client's HTTP stack logs every request at INFO: a line per reply is noise
+    # (and measurable CPU under load); its failures reach our own logs as reply errors.
+    for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
+        logging.getLogger(name).setLevel(logging.WARNING)

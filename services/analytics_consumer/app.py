@@ -12,7 +12,7 @@ from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
 from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
-from shared.health import health_router
+from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -57,6 +57,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     app.state.consumer = consumer
     app.state.prices = prices
     app.state.token_verifier = TokenVerifier.from_settings(settings)
+    answer_503_while_database_unavailable(app)
     app.include_router(
         health_router(
             SERVICE,

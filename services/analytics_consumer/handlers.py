@@ -35,7 +35,6 @@ import aiormq
 import aiormq.abc
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.analytics_consumer.ingest import (
@@ -44,15 +43,13 @@ from services.analytics_consumer.ingest import (
     UnknownEvent,
     write_system_metrics,
 )
-from shared.db import transaction
+from shared.db import is_database_unavailable, transaction
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
 
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # Connectivity and contention failures worth waiting out (SQLSTATE classes / codes).
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_TRANSIENT_SQLSTATES = frozenset({"55P03"})
 
 _json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _known_event: TypeAdapter[KnownEvent] = TypeAdapter(KnownEvent)
@@ -99,22 +96,6 @@ def decode_event(body: bytes) -> Incoming:
     except ValidationError as exc:
         fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
         raise MalformedEvent(f"invalid fields: {', '.join(fields)}") from exc
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether `exc` means "the database is unreachable or busy", not "this data is bad"."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, PoolTimeoutError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc.orig, OSError):
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if isinstance(sqlstate, str):
-            return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
-    # A client-side encoding error (value out of range) is the data's fault, even though the
-    # driver files it under InterfaceError: only a closed connection counts as an outage.
-    cause = exc.__cause__
-    return cause is not None and cause is not exc and is_transient(cause)
 
 
 @dataclass(slots=True)
@@ -290,7 +271,7 @@ class EventConsumer:
                         session, events, extra_counters=counters, gauges=_lag_gauge(events)
                     )
             except Exception as exc:
-                if not is_transient(exc):
+                if not is_database_unavailable(exc):
                     raise
                 if outage_since is None:
                     outage_since = time.monotonic()
@@ -347,7 +328,7 @@ class EventConsumer:
             async with transaction(self._sessions) as session:
                 await write_system_metrics(await session.connection(), counters, {})
         except Exception as exc:
-            if not is_transient(exc):
+            if not is_database_unavailable(exc):
                 raise
             return
         self._forget_counters(counters)

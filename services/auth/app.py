@@ -18,7 +18,7 @@ from services.auth.rate_limit import RateLimiter
 from services.auth.service import AccountError, AccountsFactory, LockoutPolicy
 from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
-from shared.health import health_router
+from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
@@ -99,6 +99,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     )
     app.add_exception_handler(AccountError, account_error_handler)
     app.include_router(router)
+    answer_503_while_database_unavailable(app)
     app.include_router(
         health_router(
             SERVICE,

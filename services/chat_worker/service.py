@@ -18,7 +18,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import openai
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.chat_worker import repository
@@ -28,7 +28,7 @@ from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway.models import Message, MessageStatus
-from shared.db import driver_connection, skip_commit_flush
+from shared.db import driver_connection, is_database_unavailable, skip_commit_flush
 from shared.events import (
     MessageSent,
     ReplyCancelled,
@@ -437,7 +437,7 @@ class ChatReplies:
                 stored = await repository.finish_reply(
                     connection, reply.message_id, reply.attempt, final, staged
                 )
-        except (DBAPIError, OSError):
+        except Exception:
             reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
             raise
         if not stored:
@@ -446,25 +446,21 @@ class ChatReplies:
         self.frames.publish(frame)
 
     async def _with_db_retry(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run `operation` (a whole transaction) again while the database is unreachable."""
+        """Run `operation` (a whole transaction) again while the database is unavailable;
+        past `db_retry_s` the last failure is raised as a `DBAPIError`."""
         deadline = time.monotonic() + self.settings.db_retry_s
         while True:
             try:
                 async with self._db_slots:
                     return await operation()
-            except IntegrityError:
-                raise
-            except DBAPIError as exc:
-                if not exc.connection_invalidated and not _is_connection_error(exc):
+            except Exception as exc:
+                if not is_database_unavailable(exc):
                     raise
                 if time.monotonic() >= deadline:
-                    raise
-                log.warning("database unavailable, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(DB_RETRY_INTERVAL_S)
-            except OSError as exc:
-                if time.monotonic() >= deadline:
+                    if isinstance(exc, DBAPIError):
+                        raise
                     raise DBAPIError(None, None, exc) from exc
-                log.warning("database unreachable, retrying", extra={"error": repr(exc)})
+                log.warning("database unavailable, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(DB_RETRY_INTERVAL_S)
 
     # --- control commands ---------------------------------------------------------------
@@ -528,11 +524,3 @@ class ChatReplies:
         for reply, (attempt, seq) in zip(changed, stored, strict=True):
             if reply.attempt == attempt:
                 reply.persisted_seq = max(reply.persisted_seq, seq)
-
-
-def _is_connection_error(exc: DBAPIError) -> bool:
-    text = repr(exc.orig).lower()
-    return any(
-        marker in text
-        for marker in ("connection", "closed", "terminat", "refused", "cannot connect", "timeout")
-    )

@@ -12,7 +12,7 @@ from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
-from shared.health import health_router
+from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
@@ -61,6 +61,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.outbox = outbox
     app.state.token_verifier = verifier
     app.state.gateway = gateway
+    answer_503_while_database_unavailable(app)
     app.include_router(
         health_router(
             SERVICE,

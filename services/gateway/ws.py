@@ -33,6 +33,7 @@ from services.gateway.schemas import (
     MessageOut,
 )
 from services.gateway.service import ChatError, RateLimited, new_anonymous_owner_id
+from shared.db import is_database_unavailable
 from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal, TokenType
 from shared.stream import (
     CancelCommand,
@@ -576,6 +577,11 @@ class ChatSocket:
             self._bad_frame(BadFrame("invalid_frame", _validation_summary(exc)))
         except StreamUnavailable:
             self.error("unavailable", "live updates are unavailable; retry shortly", **context)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            log.warning("frame failed: database unavailable", extra={"error": repr(exc)})
+            self.error("unavailable", "the service is temporarily unavailable; retry", **context)
 
     async def _handle(self, frame: ClientFrame) -> None:
         assert self._principal is not None
