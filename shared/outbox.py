@@ -41,7 +41,9 @@ from shared.events import Event
 log = logging.getLogger(__name__)
 
 _STAGED_KEY = "convoai.outbox.staged"
-FORGET_BATCH_DELAY_S = 0.05
+FORGET_BATCH_DELAY_S = 0.25
+"""Published rows are deleted together this long after the first: one DELETE per window, not
+per event. Other relays leave them alone meanwhile (they only take rows past the grace period)."""
 RELAY_ATTEMPT_TIMEOUT_S = 15.0
 
 
