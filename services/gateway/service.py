@@ -374,7 +374,7 @@ class ChatService:
         try:
             limiter.check(rate_key)
         except RateLimited:
-            earlier = await self._find_copy(conversation_id, client_message_id, None)
+            earlier = await self._find_copy(owner_id, conversation_id, client_message_id, None)
             if earlier is None:
                 raise
             return AcceptedMessage(earlier, duplicate=True)
@@ -411,7 +411,9 @@ class ChatService:
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
             raise Conflict("Conversation has ended")
         # An earlier copy, or a concurrent resend that won the unique constraint just now.
-        earlier = await self._find_copy(conversation_id, client_message_id, outcome.earlier_id)
+        earlier = await self._find_copy(
+            owner_id, conversation_id, client_message_id, outcome.earlier_id
+        )
         if earlier is None:
             raise Conflict("message could not be stored; retry")
         return AcceptedMessage(earlier, duplicate=True)
@@ -439,11 +441,18 @@ class ChatService:
         raise AssertionError("unreachable")
 
     async def _find_copy(
-        self, conversation_id: str, client_message_id: str | None, message_id: str | None
+        self,
+        owner_id: str,
+        conversation_id: str,
+        client_message_id: str | None,
+        message_id: str | None,
     ) -> Message | None:
+        """The stored copy of a resent message, in a conversation `owner_id` owns."""
         async with transaction(self._sessions) as session:
+            await self._owned_conversation(session, owner_id, conversation_id)
             if message_id is not None:
-                return await session.get(Message, message_id)
+                message = await session.get(Message, message_id)
+                return message if message and message.conversation_id == conversation_id else None
             if client_message_id is None:
                 return None
             return await repository.find_by_client_id(session, conversation_id, client_message_id)

@@ -280,6 +280,39 @@ async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
         "ack",
     )
     assert ack["duplicate"] is True
+    # Another user over the limit cannot learn anything of alice's messages by "resending"
+    # one of her client ids into her conversation.
+    bob = new_user()
+    bob_cid = (await create_conversation(gateway, bob))["id"]
+    bob_socket = await open_socket(gateway, bob)
+    for i in range(20):
+        await bob_socket.request(
+            {
+                "type": "send_message",
+                "conversation_id": bob_cid,
+                "content": f"b{i}",
+                "client_message_id": f"b{i}",
+            },
+            "ack",
+        )
+    probe = await bob_socket.request(
+        {
+            "type": "send_message",
+            "conversation_id": cid,
+            "content": "m3",
+            "client_message_id": "m3",
+        },
+        "error",
+    )
+    assert probe["code"] == "not_found"
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        over_rest = await client.post(
+            f"/conversations/{cid}/messages",
+            json={"content": "m3", "client_message_id": "m3"},
+            headers=bob.headers,
+        )
+    assert over_rest.status_code == 404, over_rest.text
+    await bob_socket.close()
     await socket.close()
 
 
