@@ -12,7 +12,6 @@ from types import FrameType
 
 import asyncpg
 import uvicorn
-import uvloop
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
@@ -22,6 +21,11 @@ from shared.db import asyncpg_dsn
 from shared.logging import configure_logging, redact_url
 from shared.migrations import upgrade_to_head
 from shared.settings import ServiceSettings
+
+try:  # not on Windows (pyproject installs it everywhere else)
+    import uvloop
+except ImportError:  # pragma: no cover
+    uvloop = None  # type: ignore[assignment]
 
 log = logging.getLogger("convoai")
 
@@ -116,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(spec.name, level, fmt)
     # uvloop: the services spend much of their CPU in socket I/O and event-loop bookkeeping,
     # which uvloop does in C (measured: see README, "Benchmarks").
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
         return runner.run(_serve(spec, settings, args.host, args.port or spec.default_port))
 
 

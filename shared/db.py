@@ -128,6 +128,7 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     server restart leaves every pooled connection dead, and without pre-ping each would
     otherwise fail once.
     """
+    pool = engine.pool
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         driver: asyncpg.Connection = raw.driver_connection
@@ -139,7 +140,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
             if not isinstance(exc, _CONNECTION_FAILURES) and not driver.is_closed():
                 raise
             await connection.invalidate(exc)
-            await engine.dispose()
+            if engine.pool is pool:
+                # Once per pool: tasks failing together must not each replace it.
+                await engine.dispose()
             raise DatabaseConnectionLost(f"database connection lost: {exc!r}") from exc
 
 

@@ -27,11 +27,14 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    all_,
+    bindparam,
     delete,
     func,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import EventPublisher
@@ -147,11 +150,6 @@ class Outbox:
         staged: list[StagedEvent] = session.info.pop(_STAGED_KEY, [])
         await self.publish_committed(staged, wait=wait_for_publish)
 
-    @property
-    def table_name(self) -> str:
-        """Schema-qualified, for statements that insert rows themselves (`StagedEvent`)."""
-        return self._table.fullname
-
     async def publish_committed(self, staged: list[StagedEvent], *, wait: bool = True) -> None:
         """The fast path for events whose rows a committed statement wrote to the table."""
         if not staged:
@@ -217,7 +215,9 @@ class Outbox:
         t = self._table
         due = select(t.c.id).where(t.c.created_at < cutoff)
         if self._in_flight:
-            due = due.where(t.c.event_id.not_in(list(self._in_flight)))
+            # One array parameter, however many events are in flight.
+            in_flight = bindparam("in_flight", list(self._in_flight), type_=ARRAY(String))
+            due = due.where(t.c.event_id != all_(in_flight))
         due = due.order_by(t.c.id).limit(self._batch_size).with_for_update(skip_locked=True)
         async with transaction(self._sessions) as session:
             rows = (

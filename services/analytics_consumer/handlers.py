@@ -49,8 +49,6 @@ from shared.events import Event, KnownEvent, UnknownEventType, parse_event
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-# Connectivity and contention failures worth waiting out (SQLSTATE classes / codes).
-
 _json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _known_event: TypeAdapter[KnownEvent] = TypeAdapter(KnownEvent)
 

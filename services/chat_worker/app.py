@@ -1,4 +1,5 @@
-"""Composition root of a chat worker: HTTP for health/metrics, FastStream for `chat.requests`."""
+"""Composition root of a chat worker: HTTP for health/metrics, an aio-pika consumer for
+`chat.requests`, FastStream for the topology and the worker's events."""
 
 from __future__ import annotations
 

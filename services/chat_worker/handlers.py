@@ -65,7 +65,8 @@ class RequestConsumer:
 
     async def check_connected(self) -> None:
         """For `/ready`: the request connection is up (aio-pika reconnects it by itself)."""
-        if self._connection is None or self._connection.is_closed:
+        # `is_closed` stays False while a robust connection reconnects; `connected` does not.
+        if self._connection is None or not self._connection.connected.is_set():
             raise ConnectionError("request consumer not connected")
 
     async def stop(self, drain_timeout_s: float) -> None:

@@ -107,6 +107,7 @@ async def stream_reply(
         temperature=openai.omit if temperature is None else temperature,
         max_tokens=openai.omit if max_tokens is None else max_tokens,
     ) as response:
+        done = False
         try:
             async for line in response.iter_lines():
                 if not line.startswith("data:"):
@@ -115,13 +116,16 @@ async def stream_reply(
                 if data == "[DONE]":
                     # Read on to the end of the body rather than break: a response left
                     # unread is closed, and the next request would open a new connection.
+                    done = True
                     continue
                 for delta in _read_chunk(json.loads(data), outcome):
                     yield delta
         except httpx2.TimeoutException as exc:
-            raise openai.APITimeoutError(request=response.http_response.request) from exc
+            if not done:
+                raise openai.APITimeoutError(request=response.http_response.request) from exc
         except httpx2.TransportError as exc:
-            raise StreamCut(f"stream broken after {outcome.chunks} chunks: {exc!r}") from exc
+            if not done:  # after [DONE] the reply is whole; only the connection is lost
+                raise StreamCut(f"stream broken after {outcome.chunks} chunks: {exc!r}") from exc
     if outcome.finish_reason is None:
         raise StreamCut(f"stream ended after {outcome.chunks} chunks without finish_reason")
 

@@ -1,8 +1,8 @@
 """Queries of the chat worker on the `chat` schema.
 
-The per-reply path (load, claim, finish) is three single statements on the driver connection
-(see `shared.db.driver_connection` for why); the rare paths use SQLAlchemy in the caller's
-transaction.
+The per-reply path (claim with history, stage `reply.started`, finish) is three single
+statements on the driver connection (see `shared.db.driver_connection` for why); the rare
+paths use SQLAlchemy in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import asyncpg
@@ -119,6 +120,7 @@ async def claim_request(
 
 _STAGE_EVENT = f"""
 INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload) VALUES ($1, $2, $3, $4)
+ON CONFLICT (event_id) DO NOTHING
 """  # noqa: S608 (only the table name is interpolated; data are $n parameters)
 
 
@@ -151,8 +153,18 @@ WITH finished AS (
     WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
     RETURNING id
 ), {outbox_rows_for(OUTBOX, "finished", 12)}
-SELECT count(*) FROM finished
+SELECT (SELECT count(*) FROM finished) AS finished,
+       EXISTS (SELECT 1 FROM {MESSAGES}
+               WHERE id = $1 AND attempt = $2 AND status = $5 AND seq = $4) AS already
 """  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+class FinishOutcome(Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already_stored"
+    """This very final state was stored before (a retry after an unanswered commit)."""
+    SUPERSEDED = "superseded"
+    """Another attempt owns the reply, or it is gone."""
 
 
 async def finish_reply(
@@ -161,9 +173,10 @@ async def finish_reply(
     attempt: int,
     final: FinalReply,
     event: StagedEvent,
-) -> bool:
-    """Store `final` and its event if this attempt still owns the reply; False if not."""
-    finished = await connection.fetchval(
+) -> FinishOutcome:
+    """Store `final` and its event if this attempt still owns the reply (the statement sees
+    the row as it was before it, so `already` means an earlier commit of the same state)."""
+    row = await connection.fetchrow(
         _FINISH_REPLY,
         reply_id,
         attempt,
@@ -178,7 +191,10 @@ async def finish_reply(
         final.error_code,
         *event.parameters(),
     )
-    return bool(finished)
+    assert row is not None
+    if row["finished"]:
+        return FinishOutcome.STORED
+    return FinishOutcome.ALREADY_STORED if row["already"] else FinishOutcome.SUPERSEDED
 
 
 async def lock_reply(session: AsyncSession, reply_to: str) -> Message | None:

@@ -131,8 +131,10 @@ class ChatReplies:
             self.metrics.in_flight -= 1
 
     async def _handle(self, event: MessageSent, redelivered: bool) -> Disposition:
+        # Chosen once: a claim retried after a lost connection recognises its own reply row.
+        reply_id = new_id(IdKind.MESSAGE)
         try:
-            claim = await self._with_db_retry(lambda: self._claim(event, redelivered))
+            claim = await self._with_db_retry(lambda: self._claim(event, redelivered, reply_id))
         except DBAPIError as exc:
             log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
             self.metrics.requeued += 1
@@ -140,9 +142,10 @@ class ChatReplies:
         if claim is None:
             return Disposition.ACK
         if claim.attempt == 1:
+            started = StagedEvent.of(self._started_event(claim))
             try:
-                await self._with_db_retry(lambda: self._announce_start(claim))
-            except (DBAPIError, OSError) as exc:
+                await self._with_db_retry(lambda: self._announce_start(started))
+            except DBAPIError as exc:
                 log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
                 self.metrics.requeued += 1
                 return Disposition.REQUEUE
@@ -158,8 +161,7 @@ class ChatReplies:
             if self.active.get(reply.message_id) is reply:
                 del self.active[reply.message_id]
 
-    async def _claim(self, event: MessageSent, redelivered: bool) -> Claim | None:
-        reply_id = new_id(IdKind.MESSAGE)
+    async def _claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
         async with driver_connection(self.engine) as connection:
             request, created = await repository.claim_request(
                 connection, event.message_id, reply_id, self.settings.default_model
@@ -168,25 +170,36 @@ class ChatReplies:
             log.info("request for a missing message dropped", extra={"id": event.message_id})
             return None
         if not created:
-            # Redelivered, or a duplicate delivery: decide under the reply's row lock.
-            return await self._take_over(request, redelivered)
+            # Redelivered, a duplicate delivery, or this claim's own first try whose commit
+            # outlived its connection: decide under the reply's row lock.
+            return await self._take_over(request, redelivered, reply_id)
         # The request stays unacked until the final reply is stored, so if this worker dies
         # from here on, the redelivered request finds the reply and takes it over.
         claim = self._claim_for(request, reply_id, attempt=1)
         self.frames.publish(self._active(claim).started_frame())
         return claim
 
-    async def _announce_start(self, claim: Claim) -> None:
+    async def _announce_start(self, started: StagedEvent) -> None:
         """Stage and publish `reply.started`: after the frame, so clients do not wait for it.
         Lost only if this worker dies right here; the regenerated attempt announces itself."""
-        started = StagedEvent.of(self._started_event(claim))
         async with driver_connection(self.engine) as connection:
             await repository.stage_event(connection, started)
         await self.outbox.publish_committed([started], wait=False)
 
-    async def _take_over(self, request: repository.Request, redelivered: bool) -> Claim | None:
+    async def _take_over(
+        self, request: repository.Request, redelivered: bool, own_reply_id: str
+    ) -> Claim | None:
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:
             existing = await repository.lock_reply(session, request.message_id)
+            if (
+                existing is not None
+                and existing.id == own_reply_id
+                and existing.attempt == 1
+                and existing.status == MessageStatus.STREAMING
+            ):
+                claim = self._claim_for(request, own_reply_id, attempt=1)
+                self.frames.publish(self._active(claim).started_frame())
+                return claim
             if existing is None or not self._may_take_over(existing, redelivered):
                 self.metrics.duplicates_skipped += 1
                 log.info(
@@ -434,15 +447,18 @@ class ChatReplies:
         staged = StagedEvent.of(event)
         try:
             async with driver_connection(self.engine) as connection:
-                stored = await repository.finish_reply(
+                outcome = await repository.finish_reply(
                     connection, reply.message_id, reply.attempt, final, staged
                 )
         except Exception:
             reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again
             raise
-        if not stored:
+        if outcome is repository.FinishOutcome.SUPERSEDED:
             raise Superseded
-        await self.outbox.publish_committed([staged], wait=False)
+        if outcome is repository.FinishOutcome.STORED:
+            await self.outbox.publish_committed([staged], wait=False)
+        # ALREADY_STORED: a retry after a commit whose answer was lost with the connection.
+        # Its event row (another event id) is in the outbox; the relay publishes that one.
         self.frames.publish(frame)
 
     async def _with_db_retry(self, operation: Callable[[], Awaitable[T]]) -> T:

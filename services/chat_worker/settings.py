@@ -67,5 +67,5 @@ class ChatWorkerSettings(ServiceSettings):
         default=20,
         ge=1,
         le=200,
-        description="Database connections kept open; replies beyond it open and close extra ones.",
+        description="Database connections kept open; replies beyond it wait for one.",
     )

@@ -402,18 +402,27 @@ class ChatService:
         except BaseException:
             limiter.refund(rate_key)
             raise
-        if outcome.stored_id is not None:
+        # `earlier_id == message.id`: a retry found its own first try, committed after all.
+        if outcome.stored_id is not None or outcome.earlier_id == message.id:
             await self._outbox.publish_committed([event])
             return AcceptedMessage(message, duplicate=False)
-        limiter.refund(rate_key)
         if outcome.conversation_status is None:
+            limiter.refund(rate_key)
             raise NotFound("Conversation not found")
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
+            limiter.refund(rate_key)
             raise Conflict("Conversation has ended")
         # An earlier copy, or a concurrent resend that won the unique constraint just now.
         earlier = await self._find_copy(
             owner_id, conversation_id, client_message_id, outcome.earlier_id
         )
+        if earlier is None and outcome.earlier_id is None:
+            # Or the first try of a retry, still committing when this one ran.
+            earlier = await self._find_copy(owner_id, conversation_id, None, message.id)
+            if earlier is not None:
+                await self._outbox.publish_committed([event])
+                return AcceptedMessage(message, duplicate=False)
+        limiter.refund(rate_key)
         if earlier is None:
             raise Conflict("message could not be stored; retry")
         return AcceptedMessage(earlier, duplicate=True)
