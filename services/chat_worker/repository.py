@@ -43,11 +43,12 @@ class Request:
     owner_id: str
     model: str
     temperature: float | None
-    system_prompt: str | None
+    system_prompt: str
     history: list[Turn]
 
 
-# One statement: read the message with its conversation and assistant and the newest `$4`
+# One statement: read the message with its conversation and assistant (defaults `$3`, `$5`),
+# the newest `$4`
 # earlier questions each with its answer (if one was completed or cancelled with text), and
 # create the (streaming) reply `$2` unless the message already has one.
 _CLAIM_REQUEST = f"""
@@ -55,7 +56,7 @@ WITH request AS (
     SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
-           coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, '')) AS system_prompt
+           coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
     FROM {MESSAGES} AS m
     JOIN {CONVERSATIONS} AS c ON c.id = m.conversation_id
     LEFT JOIN {ASSISTANTS} AS a ON a.id = c.assistant_id
@@ -87,12 +88,23 @@ FROM request
 
 
 async def claim_request(
-    connection: asyncpg.Connection, message_id: str, reply_id: str, default_model: str
+    connection: asyncpg.Connection,
+    message_id: str,
+    reply_id: str,
+    *,
+    default_model: str,
+    default_system_prompt: str,
 ) -> tuple[Request | None, bool]:
     """The request to answer (None: no such user message) and whether its reply `reply_id`
-    was created now (False: the message already has a reply)."""
+    was created now (False: the message already has a reply). The conversation's model and
+    system prompt, else its assistant's, else the defaults."""
     row = await connection.fetchrow(
-        _CLAIM_REQUEST, message_id, reply_id, default_model, HISTORY_MESSAGES
+        _CLAIM_REQUEST,
+        message_id,
+        reply_id,
+        default_model,
+        HISTORY_MESSAGES,
+        default_system_prompt,
     )
     if row is None:
         return None, False
@@ -130,10 +142,9 @@ async def stage_event(connection: asyncpg.Connection, event: StagedEvent) -> Non
 
 @dataclass(frozen=True)
 class FinalReply:
-    """A reply's terminal state; fields an outcome does not have stay NULL."""
+    """A reply's terminal state besides its text and `seq`; fields an outcome does not have
+    stay NULL."""
 
-    content: str
-    seq: int
     status: MessageStatus
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -171,17 +182,20 @@ async def finish_reply(
     connection: asyncpg.Connection,
     reply_id: str,
     attempt: int,
+    content: str,
+    seq: int,
     final: FinalReply,
     event: StagedEvent,
 ) -> FinishOutcome:
-    """Store `final` and its event if this attempt still owns the reply (the statement sees
-    the row as it was before it, so `already` means an earlier commit of the same state)."""
+    """Store `final` with the reply's whole text and last `seq`, and its event, if this attempt
+    still owns the reply (the statement sees the row as it was before it, so `already` means
+    an earlier commit of the same state)."""
     row = await connection.fetchrow(
         _FINISH_REPLY,
         reply_id,
         attempt,
-        final.content,
-        final.seq,
+        content,
+        seq,
         final.status.value,
         final.prompt_tokens,
         final.completion_tokens,

@@ -87,13 +87,10 @@ class WorkerMetrics:
 
 @dataclass(frozen=True)
 class Claim:
-    """A reply this worker now owns, with what it needs to generate it."""
+    """A reply this worker now owns (attempt `attempt`), and the request it answers."""
 
     reply_id: str
     attempt: int
-    model: str
-    temperature: float | None
-    system_prompt: str
     request: repository.Request
 
 
@@ -135,21 +132,19 @@ class ChatReplies:
         reply_id = new_id(IdKind.MESSAGE)
         try:
             claim = await self._with_db_retry(lambda: self._claim(event, redelivered, reply_id))
+            if claim is None:
+                return Disposition.ACK
+            reply = self._active(claim)
+            self.frames.publish(reply.started_frame())
+            if claim.attempt == 1:
+                # After the frame, so clients do not wait for it; a regenerated attempt staged
+                # its event together with its claim.
+                started = StagedEvent.of(self._started_event(claim))
+                await self._with_db_retry(lambda: self._announce_start(started))
         except DBAPIError as exc:
             log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
             self.metrics.requeued += 1
             return Disposition.REQUEUE
-        if claim is None:
-            return Disposition.ACK
-        if claim.attempt == 1:
-            started = StagedEvent.of(self._started_event(claim))
-            try:
-                await self._with_db_retry(lambda: self._announce_start(started))
-            except DBAPIError as exc:
-                log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
-                self.metrics.requeued += 1
-                return Disposition.REQUEUE
-        reply = self._active(claim)
         superseded = self.active.get(reply.message_id)
         if superseded is not None and superseded.task is not None:
             # This worker's older delivery of the same request lost its channel: it stops.
@@ -164,7 +159,11 @@ class ChatReplies:
     async def _claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
         async with driver_connection(self.engine) as connection:
             request, created = await repository.claim_request(
-                connection, event.message_id, reply_id, self.settings.default_model
+                connection,
+                event.message_id,
+                reply_id,
+                default_model=self.settings.default_model,
+                default_system_prompt=self.settings.default_system_prompt,
             )
         if request is None:
             log.info("request for a missing message dropped", extra={"id": event.message_id})
@@ -175,13 +174,11 @@ class ChatReplies:
             return await self._take_over(request, redelivered, reply_id)
         # The request stays unacked until the final reply is stored, so if this worker dies
         # from here on, the redelivered request finds the reply and takes it over.
-        claim = self._claim_for(request, reply_id, attempt=1)
-        self.frames.publish(self._active(claim).started_frame())
-        return claim
+        return Claim(reply_id, 1, request)
 
     async def _announce_start(self, started: StagedEvent) -> None:
-        """Stage and publish `reply.started`: after the frame, so clients do not wait for it.
-        Lost only if this worker dies right here; the regenerated attempt announces itself."""
+        """Stage and publish `reply.started`. Lost only if this worker dies right here; the
+        regenerated attempt announces itself."""
         async with driver_connection(self.engine) as connection:
             await repository.stage_event(connection, started)
         await self.outbox.publish_committed([started], wait=False)
@@ -197,9 +194,7 @@ class ChatReplies:
                 and existing.attempt == 1
                 and existing.status == MessageStatus.STREAMING
             ):
-                claim = self._claim_for(request, own_reply_id, attempt=1)
-                self.frames.publish(self._active(claim).started_frame())
-                return claim
+                return Claim(own_reply_id, 1, request)
             if existing is None or not self._may_take_over(existing, redelivered):
                 self.metrics.duplicates_skipped += 1
                 log.info(
@@ -207,7 +202,7 @@ class ChatReplies:
                     extra={"reply": existing.id if existing else None},
                 )
                 return None
-            claim = self._claim_for(request, existing.id, attempt=existing.attempt + 1)
+            claim = Claim(existing.id, existing.attempt + 1, request)
             await repository.update_streaming_reply(
                 session,
                 claim.reply_id,
@@ -217,25 +212,14 @@ class ChatReplies:
             await self.outbox.stage(session, self._started_event(claim))
             self.metrics.regenerated += 1
             log.info("regenerating an abandoned reply", extra={"reply": claim.reply_id})
-        self.frames.publish(self._active(claim).started_frame())
         return claim
-
-    def _claim_for(self, request: repository.Request, reply_id: str, attempt: int) -> Claim:
-        return Claim(
-            reply_id=reply_id,
-            attempt=attempt,
-            model=request.model,
-            temperature=request.temperature,
-            system_prompt=request.system_prompt or self.settings.default_system_prompt,
-            request=request,
-        )
 
     def _active(self, claim: Claim) -> ActiveReply:
         return ActiveReply(
             conversation_id=claim.request.conversation_id,
             message_id=claim.reply_id,
             reply_to=claim.request.message_id,
-            model=claim.model,
+            model=claim.request.model,
             attempt=claim.attempt,
             policy=self.policy,
         )
@@ -249,7 +233,7 @@ class ChatReplies:
             conversation_id=claim.request.conversation_id,
             message_id=claim.reply_id,
             reply_to=claim.request.message_id,
-            model=claim.model,
+            model=claim.request.model,
             attempt=claim.attempt,
         )
 
@@ -294,7 +278,9 @@ class ChatReplies:
 
     async def _stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
         messages = build_prompt(
-            claim.system_prompt, claim.request.history, self.settings.context_budget_tokens
+            claim.request.system_prompt,
+            claim.request.history,
+            self.settings.context_budget_tokens,
         )
         retries = 0
         while True:
@@ -302,9 +288,9 @@ class ChatReplies:
             try:
                 async for delta in stream_reply(
                     self.client,
-                    model=claim.model,
+                    model=claim.request.model,
                     messages=messages,
-                    temperature=claim.temperature,
+                    temperature=claim.request.temperature,
                     max_tokens=self.settings.max_reply_tokens,
                     outcome=outcome,
                 ):
@@ -364,8 +350,6 @@ class ChatReplies:
             reply,
             frame,
             repository.FinalReply(
-                content=frame.content,
-                seq=frame.seq,
                 status=MessageStatus.COMPLETE,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
@@ -391,8 +375,6 @@ class ChatReplies:
             reply,
             frame,
             repository.FinalReply(
-                content=frame.content,
-                seq=frame.seq,
                 status=MessageStatus.FAILED,
                 error_code=failure.code,
                 duration_ms=duration_ms,
@@ -412,8 +394,6 @@ class ChatReplies:
             reply,
             frame,
             repository.FinalReply(
-                content=frame.content,
-                seq=frame.seq,
                 status=MessageStatus.CANCELLED,
                 finish_reason="cancelled",
                 ttft_ms=reply.ttft_ms(),
@@ -448,7 +428,13 @@ class ChatReplies:
         try:
             async with driver_connection(self.engine) as connection:
                 outcome = await repository.finish_reply(
-                    connection, reply.message_id, reply.attempt, final, staged
+                    connection,
+                    reply.message_id,
+                    reply.attempt,
+                    frame.content,
+                    frame.seq,
+                    final,
+                    staged,
                 )
         except Exception:
             reply.seq -= 1  # the terminal frame was not sent; a retry numbers it again

@@ -403,26 +403,27 @@ class ChatService:
             limiter.refund(rate_key)
             raise
         # `earlier_id == message.id`: a retry found its own first try, committed after all.
-        if outcome.stored_id is not None or outcome.earlier_id == message.id:
+        stored = outcome.stored_id is not None or outcome.earlier_id == message.id
+        if (
+            not stored
+            and outcome.earlier_id is None
+            and outcome.conversation_status == ConversationStatus.ACTIVE
+        ):
+            # Nothing stored and no copy seen: a concurrent resend won the unique constraint,
+            # or this retry's own first try was still committing when the statement ran.
+            own = await self._find_copy(owner_id, conversation_id, None, message.id)
+            stored = own is not None
+        if stored:
             await self._outbox.publish_committed([event])
             return AcceptedMessage(message, duplicate=False)
+        limiter.refund(rate_key)
         if outcome.conversation_status is None:
-            limiter.refund(rate_key)
             raise NotFound("Conversation not found")
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
-            limiter.refund(rate_key)
             raise Conflict("Conversation has ended")
-        # An earlier copy, or a concurrent resend that won the unique constraint just now.
         earlier = await self._find_copy(
             owner_id, conversation_id, client_message_id, outcome.earlier_id
         )
-        if earlier is None and outcome.earlier_id is None:
-            # Or the first try of a retry, still committing when this one ran.
-            earlier = await self._find_copy(owner_id, conversation_id, None, message.id)
-            if earlier is not None:
-                await self._outbox.publish_committed([event])
-                return AcceptedMessage(message, duplicate=False)
-        limiter.refund(rate_key)
         if earlier is None:
             raise Conflict("message could not be stored; retry")
         return AcceptedMessage(earlier, duplicate=True)
@@ -430,24 +431,26 @@ class ChatService:
     async def _store_message(
         self, owner_id: str, message: Message, event: StagedEvent
     ) -> repository.StoreOutcome:
-        for attempt in range(2):
-            try:
-                async with driver_connection(self._engine) as connection:
-                    return await repository.store_user_message(
-                        connection,
-                        owner_id=owner_id,
-                        conversation_id=message.conversation_id,
-                        message_id=message.id,
-                        content=message.content,
-                        client_message_id=message.client_message_id,
-                        event=event,
-                    )
-            except DatabaseConnectionLost:
-                # Once: a pooled connection may have died with a database restart. Safe to
-                # repeat: the statement finds its own first copy if that one committed.
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._store_message_once(owner_id, message, event)
+        except DatabaseConnectionLost:
+            # Once more: a pooled connection may have died with a database restart. Safe to
+            # repeat: the statement finds its own first copy if that one committed.
+            return await self._store_message_once(owner_id, message, event)
+
+    async def _store_message_once(
+        self, owner_id: str, message: Message, event: StagedEvent
+    ) -> repository.StoreOutcome:
+        async with driver_connection(self._engine) as connection:
+            return await repository.store_user_message(
+                connection,
+                owner_id=owner_id,
+                conversation_id=message.conversation_id,
+                message_id=message.id,
+                content=message.content,
+                client_message_id=message.client_message_id,
+                event=event,
+            )
 
     async def _find_copy(
         self,

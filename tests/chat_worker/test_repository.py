@@ -72,8 +72,12 @@ async def test_a_claim_run_twice_creates_one_reply(engine):
     asked = await question(engine)
     reply_id = new_id(IdKind.MESSAGE)
     async with driver_connection(engine) as connection:
-        request, created = await repository.claim_request(connection, asked.id, reply_id, "m")
-        again, created_again = await repository.claim_request(connection, asked.id, reply_id, "m")
+        request, created = await repository.claim_request(
+            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+        )
+        again, created_again = await repository.claim_request(
+            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+        )
     assert request is not None and created
     assert again == request and not created_again
     started = StagedEvent.of(
@@ -97,23 +101,25 @@ async def test_a_claim_run_twice_creates_one_reply(engine):
 async def test_finishing_twice_is_recognised_and_stages_one_event(engine):
     asked = await question(engine)
     reply_id = new_id(IdKind.MESSAGE)
-    final = FinalReply(content="the answer", seq=3, status=MessageStatus.COMPLETE)
+    text, final = "the answer", FinalReply(status=MessageStatus.COMPLETE)
     first = completed(reply_id, asked.id, asked.conversation_id)
     retry = completed(reply_id, asked.id, asked.conversation_id)
     async with driver_connection(engine) as connection:
-        await repository.claim_request(connection, asked.id, reply_id, "m")
-        assert await repository.finish_reply(connection, reply_id, 1, final, first) is (
+        await repository.claim_request(
+            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+        )
+        assert await repository.finish_reply(connection, reply_id, 1, text, 3, final, first) is (
             FinishOutcome.STORED
         )
-        assert await repository.finish_reply(connection, reply_id, 1, final, retry) is (
+        assert await repository.finish_reply(connection, reply_id, 1, text, 3, final, retry) is (
             FinishOutcome.ALREADY_STORED
         )
         # Another attempt, or another final state, is not this writer's.
-        assert await repository.finish_reply(connection, reply_id, 2, final, retry) is (
+        assert await repository.finish_reply(connection, reply_id, 2, text, 3, final, retry) is (
             FinishOutcome.SUPERSEDED
         )
-        failed = FinalReply(content="", seq=3, status=MessageStatus.FAILED, error_code="x")
-        assert await repository.finish_reply(connection, reply_id, 1, failed, retry) is (
+        failed = FinalReply(status=MessageStatus.FAILED, error_code="x")
+        assert await repository.finish_reply(connection, reply_id, 1, "", 3, failed, retry) is (
             FinishOutcome.SUPERSEDED
         )
     assert await outbox_rows(engine, [first.event_id]) == 1

@@ -234,6 +234,20 @@ async def test_concurrent_resends_store_one_message(gateway, new_user):
         await s.close()
 
 
+async def send_acked(socket, cid: str, prefix: str, count: int) -> None:
+    """`count` messages `<prefix><i>` (also their client ids), each acknowledged."""
+    for i in range(count):
+        await socket.request(
+            {
+                "type": "send_message",
+                "conversation_id": cid,
+                "content": f"{prefix}{i}",
+                "client_message_id": f"{prefix}{i}",
+            },
+            "ack",
+        )
+
+
 async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
     alice = new_user()
     cid = (await create_conversation(gateway, alice))["id"]
@@ -248,16 +262,7 @@ async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
         "error",
     )
     assert too_long["code"] == "invalid_input"
-    for i in range(20):
-        await socket.request(
-            {
-                "type": "send_message",
-                "conversation_id": cid,
-                "content": f"m{i}",
-                "client_message_id": f"m{i}",
-            },
-            "ack",
-        )
+    await send_acked(socket, cid, "m", 20)
     limited = await socket.request(
         {
             "type": "send_message",
@@ -285,16 +290,7 @@ async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
     bob = new_user()
     bob_cid = (await create_conversation(gateway, bob))["id"]
     bob_socket = await open_socket(gateway, bob)
-    for i in range(20):
-        await bob_socket.request(
-            {
-                "type": "send_message",
-                "conversation_id": bob_cid,
-                "content": f"b{i}",
-                "client_message_id": f"b{i}",
-            },
-            "ack",
-        )
+    await send_acked(bob_socket, bob_cid, "b", 20)
     probe = await bob_socket.request(
         {
             "type": "send_message",
