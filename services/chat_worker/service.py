@@ -21,13 +21,14 @@ import openai
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.chat.models import Message, MessageStatus
+from services.chat.replies import is_own_first_claim, may_take_over
 from services.chat_worker import repository
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway.models import Message, MessageStatus
 from shared.db import driver_connection, is_database_unavailable, skip_commit_flush
 from shared.events import (
     MessageSent,
@@ -188,11 +189,8 @@ class ChatReplies:
     ) -> Claim | None:
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:
             existing = await repository.lock_reply(session, request.message_id)
-            if (
-                existing is not None
-                and existing.id == own_reply_id
-                and existing.attempt == 1
-                and existing.status == MessageStatus.STREAMING
+            if existing is not None and is_own_first_claim(
+                own_reply_id, existing.id, existing.attempt, existing.status
             ):
                 return Claim(own_reply_id, 1, request)
             if existing is None or not self._may_take_over(existing, redelivered):
@@ -238,13 +236,13 @@ class ChatReplies:
         )
 
     def _may_take_over(self, existing: Message, redelivered: bool) -> bool:
-        if existing.status != MessageStatus.STREAMING:
-            return False
-        if redelivered:
-            # The broker gives a request back only when its holder's channel is gone.
-            return True
-        idle_s = (datetime.now(UTC) - existing.updated_at).total_seconds()
-        return idle_s > self.settings.stale_reply_s
+        return may_take_over(
+            existing.status,
+            existing.updated_at,
+            redelivered=redelivered,
+            now=datetime.now(UTC),
+            stale_after_s=self.settings.stale_reply_s,
+        )
 
     async def _generate(self, reply: ActiveReply, claim: Claim) -> Disposition:
         reply.task = asyncio.create_task(self._stream_with_retries(reply, claim))

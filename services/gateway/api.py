@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, statu
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.chat.models import ConversationStatus, Message
+from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
 from services.gateway.fanout import StreamUnavailable
-from services.gateway.models import ConversationStatus, Message, MessageStatus
 from services.gateway.schemas import (
     MAX_SEARCH_LENGTH,
     AssistantCreate,
@@ -238,14 +239,11 @@ class _ReplyWaiter:
         self.event.set()
 
 
-_FINISHED = {MessageStatus.COMPLETE, MessageStatus.FAILED, MessageStatus.CANCELLED}
-
-
 async def _wait_for_reply(gw: Gateway, message_id: str, waiter: _ReplyWaiter) -> Message | None:
     deadline = time.monotonic() + gw.settings.wait_reply_timeout_s
     while True:
         reply = await gw.chat.find_reply(message_id)
-        if reply is not None and reply.status in _FINISHED:
+        if reply is not None and is_finished(reply.status):
             return reply
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.gateway import api, models, ws
+from services.chat import models
+from services.gateway import api, ws
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter

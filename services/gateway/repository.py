@@ -10,7 +10,7 @@ import asyncpg
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.models import (
+from services.chat.models import (
     CONVERSATIONS,
     MESSAGES,
     OUTBOX,

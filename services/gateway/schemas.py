@@ -7,7 +7,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.models import (
+from services.chat.models import (
     MAX_MODEL_NAME_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
     MAX_TITLE_LENGTH,

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.gateway import repository
-from services.gateway.models import (
+from services.chat.models import (
     Assistant,
     Conversation,
     ConversationStatus,
@@ -23,6 +22,7 @@ from services.gateway.models import (
     MessageRole,
     MessageStatus,
 )
+from services.gateway import repository
 from services.gateway.schemas import (
     AssistantCreate,
     AssistantUpdate,

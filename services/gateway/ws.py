@@ -23,9 +23,9 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from services.chat.models import MAX_TITLE_LENGTH, Message, MessageRole, MessageStatus
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.fanout import StreamUnavailable
-from services.gateway.models import MAX_TITLE_LENGTH, Message, MessageRole, MessageStatus
 from services.gateway.schemas import (
     MAX_CLIENT_MESSAGE_ID_LENGTH,
     ConversationCreate,

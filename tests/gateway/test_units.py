@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.gateway.models import Message
+from services.chat.models import Message
 from services.gateway.service import MessageRateLimiter, RateLimited
 from services.gateway.ws import (
     BadFrame,
