@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from services.chat.models import Message
 from services.chat.replies import is_own_first_claim, may_take_over
@@ -54,7 +54,9 @@ class Claim:
 
 
 class ReplyClaims:
-    """Each method is one unit of work; the caller runs it under its database retry."""
+    """The claim's statements. The caller (service.py, the edge of a request) owns every unit
+    of work and runs each under its database retry; nothing here commits, except the
+    single-statement hot paths on the driver connection."""
 
     def __init__(
         self,
@@ -68,9 +70,11 @@ class ReplyClaims:
         self._outbox = outbox
         self._metrics = metrics
 
-    async def claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
-        """The reply to answer `event` with, or None when there is nothing for this worker to
-        do (no such message, or its reply is finished or being written by someone else)."""
+    async def claim_new(
+        self, event: MessageSent, reply_id: str
+    ) -> tuple[repository.Request | None, bool]:
+        """One statement: the request (None: no such user message) and whether its reply
+        `reply_id` was created now (False: the message already has a reply)."""
         async with driver_connection(self._engine) as connection:
             request, created = await repository.claim_request(
                 connection,
@@ -81,48 +85,46 @@ class ReplyClaims:
             )
         if request is None:
             log.info("request for a missing message dropped", extra={"id": event.message_id})
-            return None
-        if not created:
-            # Redelivered, a duplicate delivery, or this claim's own first try whose commit
-            # outlived its connection: decide under the reply's row lock.
-            return await self._take_over(request, redelivered, reply_id)
-        # The request stays unacked until the final reply is stored, so if this worker dies
-        # from here on, the redelivered request finds the reply and takes it over.
-        return Claim(reply_id, 1, request)
+        return request, created
 
     async def announce_start(self, started: StagedEvent) -> None:
-        """Stage and publish `reply.started`. Lost only if this worker dies right here; the
-        regenerated attempt announces itself."""
+        """One statement: stage `reply.started`, then publish it. Lost only if this worker dies
+        right here; the regenerated attempt announces itself."""
         async with driver_connection(self._engine) as connection:
             await repository.stage_event(connection, started)
         await self._outbox.publish_committed([started], wait=False)
 
-    async def _take_over(
-        self, request: repository.Request, redelivered: bool, own_reply_id: str
+    async def take_over(
+        self,
+        session: AsyncSession,
+        request: repository.Request,
+        redelivered: bool,
+        own_reply_id: str,
     ) -> Claim | None:
-        async with self._outbox.unit_of_work(wait_for_publish=False) as session:
-            existing = await repository.lock_reply(session, request.message_id)
-            if existing is not None and is_own_first_claim(
-                own_reply_id, existing.id, existing.attempt, existing.status
-            ):
-                return Claim(own_reply_id, 1, request)
-            if existing is None or not self._may_take_over(existing, redelivered):
-                self._metrics.duplicates_skipped += 1
-                log.info(
-                    "request already answered or being answered",
-                    extra={"reply": existing.id if existing else None},
-                )
-                return None
-            claim = Claim(existing.id, existing.attempt + 1, request)
-            await repository.update_streaming_reply(
-                session,
-                claim.reply_id,
-                existing.attempt,
-                {"attempt": claim.attempt, "content": "", "seq": 0},
+        """Decide, under the reply's row lock, whether this worker answers a request whose
+        reply exists: its own first claim, an abandoned reply (a new attempt), or neither."""
+        existing = await repository.lock_reply(session, request.message_id)
+        if existing is not None and is_own_first_claim(
+            own_reply_id, existing.id, existing.attempt, existing.status
+        ):
+            return Claim(own_reply_id, 1, request)
+        if existing is None or not self._may_take_over(existing, redelivered):
+            self._metrics.duplicates_skipped += 1
+            log.info(
+                "request already answered or being answered",
+                extra={"reply": existing.id if existing else None},
             )
-            await self._outbox.stage(session, claim.started_event())
-            self._metrics.regenerated += 1
-            log.info("regenerating an abandoned reply", extra={"reply": claim.reply_id})
+            return None
+        claim = Claim(existing.id, existing.attempt + 1, request)
+        await repository.update_streaming_reply(
+            session,
+            claim.reply_id,
+            existing.attempt,
+            {"attempt": claim.attempt, "content": "", "seq": 0},
+        )
+        await self._outbox.stage(session, claim.started_event())
+        self._metrics.regenerated += 1
+        log.info("regenerating an abandoned reply", extra={"reply": claim.reply_id})
         return claim
 
     def _may_take_over(self, existing: Message, redelivered: bool) -> bool:
@@ -134,11 +136,10 @@ class ReplyClaims:
             stale_after_s=self._settings.stale_reply_s,
         )
 
-    async def next_attempt(self, reply_id: str, attempt: int) -> None:
+    async def next_attempt(self, session: AsyncSession, reply_id: str, attempt: int) -> None:
         """Fence off `attempt`: the reply starts over as `attempt + 1` (Superseded if this
         worker no longer holds `attempt`)."""
-        async with self._outbox.unit_of_work(wait_for_publish=False) as session:
-            if not await repository.update_streaming_reply(
-                session, reply_id, attempt, {"attempt": attempt + 1, "content": "", "seq": 0}
-            ):
-                raise Superseded
+        if not await repository.update_streaming_reply(
+            session, reply_id, attempt, {"attempt": attempt + 1, "content": "", "seq": 0}
+        ):
+            raise Superseded

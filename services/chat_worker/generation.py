@@ -1,15 +1,17 @@
 """Generating a reply from the model: stream its deltas into frames, retry what is retryable,
-and start the reply over as a new attempt when clients saw part of a failed try."""
+and have the reply started over as a new attempt (`start_over`, a unit of work of the caller)
+when clients saw part of a failed try."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import openai
 
 from services.chat_worker.broadcast import FrameChannel
-from services.chat_worker.claim import Claim, ReplyClaims
+from services.chat_worker.claim import Claim
 from services.chat_worker.db_retry import DatabaseRetry
 from services.chat_worker.frame_clock import flush_pending
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
@@ -33,14 +35,14 @@ class ReplyGeneration:
         settings: ChatWorkerSettings,
         client: openai.AsyncOpenAI,
         frames: FrameChannel,
-        claims: ReplyClaims,
+        start_over: Callable[[ActiveReply], Awaitable[None]],
         db_retry: DatabaseRetry,
         metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
         self._client = client
         self._frames = frames
-        self._claims = claims
+        self._start_over = start_over
         self._db_retry = db_retry
         self._metrics = metrics
 
@@ -87,8 +89,4 @@ class ReplyGeneration:
             await asyncio.sleep(backoff_s(retries - 1, self._settings))
             if reply.seq > 0 or reply.has_pending:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
-                await self._db_retry.run(lambda: self._restart(reply))
-
-    async def _restart(self, reply: ActiveReply) -> None:
-        await self._claims.next_attempt(reply.message_id, reply.attempt)
-        self._frames.publish(reply.restart(reply.attempt + 1))
+                await self._db_retry.run(lambda: self._start_over(reply))

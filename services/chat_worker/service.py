@@ -2,6 +2,12 @@
 request through its parts — claim (`claim.py`), generation (`generation.py`), outcome
 (`outcomes.py`) — each database step under the worker's retry (`db_retry.py`). Control commands
 (`control.py`) and the frame clock (`frame_clock.py`) act on the replies in flight here.
+
+This is the edge of a request, so it owns the units of work: a reply streams for seconds, and
+no transaction stays open that long, so each database step is its own unit — the claim, a
+take-over, a restart, the outcome. The claim, `reply.started` and the outcome are single
+statements on the driver connection (the documented hot-path exception); the take-over and the
+restart open their session here.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ class ChatReplies:
         self.db_retry = DatabaseRetry(self.settings.db_retry_s, self.settings.db_pool_size)
         self.claims = ReplyClaims(self.settings, self.engine, self.outbox, self.metrics)
         self.generation = ReplyGeneration(
-            self.settings, self.client, self.frames, self.claims, self.db_retry, self.metrics
+            self.settings, self.client, self.frames, self._start_over, self.db_retry, self.metrics
         )
         self.outcomes = ReplyOutcomes(self.engine, self.outbox, self.frames)
         self.clock = FrameClock(
@@ -84,7 +90,7 @@ class ChatReplies:
         # Chosen once: a claim retried after a lost connection recognises its own reply row.
         reply_id = new_id(IdKind.MESSAGE)
         try:
-            claim = await self.db_retry.run(lambda: self.claims.claim(event, redelivered, reply_id))
+            claim = await self.db_retry.run(lambda: self._claim(event, redelivered, reply_id))
             if claim is None:
                 return Disposition.ACK
             reply = self._active(claim)
@@ -108,6 +114,24 @@ class ChatReplies:
         finally:
             if self.active.get(reply.message_id) is reply:
                 del self.active[reply.message_id]
+
+    async def _claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
+        request, created = await self.claims.claim_new(event, reply_id)
+        if request is None:
+            return None
+        if created:
+            # The request stays unacked until the final reply is stored, so if this worker dies
+            # from here on, the redelivered request finds the reply and takes it over.
+            return Claim(reply_id, 1, request)
+        # Redelivered, a duplicate delivery, or this claim's own first try whose commit
+        # outlived its connection.
+        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
+            return await self.claims.take_over(session, request, redelivered, reply_id)
+
+    async def _start_over(self, reply: ActiveReply) -> None:
+        async with self.outbox.unit_of_work(wait_for_publish=False) as session:
+            await self.claims.next_attempt(session, reply.message_id, reply.attempt)
+        self.frames.publish(reply.restart(reply.attempt + 1))
 
     def _active(self, claim: Claim) -> ActiveReply:
         return ActiveReply(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from services.gateway.errors import ChatError
 from services.gateway.protocol import (
     AuthFrame,
     CancelFrame,
@@ -19,7 +20,6 @@ from services.gateway.protocol import (
     UnsubscribeFrame,
 )
 from services.gateway.schemas import ConversationCreate, ConversationOut
-from services.gateway.service import ChatError
 from shared.stream import CancelCommand
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ async def on_auth(socket: ChatSocket, frame: AuthFrame) -> None:
 
 
 async def on_subscribe(socket: ChatSocket, frame: SubscribeFrame) -> None:
-    await socket.gateway.chat.get_conversation(socket.user_id, frame.conversation_id)
     await socket.subscribe(frame.conversation_id)
 
 
@@ -46,18 +45,22 @@ async def on_unsubscribe(socket: ChatSocket, frame: UnsubscribeFrame) -> None:
 
 async def on_send_message(socket: ChatSocket, frame: SendMessageFrame) -> None:
     chat = socket.gateway.chat
-    if not socket.watches(frame.conversation_id):
-        # Ownership first: a socket never watches another user's conversation. Then watch
-        # before storing, so the reply's first frame cannot slip past it.
-        await chat.get_conversation(socket.user_id, frame.conversation_id)
-        await socket.watch_live(frame.conversation_id)
-    accepted = await chat.send_message(
-        socket.user_id,
-        frame.conversation_id,
-        frame.content,
-        frame.client_message_id,
-        rate_key=socket.rate_key(),
-    )
+    # One unit of work. Already watched (the hot path): the message is one statement on its
+    # own; otherwise the ownership check and the message share one transaction.
+    async with socket.gateway.unit_of_work() as session:
+        if not socket.watches(frame.conversation_id):
+            # Ownership first: a socket never watches another user's conversation. Then watch
+            # before storing, so the reply's first frame cannot slip past it.
+            await chat.get_conversation(session, socket.user_id, frame.conversation_id)
+            await socket.watch_live(frame.conversation_id)
+        accepted = await chat.send_message(
+            session,
+            socket.user_id,
+            frame.conversation_id,
+            frame.content,
+            frame.client_message_id,
+            rate_key=socket.rate_key(),
+        )
     socket.io.send(
         {
             "type": "ack",
@@ -72,15 +75,17 @@ async def on_send_message(socket: ChatSocket, frame: SendMessageFrame) -> None:
 async def on_start_conversation(socket: ChatSocket, frame: StartConversationFrame) -> None:
     if socket.auth.anonymous and socket.ephemeral:
         raise ChatError("an anonymous socket has one conversation")
-    conversation = await socket.gateway.chat.create_conversation(
-        socket.user_id,
-        ConversationCreate(
-            title=frame.title,
-            system_prompt=frame.system_message,
-            assistant_id=frame.assistant_id,
-            model=frame.model,
-        ),
-    )
+    async with socket.gateway.unit_of_work() as session:
+        conversation = await socket.gateway.chat.create_conversation(
+            session,
+            socket.user_id,
+            ConversationCreate(
+                title=frame.title,
+                system_prompt=frame.system_message,
+                assistant_id=frame.assistant_id,
+                model=frame.model,
+            ),
+        )
     if socket.auth.anonymous:
         socket.ephemeral.append(conversation.id)
     await socket.watch_live(conversation.id)
@@ -94,7 +99,10 @@ async def on_start_conversation(socket: ChatSocket, frame: StartConversationFram
 
 
 async def on_end_conversation(socket: ChatSocket, frame: EndConversationFrame) -> None:
-    conversation = await socket.gateway.chat.end_conversation(socket.user_id, frame.conversation_id)
+    async with socket.gateway.unit_of_work() as session:
+        conversation = await socket.gateway.chat.end_conversation(
+            session, socket.user_id, frame.conversation_id
+        )
     socket.io.send(
         {
             "type": "conversation.ended",
@@ -105,7 +113,8 @@ async def on_end_conversation(socket: ChatSocket, frame: EndConversationFrame) -
 
 
 async def on_cancel(socket: ChatSocket, frame: CancelFrame) -> None:
-    await socket.gateway.chat.get_conversation(socket.user_id, frame.conversation_id)
+    async with socket.gateway.unit_of_work() as session:
+        await socket.gateway.chat.get_conversation(session, socket.user_id, frame.conversation_id)
     routed = await socket.gateway.fanout.publish_control(
         CancelCommand(
             conversation_id=frame.conversation_id,

@@ -86,8 +86,8 @@ async def send_snapshot(
             )
         except StreamUnavailable:
             routed = False
-        # Unrouted: no worker holds a reply here, so none will answer; whatever starts from
-        # now on arrives live on the binding made before the read.
+        # Unrouted: no worker is running, so none will answer; whatever starts from now on
+        # arrives live on the binding made before the read.
         answers = await watch.wait_snapshots(gateway.settings.resync_timeout_s if routed else 0)
         partials = merge_worker_snapshots(partials, answers)
     stored = [m for m in messages if m.id not in partials]

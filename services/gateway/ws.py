@@ -16,6 +16,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
 from services.gateway.context import Gateway, get_gateway
+from services.gateway.errors import ChatError, RateLimited
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.frame_handlers import FRAME_HANDLERS
 from services.gateway.protocol import (
@@ -26,7 +27,6 @@ from services.gateway.protocol import (
     parse_client_frame,
     validation_summary,
 )
-from services.gateway.service import ChatError, RateLimited
 from services.gateway.snapshot import SNAPSHOT_MESSAGES, send_snapshot
 from services.gateway.socket_auth import SocketAuth
 from services.gateway.socket_io import FrameRate, SocketIO
@@ -90,7 +90,10 @@ class ChatSocket:
             return
         for conversation_id in self.ephemeral:
             try:
-                await self.gateway.chat.delete_conversation(self.user_id, conversation_id)
+                async with self.gateway.unit_of_work() as session:
+                    await self.gateway.chat.delete_conversation(
+                        session, self.user_id, conversation_id
+                    )
             except Exception as exc:
                 log.warning(
                     "ephemeral conversation not deleted",
@@ -178,27 +181,38 @@ class ChatSocket:
                 await self.gateway.fanout.unwatch(conversation_id, watch)
 
     async def subscribe(self, conversation_id: str) -> None:
-        """Bind, read the stored messages, complete a streaming reply from its worker, send the
-        snapshot, then forward only what comes after it (the seam of DESIGN §4.5)."""
+        """Check ownership, bind, read the stored messages (one unit of work), complete a
+        streaming reply from its worker, send the snapshot, then forward only what comes after
+        it (the seam of DESIGN §4.5)."""
+        chat = self.gateway.chat
         async with self._subscription_lock:
-            watch = self._watches.pop(conversation_id, None)
-            if watch is not None:
-                await self.gateway.fanout.unwatch(conversation_id, watch)
-            watch = self._new_watch(conversation_id)
-            watch.start_buffering()
-            await self.gateway.fanout.watch(conversation_id, watch)
-            self._watches[conversation_id] = watch
+            watch = None
             try:
-                await self._send_snapshot(watch)
+                async with self.gateway.unit_of_work() as session:
+                    await chat.get_conversation(session, self.user_id, conversation_id)
+                    old = self._watches.pop(conversation_id, None)
+                    if old is not None:
+                        await self.gateway.fanout.unwatch(conversation_id, old)
+                    watch = self._new_watch(conversation_id)
+                    watch.start_buffering()
+                    await self.gateway.fanout.watch(conversation_id, watch)
+                    self._watches[conversation_id] = watch
+                    messages = await chat.recent_messages(
+                        session, self.user_id, conversation_id, SNAPSHOT_MESSAGES
+                    )
+                # The wait for the workers' snapshots holds no transaction.
+                await send_snapshot(self.gateway, messages, watch, self.io.send)
             except BaseException:
-                self._watches.pop(conversation_id, None)
-                await self.gateway.fanout.unwatch(conversation_id, watch)
+                if watch is not None:
+                    self._watches.pop(conversation_id, None)
+                    await self.gateway.fanout.unwatch(conversation_id, watch)
                 raise
 
     async def _send_snapshot(self, watch: ConversationWatch) -> None:
-        messages = await self.gateway.chat.recent_messages(
-            self.user_id, watch.conversation_id, SNAPSHOT_MESSAGES
-        )
+        async with self.gateway.unit_of_work() as session:
+            messages = await self.gateway.chat.recent_messages(
+                session, self.user_id, watch.conversation_id, SNAPSHOT_MESSAGES
+            )
         await send_snapshot(self.gateway, messages, watch, self.io.send)
 
     def _resync_after_recovery(self, watch: ConversationWatch) -> None:

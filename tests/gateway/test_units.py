@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from services.chat.models import Message
+from services.gateway.errors import RateLimited
 from services.gateway.protocol import BadFrame, SendMessageFrame, parse_client_frame
-from services.gateway.service import MessageRateLimiter, RateLimited
+from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.watch import ConversationWatch, Partial
 from shared.stream import stream_frame_adapter
 
