@@ -28,8 +28,8 @@ from services.gateway.schemas import (
     MessageAccepted,
     MessageCreate,
     MessageOut,
-    Page,
 )
+from shared.pagination import Limit, Page, Skip
 from shared.security import CurrentPrincipal
 from shared.stream import (
     ReplyCancelledFrame,
@@ -38,15 +38,12 @@ from shared.stream import (
     StreamFrame,
 )
 
-MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 MAX_REQUEST_BYTES = 1024 * 1024
 REPLY_POLL_INTERVAL_S = 0.5
 """`?wait=true` re-reads the database this often in case the live frame was missed."""
 
 GatewayDep = Annotated[Gateway, Depends(gateway_dependency)]
-Skip = Annotated[int, Query(ge=0, le=1_000_000)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 router = APIRouter()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,18 +17,9 @@ MAX_ASSISTANT_NAME_LENGTH = 100
 MAX_CLIENT_MESSAGE_ID_LENGTH = 64
 MAX_SEARCH_LENGTH = 200
 
-T = TypeVar("T")
-
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    skip: int
-    limit: int
 
 
 class AssistantCreate(_Input):
