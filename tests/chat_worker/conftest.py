@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from services.gateway.models import Conversation, Message, MessageRole
+from services.chat.models import Conversation, Message, MessageRole
 from services.mock_llm.service import expected_reply
 from services.mock_llm.settings import MockLLMSettings
 from shared.db import create_engine, create_session_factory, transaction

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from services.chat.models import MessageStatus
 from services.chat_worker.prompt import Turn as PromptTurn
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway.models import MessageStatus
 from services.mock_llm.service import count_prompt_tokens
 from shared.stream import (
     CancelCommand,

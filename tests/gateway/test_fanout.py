@@ -19,7 +19,7 @@ from websockets.frames import Close, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from services.gateway.models import Message
+from services.chat.models import Message
 from shared.db import create_engine, create_session_factory, transaction
 from shared.ids import IdKind, new_id
 from shared.topology import conversation_routing_key

@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 from sqlalchemy import func, select
 
-from services.gateway.models import outbox as chat_outbox
+from services.chat.models import outbox as chat_outbox
 from shared.broker import EventPublisher, create_broker, declare_topology
 from shared.db import create_engine, create_session_factory
 from shared.events import ConversationCreated
