@@ -4,7 +4,6 @@ message rate limiter."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -130,11 +129,19 @@ def test_rate_limiter_counts_per_key_and_refunds():
 
 
 def test_rate_limiter_window_slides_and_idle_users_are_forgotten():
-    limiter = MessageRateLimiter(1, window_s=0.05)
+    now = [100.0]
+    limiter = MessageRateLimiter(2, window_s=60, clock=lambda: now[0])
     limiter.check("a")
+    now[0] += 30
+    limiter.check("a")
+    with pytest.raises(RateLimited) as limited:
+        limiter.check("a")
+    assert limited.value.retry_after_s == 30  # when the first of the two leaves the window
+    now[0] += 30
+    limiter.check("a")  # the first left the window; the second still counts
     with pytest.raises(RateLimited):
         limiter.check("a")
-    time.sleep(0.06)  # the window itself is under test
+    now[0] += 61
     limiter.check("b")
     assert "a" not in limiter._sent
     limiter.check("a")
