@@ -36,12 +36,8 @@ import aiormq.abc
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.analytics_consumer.ingest import (
-    EventIngestor,
-    Incoming,
-    UnknownEvent,
-    write_system_metrics,
-)
+from services.analytics_consumer.ingest import EventIngestor, Incoming, UnknownEvent
+from services.analytics_consumer.upserts import write_system_metrics
 from shared.db import is_database_unavailable, transaction
 from shared.db_retry import DatabaseRetry, describe_database_error
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event

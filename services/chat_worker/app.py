@@ -15,6 +15,7 @@ from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
+from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
 from shared.outbox import Outbox
@@ -39,6 +40,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         frames=frames,
         client=create_client(settings),
     )
+    model_endpoint = ModelEndpoint(replies.client, settings)
     requests = RequestConsumer(
         settings.amqp_url,
         runtime.topology,
@@ -56,6 +58,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
         await requests.start()
+        # Not awaited: a slow or absent model endpoint must not delay the worker's start.
+        runtime.run_in_background(model_endpoint.log_at_start(), "model-endpoint-check")
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
         await requests.stop(DRAIN_TIMEOUT_S)
@@ -72,7 +76,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime=runtime,
         lifespan=lifespan,
         state={"replies": replies},
-        readiness={"requests": requests.check_connected},
+        readiness={"requests": requests.check_connected, "model": model_endpoint.check_ready},
         # No request of its own touches the database, and it serves only health and metrics.
         database_outage_is_503=False,
         http_metrics=False,

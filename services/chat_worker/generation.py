@@ -18,6 +18,7 @@ from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply
 from services.chat_worker.settings import ChatWorkerSettings
 from services.chat_worker.worker_metrics import WorkerMetrics
+from shared.stream import ReplyError
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +75,34 @@ class ReplyGeneration:
                 if not failure.retryable or retries >= self._settings.llm_max_retries:
                     log.warning(
                         "reply failed",
-                        extra={"reply": reply.message_id, "code": failure.code, "error": repr(exc)},
+                        extra={
+                            "reply": reply.message_id,
+                            "code": failure.code,
+                            "url": self._settings.llm_base_url,
+                            "error": repr(exc),
+                        },
                     )
                     raise ModelFailed(failure) from exc
                 retries += 1
                 self._metrics.model_retries += 1
-                log.info(
+                delay_s = backoff_s(retries - 1, self._settings)
+                log.warning(
                     "model call failed, retrying",
-                    extra={"reply": reply.message_id, "code": failure.code, "retry": retries},
+                    extra={
+                        "reply": reply.message_id,
+                        "code": failure.code,
+                        "retry": retries,
+                        "retry_in_s": round(delay_s, 2),
+                        "url": self._settings.llm_base_url,
+                        "error": repr(exc),
+                    },
                 )
-            await asyncio.sleep(backoff_s(retries - 1, self._settings))
+                # The client hears at once that its reply is being retried, and why.
+                error = ReplyError(code=failure.code, message=failure.message)
+                self._frames.publish(
+                    reply.retrying_frame(retries, self._settings.llm_max_retries, error, delay_s)
+                )
+            await asyncio.sleep(delay_s)
             if reply.seq > 0 or reply.has_pending:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
                 await self._start_over(reply)

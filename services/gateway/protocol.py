@@ -57,7 +57,14 @@ ERROR_CODES = (
 # --- server frame types ---------------------------------------------------------------------
 
 REPLY_FRAME_TYPES = frozenset(
-    {"reply.started", "reply.delta", "reply.completed", "reply.failed", "reply.cancelled"}
+    {
+        "reply.started",
+        "reply.delta",
+        "reply.retrying",
+        "reply.completed",
+        "reply.failed",
+        "reply.cancelled",
+    }
 )
 """Frames of a reply as the chat workers publish them (`shared.stream`), forwarded as they are."""
 SERVER_FRAME_TYPES = REPLY_FRAME_TYPES | frozenset(
