@@ -55,7 +55,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not fanout.connected:
             raise ConnectionError("stream connection not open")
 
-    app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
+    app = FastAPI(
+        title="ConvoAI gateway",
+        description="Conversations, messages and assistants over REST; live chat over the "
+        "WebSocket `/ws`, whose frames, error and close codes and reconnect rules are described "
+        "in `docs/websocket-protocol.md` of the ConvoAI repository.",
+        lifespan=lifespan,
+    )
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.outbox = outbox
