@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from pydantic_settings import BaseSettings
@@ -26,3 +28,16 @@ def test_env_example_documents_every_setting_and_nothing_else():
     expected = set().union(*(_env_names(spec) for spec in SERVICES.values()))
     assert expected - documented == set(), "settings missing from .env.example"
     assert documented - expected == set(), ".env.example names settings that do not exist"
+
+
+def test_env_example_shows_every_default_as_the_settings_define_it():
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "env_example.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    assert (ROOT / ".env.example").read_text() == generated, (
+        ".env.example is stale: python scripts/env_example.py > .env.example"
+    )
