@@ -231,6 +231,12 @@ def test_every_reply_frame_the_gateway_forwards_is_documented_with_its_fields():
         assert not missing, f"fields of {frame_type!r} not documented: {sorted(missing)}"
 
 
+def test_the_document_lists_no_server_frame_that_does_not_exist():
+    sent = set(SCAN.server_frames) | set(forwarded_reply_frames())
+    unknown = set(SERVER_FRAMES) - {"Reply frames"} - sent
+    assert not unknown, f"documented server frames the gateway never sends: {sorted(unknown)}"
+
+
 def test_every_client_frame_is_documented_with_its_fields():
     for frame_type, fields in SCAN.client_frames.items():
         assert frame_type in CLIENT_FRAMES, f"client frame {frame_type!r} is not documented"
@@ -253,5 +259,9 @@ def test_every_close_code_is_documented():
 
 def test_every_model_error_code_is_documented_here_and_in_the_model_guide():
     codes = model_failure_codes()
-    assert codes - table_names(PARTS["Model error codes"]) == set()
-    assert codes - table_names(MODELS_DOC.read_text()) == set()
+    for name, table in (
+        ("websocket-protocol.md", table_names(PARTS["Model error codes"])),
+        ("models.md", table_names(sections(MODELS_DOC.read_text(), 2)["When replies fail"])),
+    ):
+        assert codes - table == set(), f"model error codes missing from {name}"
+        assert table - codes == set(), f"{name} lists model error codes that do not exist"
