@@ -1,10 +1,12 @@
 """docs/websocket-protocol.md lists everything the gateway can send a client, read from the code.
 
-The frames the gateway builds itself, its error and close codes and the client frames it parses
-are found by reading the gateway's sources (an AST scan, so a frame added in any of its modules
-is seen); the reply frames are the `shared.stream` models the gateway forwards; model error codes
-are the chat worker's `ModelFailure` codes. Each scan must find what is known to exist, so a
-refactor that hides something from it fails here instead of passing on an empty set.
+Two sources, so neither can hide a frame: the protocol's inventory (`services.gateway.protocol`:
+`SERVER_FRAME_TYPES`, `ERROR_CODES`, `CLOSE_CODES`, `CLIENT_FRAMES`), and what the gateway's
+sources actually build — an AST scan of every gateway module for frame dicts, error codes and
+close codes, so a frame written anywhere without a constant is seen too. The reply frames' fields
+are the `shared.stream` models the gateway forwards; model error codes are the chat worker's
+`ModelFailure` codes. Each scan must find what is known to exist, so a refactor that hides
+something from it fails here instead of passing on an empty set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from services.gateway import protocol
 from shared.stream import ReplySnapshotFrame, StreamFrame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,6 +217,11 @@ def test_the_scans_find_what_is_known_to_exist():
     assert {"model_unreachable", "model_auth_failed", "model_not_found"} <= model_failure_codes()
 
 
+def test_every_server_frame_of_the_inventory_is_documented():
+    missing = protocol.SERVER_FRAME_TYPES - set(SERVER_FRAMES)
+    assert not missing, f"server frames not documented: {sorted(missing)}"
+
+
 def test_every_server_frame_the_gateway_builds_is_documented_with_its_fields():
     for frame_type, keys in SCAN.server_frames.items():
         assert frame_type in SERVER_FRAMES, f"server frame {frame_type!r} is not documented"
@@ -232,12 +240,17 @@ def test_every_reply_frame_the_gateway_forwards_is_documented_with_its_fields():
 
 
 def test_the_document_lists_no_server_frame_that_does_not_exist():
-    sent = set(SCAN.server_frames) | set(forwarded_reply_frames())
+    sent = set(SCAN.server_frames) | set(forwarded_reply_frames()) | protocol.SERVER_FRAME_TYPES
     unknown = set(SERVER_FRAMES) - {"Reply frames"} - sent
     assert not unknown, f"documented server frames the gateway never sends: {sorted(unknown)}"
 
 
 def test_every_client_frame_is_documented_with_its_fields():
+    inventory = {
+        typing.get_args(cls.model_fields["type"].annotation)[0]: set(cls.model_fields) - {"type"}
+        for cls in protocol.CLIENT_FRAMES
+    }
+    assert inventory == SCAN.client_frames, "the inventory and the client frame models disagree"
     for frame_type, fields in SCAN.client_frames.items():
         assert frame_type in CLIENT_FRAMES, f"client frame {frame_type!r} is not documented"
         missing = fields - table_names(CLIENT_FRAMES[frame_type])
@@ -248,12 +261,13 @@ def test_every_client_frame_is_documented_with_its_fields():
 
 def test_every_error_code_is_documented():
     documented = table_names(PARTS["Error codes"])
-    assert SCAN.error_codes - documented == set(), "error codes missing from the document"
-    assert documented - SCAN.error_codes == set(), "documented error codes the gateway never sends"
+    codes = SCAN.error_codes | protocol.ERROR_CODES
+    assert codes - documented == set(), "error codes missing from the document"
+    assert documented - codes == set(), "documented error codes the gateway never sends"
 
 
 def test_every_close_code_is_documented():
-    missing = SCAN.close_codes - table_numbers(PARTS["Close codes"])
+    missing = (SCAN.close_codes | protocol.CLOSE_CODES) - table_numbers(PARTS["Close codes"])
     assert missing == set(), f"close codes missing from the document: {sorted(missing)}"
 
 
