@@ -1,4 +1,5 @@
-"""Docs that match the code: `.env.example` documents every setting of every process."""
+"""Docs that match the code: `.env.example` documents every setting of every process, and the
+README's links into the repository lead somewhere."""
 
 from __future__ import annotations
 
@@ -41,3 +42,16 @@ def test_env_example_shows_every_default_as_the_settings_define_it():
     assert (ROOT / ".env.example").read_text() == generated, (
         ".env.example is stale: python scripts/env_example.py > .env.example"
     )
+
+
+def test_links_from_the_readme_and_docs_name_files_that_exist():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    links = 0
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            links += 1
+            path = (page.parent / target.split("#")[0]).resolve()
+            assert path.exists(), f"{page.relative_to(ROOT)} links to missing {target}"
+    assert links >= 3, "the README no longer links its docs"
