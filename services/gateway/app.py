@@ -59,6 +59,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = create_service_app(
         title="ConvoAI gateway",
+        description="Conversations, messages and assistants over REST; live chat over the "
+        "WebSocket `/ws`, whose frames, error and close codes and reconnect rules are described "
+        "in `docs/websocket-protocol.md` of the ConvoAI repository.",
         runtime=runtime,
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
