@@ -10,7 +10,7 @@ _ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
 class IdKind(IntEnum):
-    """Length of the id of each entity (DESIGN §5)."""
+    """Length of the id of each entity (docs/websocket-protocol.md: ids)."""
 
     USER = 16
     CONVERSATION = 12

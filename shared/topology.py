@@ -1,4 +1,4 @@
-"""The broker topology (DESIGN §2), declared once; every name starts with the namespace."""
+"""The broker topology (ARCHITECTURE.md), declared once; every name starts with the namespace."""
 
 from __future__ import annotations
 

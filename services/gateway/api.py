@@ -1,4 +1,4 @@
-"""REST routes of the gateway: conversations, messages, assistants (DESIGN §5)."""
+"""REST routes of the gateway: conversations, messages, assistants (README, quick start)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Live reply frames from `<ns>.stream` to the sockets of this gateway instance (DESIGN §2).
+"""Live reply frames from `<ns>.stream` to the sockets of this gateway instance (ARCHITECTURE.md).
 
 One exclusive, auto-delete queue per instance, bound to `conv.<id>` while at least one local
 watcher (a socket, or a `?wait=true` request) looks at that conversation; the binding is

@@ -1,4 +1,4 @@
-"""The chat WebSocket `/ws` (DESIGN §5): one `ChatSocket` per connection — its lifecycle, the
+"""The chat WebSocket `/ws` (docs/websocket-protocol.md): one `ChatSocket` per connection — its lifecycle, the
 read loop, the dispatch of client frames, and its conversation subscriptions.
 
 Its parts live beside it: the frame protocol (`protocol.py`), socket I/O and backpressure
@@ -183,7 +183,7 @@ class ChatSocket:
     async def subscribe(self, conversation_id: str) -> None:
         """Check ownership, bind, read the stored messages (one unit of work), complete a
         streaming reply from its worker, send the snapshot, then forward only what comes after
-        it (the seam of DESIGN §4.5)."""
+        it (the resubscribe seam: ARCHITECTURE.md, "The path of a chat message")."""
         chat = self.gateway.chat
         async with self._subscription_lock:
             watch = None
