@@ -1,4 +1,5 @@
-"""The event catalogue (published as AsyncAPI): one pydantic model per domain event, routing key = `type`.
+"""The event catalogue (published as AsyncAPI): one pydantic model per domain event, routing key
+= `type`.
 
 Events are versioned by adding optional fields; consumers ignore fields they do not know, so an
 older consumer keeps working when a producer adds one. A breaking change bumps `version`.

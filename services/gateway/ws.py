@@ -1,5 +1,5 @@
-"""The chat WebSocket `/ws` (docs/websocket-protocol.md): one `ChatSocket` per connection — its lifecycle, the
-read loop, the dispatch of client frames, and its conversation subscriptions.
+"""The chat WebSocket `/ws` (docs/websocket-protocol.md): one `ChatSocket` per connection — its
+lifecycle, the read loop, the dispatch of client frames, and its conversation subscriptions.
 
 Its parts live beside it: the frame protocol (`protocol.py`), socket I/O and backpressure
 (`socket_io.py`), authentication and token expiry (`socket_auth.py`), what each frame does
