@@ -14,6 +14,7 @@ from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.input_guards import install_input_guards
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 
@@ -58,6 +59,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     app.state.prices = prices
     app.state.token_verifier = TokenVerifier.from_settings(settings)
     answer_503_while_database_unavailable(app)
+    install_input_guards(app, settings.max_request_bytes)
     app.include_router(
         health_router(
             SERVICE,

@@ -20,6 +20,7 @@ from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.input_guards import install_input_guards
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -100,6 +101,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
     app.add_exception_handler(AccountError, account_error_handler)
     app.include_router(router)
     answer_503_while_database_unavailable(app)
+    install_input_guards(app, settings.max_request_bytes)
     app.include_router(
         health_router(
             SERVICE,

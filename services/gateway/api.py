@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.context import Gateway, gateway_dependency
 from services.gateway.fanout import StreamUnavailable
@@ -39,7 +38,6 @@ from shared.stream import (
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
-MAX_REQUEST_BYTES = 1024 * 1024
 REPLY_POLL_INTERVAL_S = 0.5
 """`?wait=true` re-reads the database this often in case the live frame was missed."""
 
@@ -55,29 +53,6 @@ _STATUS_OF_ERROR: dict[type[ChatError], int] = {
     InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
     RateLimited: status.HTTP_429_TOO_MANY_REQUESTS,
 }
-
-
-class RequestBodyLimit:
-    """Answers 413 to a request that declares a body larger than `max_bytes`, before reading it.
-
-    Every JSON body this API accepts is small; a huge one is refused without parsing it.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self._app = app
-        self._max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
-                    response = JSONResponse(
-                        {"detail": f"Request body larger than {self._max_bytes} bytes"},
-                        status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self._app(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:

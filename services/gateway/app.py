@@ -14,6 +14,7 @@ from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.input_guards import install_input_guards
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -73,7 +74,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
         )
     )
-    app.add_middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)
+    install_input_guards(app, settings.max_request_bytes)
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)

@@ -46,6 +46,8 @@ async def test_register_creates_a_user_account(client, path):
         ({"password": "a1" * 65}, "128"),
         ({"password": "onlyletters"}, "letter and one digit"),
         ({"password": "1234567890"}, "letter and one digit"),
+        ({"password": "password1"}, "too easy to guess: This is a very common password"),
+        ({"password": "Password123"}, "too easy to guess"),
     ],
 )
 async def test_register_rejects_invalid_input_with_422(client, overrides, message):
@@ -204,7 +206,7 @@ async def test_admin_lists_users_with_search_filters_and_total(client, accounts)
             json={
                 "username": username,
                 "email": f"{username}@example.com",
-                "password": "pa55word!",
+                "password": "pa55-Word-9!",
             },
             headers={"X-Forwarded-For": new_ip()},
         )

@@ -39,7 +39,7 @@ async def test_registration_publishes_user_registered_once(client, events, marke
     username = unique_name()
     response = await client.post(
         "/users/",
-        json={"username": username, "email": f"{username}@example.com", "password": "pa55word!"},
+        json={"username": username, "email": f"{username}@example.com", "password": "pa55-Word-9!"},
     )
     assert response.status_code == 201
     user_id = response.json()["id"]
@@ -57,7 +57,7 @@ async def test_registration_publishes_user_registered_once(client, events, marke
 async def test_rolled_back_registration_publishes_nothing(client, events, marker):
     """The duplicate's event is staged before the insert fails; the rollback takes it away."""
     username = unique_name()
-    body = {"username": username, "email": f"{username}@example.com", "password": "pa55word!"}
+    body = {"username": username, "email": f"{username}@example.com", "password": "pa55-Word-9!"}
     assert (await client.post("/auth/register", json=body)).status_code == 201
     await marker()  # the first registration's own event has arrived before counting starts
     start = len(events.received)

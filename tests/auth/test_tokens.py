@@ -217,7 +217,7 @@ async def test_registration_is_rate_limited_per_address(client, accounts):
             json={
                 "username": username,
                 "email": f"{username}@example.com",
-                "password": "pa55word!",
+                "password": "pa55-Word-9!",
             },
             headers={"X-Forwarded-For": ip},
         )
@@ -228,7 +228,7 @@ async def test_registration_is_rate_limited_per_address(client, accounts):
     other = unique_name()
     elsewhere = await client.post(
         "/auth/register",
-        json={"username": other, "email": f"{other}@example.com", "password": "pa55word!"},
+        json={"username": other, "email": f"{other}@example.com", "password": "pa55-Word-9!"},
         headers={"X-Forwarded-For": new_ip()},
     )
     assert elsewhere.status_code == 201
