@@ -13,7 +13,7 @@ PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
 
 MIN_STRENGTH_SCORE = 2
-"""zxcvbn's 0–4 scale; below 2 a password falls to an online guessing attack (under 10^6
+"""zxcvbn's 0-4 scale; below 2 a password falls to an online guessing attack (under 10^6
 guesses), which is what common passwords such as `password1` do."""
 ZXCVBN_MAX_LENGTH = 72
 """zxcvbn refuses longer input; a prefix this long decides the score of any real password."""

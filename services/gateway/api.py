@@ -28,6 +28,7 @@ from services.gateway.schemas import (
     Page,
 )
 from services.gateway.service import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from shared.input_guards import unprocessable
 from shared.security import CurrentPrincipal
 from shared.stream import (
     ReplyCancelledFrame,
@@ -58,6 +59,8 @@ _STATUS_OF_ERROR: dict[type[ChatError], int] = {
 def install_error_handlers(app: FastAPI) -> None:
     async def chat_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ChatError)
+        if isinstance(exc, InvalidInput):
+            return unprocessable(exc.message)
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(int(exc.retry_after_s))

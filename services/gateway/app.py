@@ -37,6 +37,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
             anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
+            allowed_models=frozenset(settings.allowed_models),
         ),
         fanout=fanout,
         verifier=verifier,

@@ -37,12 +37,12 @@ from shared.events import (
     ConversationRenamed,
     MessageSent,
 )
-from shared.ids import IdKind, is_valid_id, new_id
+from shared.ids import ANONYMOUS_OWNER_PREFIX, IdKind, is_valid_id, new_id
 from shared.outbox import Outbox, StagedEvent
 
 PRODUCER = "gateway"
 DEFAULT_TITLE = "New conversation"
-ANONYMOUS_PREFIX = "~"
+ANONYMOUS_PREFIX = ANONYMOUS_OWNER_PREFIX
 """Owner ids of anonymous sockets start with it; real user ids never contain it."""
 
 
@@ -74,6 +74,13 @@ class Conflict(ChatError):
 
 class InvalidInput(ChatError):
     code = "invalid_input"
+
+
+class ModelNotAllowed(ChatError):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str, allowed: frozenset[str]) -> None:
+        super().__init__(f"model {model[:64]!r} is not allowed; use one of {sorted(allowed)}")
 
 
 class RateLimited(ChatError):
@@ -137,6 +144,7 @@ class ChatService:
         max_message_length: int,
         rate_limiter: MessageRateLimiter,
         anonymous_rate_limiter: MessageRateLimiter | None = None,
+        allowed_models: frozenset[str] = frozenset(),
     ) -> None:
         self._engine = engine
         self._sessions = sessions
@@ -144,10 +152,17 @@ class ChatService:
         self._max_message_length = max_message_length
         self._rate_limiter = rate_limiter
         self._anonymous_rate_limiter = anonymous_rate_limiter or rate_limiter
+        self._allowed_models = allowed_models
+
+    def _check_model(self, model: str | None) -> None:
+        """Only models the operator allows: a client must not pick the most expensive one."""
+        if model is not None and model not in self._allowed_models:
+            raise ModelNotAllowed(model, self._allowed_models)
 
     # --- assistants ----------------------------------------------------------------------
 
     async def create_assistant(self, owner_id: str, data: AssistantCreate) -> Assistant:
+        self._check_model(data.model)
         async with transaction(self._sessions) as session:
             assistant = Assistant(
                 id=new_id(IdKind.ASSISTANT),
@@ -175,6 +190,7 @@ class ChatService:
     async def update_assistant(
         self, owner_id: str, assistant_id: str, data: AssistantUpdate
     ) -> Assistant:
+        self._check_model(data.model)
         async with transaction(self._sessions) as session:
             assistant = await self._owned_assistant(session, owner_id, assistant_id)
             for field, value in data.model_dump(exclude_unset=True).items():
@@ -203,6 +219,7 @@ class ChatService:
     # --- conversations -------------------------------------------------------------------
 
     async def create_conversation(self, owner_id: str, data: ConversationCreate) -> Conversation:
+        self._check_model(data.model)
         async with self._outbox.unit_of_work() as session:
             system_prompt, model, temperature = data.system_prompt, data.model, None
             if data.assistant_id is not None:

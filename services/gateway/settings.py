@@ -48,6 +48,11 @@ class GatewaySettings(ServiceSettings):
     wait_reply_timeout_s: float = Field(
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
     )
+    allowed_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini"],
+        description="Models a conversation or assistant may name (others: 400 / "
+        "`model_not_allowed`); without a model the chat worker's default is used.",
+    )
     allow_anonymous: bool = Field(
         default=False,
         description='Sockets may authenticate with {"type":"auth","anonymous":true}: one '
