@@ -74,6 +74,21 @@ class ReplyCancelledFrame(_Frame):
     """The partial reply as stored."""
 
 
+class ReplyRetryingFrame(_Frame):
+    """The model call failed and is tried again after `retry_in_s`; the reply is not lost.
+
+    Not a step of the reply: `seq` is that of the last frame before it, and a client keeps what
+    it has (a retry that must start over sends `reply.started` with the next attempt).
+    """
+
+    type: Literal["reply.retrying"] = "reply.retrying"
+    retry: int
+    """1 for the first retry of this reply."""
+    max_retries: int
+    error: ReplyError
+    retry_in_s: float
+
+
 class ReplySnapshotFrame(_Frame):
     """The worker's in-memory state of a streaming reply, in answer to `resync`."""
 
@@ -88,6 +103,7 @@ StreamFrame = Annotated[
     | ReplyCompletedFrame
     | ReplyFailedFrame
     | ReplyCancelledFrame
+    | ReplyRetryingFrame
     | ReplySnapshotFrame,
     Field(discriminator="type"),
 ]

@@ -43,6 +43,7 @@ from shared.stream import (
     ControlCommand,
     ReplyCancelledFrame,
     ReplyCompletedFrame,
+    ReplyError,
     ReplyFailedFrame,
     ResyncCommand,
     Usage,
@@ -305,16 +306,34 @@ class ChatReplies:
                 if not failure.retryable or retries >= self.settings.llm_max_retries:
                     log.warning(
                         "reply failed",
-                        extra={"reply": reply.message_id, "code": failure.code, "error": repr(exc)},
+                        extra={
+                            "reply": reply.message_id,
+                            "code": failure.code,
+                            "url": self.settings.llm_base_url,
+                            "error": repr(exc),
+                        },
                     )
                     raise ModelFailed(failure) from exc
                 retries += 1
                 self.metrics.model_retries += 1
-                log.info(
+                delay_s = backoff_s(retries - 1, self.settings)
+                log.warning(
                     "model call failed, retrying",
-                    extra={"reply": reply.message_id, "code": failure.code, "retry": retries},
+                    extra={
+                        "reply": reply.message_id,
+                        "code": failure.code,
+                        "retry": retries,
+                        "retry_in_s": round(delay_s, 2),
+                        "url": self.settings.llm_base_url,
+                        "error": repr(exc),
+                    },
                 )
-            await asyncio.sleep(backoff_s(retries - 1, self.settings))
+                # The client hears at once that its reply is being retried, and why.
+                error = ReplyError(code=failure.code, message=failure.message)
+                self.frames.publish(
+                    reply.retrying_frame(retries, self.settings.llm_max_retries, error, delay_s)
+                )
+            await asyncio.sleep(delay_s)
             if reply.seq > 0 or reply.has_pending:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
                 await self._with_db_retry(lambda: self._restart(reply))

@@ -41,6 +41,7 @@ from shared.stream import (
     ReplyCompletedFrame,
     ReplyDeltaFrame,
     ReplyFailedFrame,
+    ReplyRetryingFrame,
     ReplySnapshotFrame,
     ReplyStartedFrame,
     ResyncCommand,
@@ -301,6 +302,10 @@ class ConversationWatch:
                 if frame.attempt == state.attempt and frame.seq <= state.seq:
                     return
             self._remember(frame.message_id, _ReplyState(frame.attempt, frame.seq))
+        elif isinstance(frame, ReplyRetryingFrame):
+            # A notice, not a step of the reply: forwarded unless the reply moved past it.
+            if state is not None and (state.done or frame.attempt < state.attempt):
+                return
         elif isinstance(frame, ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame):
             if state is not None and (state.done or frame.attempt < state.attempt):
                 return
