@@ -41,6 +41,8 @@ from shared.topology import Topology
 
 log = logging.getLogger(__name__)
 
+MAX_ACCESS_TOKEN_AGE_S = 24 * 3600 + 300
+"""The longest an access token lives (auth allows a TTL up to 24 h), plus clock leeway."""
 PROBE_TYPE = "revocations.probe"
 STREAM_MAX_AGE = "26h"
 """Longer than the longest access token (24 h) plus the history a starting process reads."""

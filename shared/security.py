@@ -113,8 +113,17 @@ class TokenVerifier:
             raise InvalidToken("wrong token type")
         return claims
 
-    async def wait_revocations_current(self, timeout_s: float) -> bool:
-        return self._revocations is None or await self._revocations.wait_current(timeout_s)
+    async def verify_access_when_current(self, token: str) -> Principal:
+        """`verify_access`, waiting briefly while the revocation state catches up (just after a
+        broker reconnect, for milliseconds) instead of refusing at once."""
+        try:
+            return self.verify_access(token)
+        except RevocationStateBehind:
+            if self._revocations is None or not await self._revocations.wait_current(
+                REVOCATIONS_WAIT_S
+            ):
+                raise
+        return self.verify_access(token)
 
     def verify_access(self, token: str) -> Principal:
         claims = self.decode(token, TokenType.ACCESS)
@@ -157,13 +166,7 @@ async def get_principal(
     if credentials is None:
         raise _unauthorized("Not authenticated")
     try:
-        try:
-            principal = verifier.verify_access(credentials.credentials)
-        except RevocationStateBehind:
-            # Just reconnected to the broker: catching up takes milliseconds, so wait for it.
-            if not await verifier.wait_revocations_current(REVOCATIONS_WAIT_S):
-                raise
-            principal = verifier.verify_access(credentials.credentials)
+        principal = await verifier.verify_access_when_current(credentials.credentials)
     except RevokedToken:
         raise _unauthorized("Access revoked; log in again") from None
     except InvalidToken:

@@ -15,6 +15,7 @@ from services.analytics_consumer.settings import AnalyticsSettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.input_guards import install_input_guards
+from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 
@@ -26,6 +27,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     runtime = ServiceRuntime.build(SERVICE, settings)
     prices = PriceTable(settings.price_table())
     topology = runtime.topology
+    # A deactivated or demoted admin's token stops reading and writing analytics at once.
+    revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
+    revocation_feed = RevocationFeed(
+        settings.amqp_url, topology, revocations, history_s=MAX_ACCESS_TOKEN_AGE_S
+    )
     consumer = EventConsumer(
         ConsumerConfig(
             amqp_url=settings.amqp_url,
@@ -49,7 +55,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         runtime.run_in_background(consumer.consume_forever(), "analytics-consumer")
         runtime.run_in_background(consumer.monitor_forever(), "analytics-queue-monitor")
         await consumer.wait_connected(settings.broker_connect_timeout_s)
+        await revocation_feed.start()
         yield
+        await revocation_feed.stop()
         await runtime.stop()
 
     app = FastAPI(title="ConvoAI analytics", lifespan=lifespan)
@@ -57,7 +65,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.consumer = consumer
     app.state.prices = prices
-    app.state.token_verifier = TokenVerifier.from_settings(settings)
+    app.state.token_verifier = TokenVerifier.from_settings(settings, revocations)
     answer_503_while_database_unavailable(app)
     install_input_guards(app, settings.max_request_bytes)
     app.include_router(

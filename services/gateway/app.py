@@ -8,14 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.gateway import api, models, ws
+from services.gateway.account_erasure import AccountEraser
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.input_guards import install_input_guards
 from shared.outbox import Outbox
+from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 
@@ -26,7 +29,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
-    verifier = TokenVerifier.from_settings(settings)
+    revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
+    revocation_feed = RevocationFeed(
+        settings.amqp_url, runtime.topology, revocations, history_s=MAX_ACCESS_TOKEN_AGE_S
+    )
+    verifier = TokenVerifier.from_settings(settings, revocations)
+    sockets = OpenSockets(settings.max_sockets_per_user, settings.max_anonymous_sockets_per_address)
+    eraser = AccountEraser(outbox)
+    revocation_feed.add_listener(
+        lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
+    )
+    revocation_feed.add_listener(eraser.on_revoked)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     gateway = Gateway(
         settings=settings,
@@ -41,14 +54,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ),
         fanout=fanout,
         verifier=verifier,
+        sockets=sockets,
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         await fanout.start()
+        await revocation_feed.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         yield
+        await revocation_feed.stop()
+        await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()
         await runtime.stop()
@@ -72,6 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 "broker": runtime.check_broker,
                 "database": runtime.check_database,
                 "stream": check_stream,
+                "revocations": revocation_feed.check,
             },
         )
     )

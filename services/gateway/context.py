@@ -8,6 +8,7 @@ from fastapi import Request
 from starlette.requests import HTTPConnection
 
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from shared.security import TokenVerifier
@@ -19,6 +20,7 @@ class Gateway:
     chat: ChatService
     fanout: StreamFanout
     verifier: TokenVerifier
+    sockets: OpenSockets
 
 
 def get_gateway(connection: HTTPConnection) -> Gateway:

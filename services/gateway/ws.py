@@ -34,7 +34,14 @@ from services.gateway.schemas import (
 )
 from services.gateway.service import ChatError, RateLimited, new_anonymous_owner_id
 from shared.db import is_database_unavailable
-from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal, TokenType
+from shared.security import (
+    MAX_TOKEN_LENGTH,
+    InvalidToken,
+    Principal,
+    RevocationStateBehind,
+    RevokedToken,
+    TokenType,
+)
 from shared.stream import (
     CancelCommand,
     ReplyCancelledFrame,
@@ -54,6 +61,11 @@ router = APIRouter()
 
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_ACCESS_REVOKED = 4001
+"""The user's access was revoked (deactivated, deleted, role changed, logged out everywhere,
+password changed): log in again."""
+CLOSE_TOO_MANY_SOCKETS = 4029
+"""The user (or anonymous client address) already has the most sockets allowed open."""
 MAX_SUBSCRIPTIONS_PER_SOCKET = 100
 SNAPSHOT_MESSAGES = 200
 """Newest stored messages a snapshot carries; older history is paged over REST."""
@@ -346,6 +358,13 @@ class ChatSocket:
         self._expiry: asyncio.TimerHandle | None = None
         self._ephemeral: list[str] = []
         """Conversations of an anonymous socket, deleted when it closes."""
+        self._admitted = False
+
+    def revoke_access(self, revoked_before: float) -> None:
+        """Close at once when this socket's token was issued before the user's access ended."""
+        if self._principal is not None and self._principal.issued_at < revoked_before:
+            self.error("access_revoked", "access was revoked; log in again")
+            self.close(CLOSE_ACCESS_REVOKED, "access revoked")
 
     # --- outgoing --------------------------------------------------------------------------
 
@@ -398,6 +417,8 @@ class ChatSocket:
             if await self._authenticate():
                 await self._read_loop()
         finally:
+            if self._admitted:
+                self._gw.sockets.release(self)
             for task in tuple(self._tasks):
                 task.cancel()
             if self._expiry is not None:
@@ -493,12 +514,28 @@ class ChatSocket:
         else:
             assert token is not None
             try:
-                self._principal = self._gw.verifier.verify_access(token)
+                self._principal = await self._gw.verifier.verify_access_when_current(token)
+            except RevokedToken:
+                self.error("access_revoked", "access was revoked; log in again")
+                self.close(CLOSE_ACCESS_REVOKED, "access revoked")
+                return False
             except InvalidToken:
                 self.error("unauthorized", "invalid or expired token")
                 self.close(CLOSE_POLICY_VIOLATION, "invalid token")
                 return False
+            except RevocationStateBehind:
+                self.error("unavailable", "catching up on revoked sessions; reconnect shortly")
+                self.close(CLOSE_TRY_AGAIN_LATER, "revocations catching up")
+                return False
             self._expire_with(token)
+        anonymous_address = None
+        if self._anonymous:
+            anonymous_address = self._ws.client.host if self._ws.client else "unknown"
+        if not self._gw.sockets.admit(self, self._principal.user_id, anonymous_address):
+            self.error("too_many_sockets", "too many open sockets; close another one first")
+            self.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets")
+            return False
+        self._admitted = True
         self.send(
             {
                 "type": "ready",
@@ -531,15 +568,19 @@ class ChatSocket:
         self.error("token_expired", "access token expired; reconnect with a fresh one")
         self.close(CLOSE_POLICY_VIOLATION, "token expired")
 
-    def _reauthenticate(self, frame: AuthFrame) -> None:
+    async def _reauthenticate(self, frame: AuthFrame) -> None:
         """A fresh token for the same user extends the socket's life (no reconnect needed)."""
         assert self._principal is not None
         if self._anonymous or frame.token is None:
             self.error("already_authenticated", "this socket is already authenticated")
             return
         try:
-            principal = self._gw.verifier.verify_access(frame.token)
-        except InvalidToken:
+            principal = await self._gw.verifier.verify_access_when_current(frame.token)
+        except RevokedToken:
+            self.error("access_revoked", "access was revoked; log in again")
+            self.close(CLOSE_ACCESS_REVOKED, "access revoked")
+            return
+        except (InvalidToken, RevocationStateBehind):
             self.error("unauthorized", "invalid or expired token")
             return
         if principal.user_id != self._principal.user_id:
@@ -595,7 +636,7 @@ class ChatSocket:
         if isinstance(frame, PingFrame):
             self.send({"type": "pong", "ts": time.time()})
         elif isinstance(frame, AuthFrame):
-            self._reauthenticate(frame)
+            await self._reauthenticate(frame)
         elif isinstance(frame, SubscribeFrame):
             await chat.get_conversation(user_id, frame.conversation_id)
             async with self._subscription_lock:
