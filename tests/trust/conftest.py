@@ -1,6 +1,7 @@
-"""A stack of real processes for the trust-boundary tests (issue 11): auth, two gateways,
-analytics, a chat worker and mock_llm, on a database and broker namespace of their own (the
-revocation tests deactivate and delete accounts; analytics counts what happens here)."""
+"""A stack of real processes for the trust-boundary tests (issue 11): auth, two gateways and
+analytics, on a database and broker namespace of their own (the revocation tests deactivate and
+delete accounts; analytics counts what happens here). No chat worker: nothing here needs a
+model's reply. The processes start side by side, then each is waited for."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from tests.gateway.conftest import ALLOWED_ORIGIN
 from tests.infra import TestInfrastructure, create_database, drop_database, new_run_id
 from tests.processes import ServiceProcess
 
+STARTUP_TIMEOUT_S = 90.0
+"""Four processes starting at once on a busy two-core machine."""
+
 ADMIN_USERNAME = "trustadmin"
 ADMIN_PASSWORD = f"Tr-{secrets.token_hex(8)}-9"
 GATEWAY_ENV = {
@@ -39,8 +43,6 @@ class Stack:
     gateway: ServiceProcess
     gateway_b: ServiceProcess
     analytics: ServiceProcess
-    worker: ServiceProcess
-    mock_llm: ServiceProcess
 
     @property
     def http_services(self) -> list[ServiceProcess]:
@@ -65,13 +67,11 @@ async def stack(_server_urls: tuple[str, str], infra: TestInfrastructure) -> Asy
             service, own.env(**env), instance_id=instance_id or f"tr-{service}"
         )
         processes.append(process)
-        return process.start()
+        return process.start(wait=False)
 
     try:
-        mock_llm = start("mock_llm")
-        yield Stack(
+        stack = Stack(
             infra=own,
-            mock_llm=mock_llm,
             auth=start(
                 "auth",
                 CONVOAI_ADMIN_USERNAME=ADMIN_USERNAME,
@@ -81,8 +81,10 @@ async def stack(_server_urls: tuple[str, str], infra: TestInfrastructure) -> Asy
             analytics=start("analytics_consumer"),
             gateway=start("gateway", "tr-gw-a", **GATEWAY_ENV),
             gateway_b=start("gateway", "tr-gw-b", **GATEWAY_ENV),
-            worker=start("chat_worker", CONVOAI_LLM_BASE_URL=f"{mock_llm.url}/v1"),
         )
+        for process in processes:
+            process.wait_healthy(STARTUP_TIMEOUT_S)
+        yield stack
     finally:
         for process in reversed(processes):
             process.stop()

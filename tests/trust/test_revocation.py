@@ -20,7 +20,15 @@ from shared.db import create_engine
 from tests.faults import TcpProxy
 from tests.gateway.conftest import ALLOWED_ORIGIN, Socket
 from tests.processes import ServiceProcess
-from tests.trust.conftest import GATEWAY_ENV, Member, Stack, admin, log_in, new_member
+from tests.trust.conftest import (
+    GATEWAY_ENV,
+    STARTUP_TIMEOUT_S,
+    Member,
+    Stack,
+    admin,
+    log_in,
+    new_member,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -182,7 +190,8 @@ async def test_a_gateway_cut_off_from_the_broker_catches_up_before_accepting_the
 ) -> None:
     proxy = TcpProxy.for_url(stack.infra.amqp_url).start()
     env = stack.infra.env(CONVOAI_AMQP_URL=proxy.proxied_url(stack.infra.amqp_url), **GATEWAY_ENV)
-    cut_off = ServiceProcess("gateway", env, instance_id="tr-gw-cut").start()
+    cut_off = ServiceProcess("gateway", env, instance_id="tr-gw-cut").start(wait=False)
+    cut_off.wait_healthy(STARTUP_TIMEOUT_S)
     try:
         member = await new_member(stack)
         assert not await refused_by(cut_off, "/conversations/", member)()
@@ -198,7 +207,8 @@ async def test_a_gateway_cut_off_from_the_broker_catches_up_before_accepting_the
 
         # A gateway started after the revocation knows it from the stream's history.
         fresh = ServiceProcess("gateway", stack.infra.env(**GATEWAY_ENV), instance_id="tr-gw-new")
-        fresh.start()
+        fresh.start(wait=False)
+        fresh.wait_healthy(STARTUP_TIMEOUT_S)
         try:
             assert await refused_by(fresh, "/conversations/", member)()
         finally:
