@@ -3,7 +3,8 @@ the worker holding a reply, on `<ns>.control`). Both use routing key `conv.<conv
 
 Frames are transient; what must survive is in the `chat.messages` table. A reply is numbered
 by `seq`: `reply.started` is seq 0, each `reply.delta` adds one, and the terminal frame
-(`reply.completed` / `reply.failed` / `reply.cancelled`) carries the last seq. When a worker dies
+(`reply.completed` / `reply.failed` / `reply.cancelled`) carries the next seq, one past the
+last delta's. When a worker dies
 mid-reply, another one regenerates it with `attempt + 1` and sends `reply.started` again: a
 client drops what it had of that reply and starts over from seq 0.
 

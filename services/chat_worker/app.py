@@ -11,13 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
 from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway import models
 from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime

@@ -13,7 +13,7 @@ import logging
 
 from sqlalchemy import delete
 
-from services.gateway.models import Assistant, Conversation
+from services.chat.models import Assistant, Conversation
 from shared.db import is_database_unavailable
 from shared.events import ConversationDeleted, Event, UserDeleted
 from shared.outbox import Outbox
