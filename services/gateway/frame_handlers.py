@@ -75,6 +75,8 @@ async def on_send_message(socket: ChatSocket, frame: SendMessageFrame) -> None:
 async def on_start_conversation(socket: ChatSocket, frame: StartConversationFrame) -> None:
     if socket.auth.anonymous and socket.ephemeral:
         raise ChatError("an anonymous socket has one conversation")
+    # Before creating it: a conversation the socket cannot watch must not be made at all.
+    socket.check_room_for_watch()
     async with socket.gateway.unit_of_work() as session:
         conversation = await socket.gateway.chat.create_conversation(
             session,

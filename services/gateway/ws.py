@@ -117,6 +117,11 @@ class ChatSocket:
                 )
 
     def _bad_frame(self, exc: BadFrame) -> None:
+        # One line per bad frame, never its content or a traceback.
+        log.info(
+            "bad websocket frame",
+            extra={"code": exc.code, "user_id": self.io.user_id, "count": self._errors + 1},
+        )
         self._errors += 1
         self.io.error(exc.code, exc.message)
         if self._errors >= self._settings.ws_max_errors:
@@ -176,9 +181,12 @@ class ChatSocket:
     def watches(self, conversation_id: str) -> bool:
         return conversation_id in self._watches
 
-    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+    def check_room_for_watch(self) -> None:
         if len(self._watches) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
             raise ChatError(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
+
+    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+        self.check_room_for_watch()
         return ConversationWatch(conversation_id, self.io.send, self._resync_after_recovery)
 
     async def watch_live(self, conversation_id: str) -> None:
@@ -241,8 +249,16 @@ class ChatSocket:
                 watch.start_buffering()
                 try:
                     await self._send_snapshot(watch)
-                except (ChatError, StreamUnavailable) as exc:
+                except Exception as exc:
+                    # Any failure (the database may still be down after a broker outage) must
+                    # end the buffering, or frames would pile up unforwarded for ever; the
+                    # client is told to subscribe again for a complete snapshot.
                     watch.go_live([], [])
+                    self.io.error(
+                        "unavailable",
+                        "could not resynchronise after an outage; subscribe again",
+                        conversation_id=watch.conversation_id,
+                    )
                     log.warning(
                         "resync after recovery failed",
                         extra={"conversation_id": watch.conversation_id, "error": repr(exc)},
