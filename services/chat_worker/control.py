@@ -61,14 +61,16 @@ def apply_command(
     active: Iterable[ActiveReply],
     frames: FrameChannel,
     early: EarlyCancels | None = None,
-) -> None:
+) -> bool:
+    """Act on `command`; True when this worker holds (or is claiming) a reply it concerns."""
     replies = [r for r in active if r.conversation_id == command.conversation_id]
     if isinstance(command, CancelCommand):
         matched = [r for r in replies if command.message_id in (None, r.message_id, r.reply_to)]
         for reply in matched:
             cancel_reply(reply, command.requested_by)
-        if not matched and early is not None:
-            early.keep(command)
+        return bool(matched) or (early is not None and early.keep(command))
     elif isinstance(command, ResyncCommand):
         for reply in replies:
             frames.publish(reply.snapshot_frame(command.request_id))
+        return bool(replies)
+    return False

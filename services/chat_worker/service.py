@@ -186,8 +186,8 @@ class ChatReplies:
 
     # --- what acts on the replies in flight ---------------------------------------------
 
-    async def on_command(self, command: ControlCommand) -> None:
-        apply_command(command, list(self.active.values()), self.frames, self.early_cancels)
+    async def on_command(self, command: ControlCommand) -> bool:
+        return apply_command(command, list(self.active.values()), self.frames, self.early_cancels)
 
     async def tick_forever(self) -> None:
         await self.clock.tick_forever()

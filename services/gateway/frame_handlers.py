@@ -117,14 +117,15 @@ async def on_end_conversation(socket: ChatSocket, frame: EndConversationFrame) -
 async def on_cancel(socket: ChatSocket, frame: CancelFrame) -> None:
     async with socket.gateway.unit_of_work() as session:
         await socket.gateway.chat.get_conversation(session, socket.user_id, frame.conversation_id)
-    routed = await socket.gateway.fanout.publish_control(
+    acted = await socket.gateway.fanout.request_control(
         CancelCommand(
             conversation_id=frame.conversation_id,
             message_id=frame.message_id,
             requested_by=socket.user_id,
-        )
+        ),
+        socket.gateway.settings.control_answer_timeout_s,
     )
-    if not routed:
+    if not acted:
         socket.io.error(
             "nothing_to_cancel",
             "no reply is being generated in this conversation",

@@ -45,6 +45,13 @@ class GatewaySettings(ServiceSettings):
         le=30,
         description="How long a subscribe waits for the streaming worker's reply.snapshot.",
     )
+    control_answer_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="How long a cancel waits for the worker holding the reply to answer before "
+        "the client is told `nothing_to_cancel`.",
+    )
     wait_reply_timeout_s: float = Field(
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
     )
