@@ -10,7 +10,6 @@ consumer, then `StreamFanout` tells every watcher, so they can resynchronise wha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from typing import Protocol
@@ -162,9 +161,8 @@ class StreamFanout:
             await self.publish_control(
                 command, reply_to=self._queue.name, correlation_id=correlation_id
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(answered, answer_timeout_s)
-            return answered.done()
+            done, _ = await asyncio.wait({answered}, timeout=answer_timeout_s)
+            return bool(done)
         finally:
             self._answers.pop(correlation_id, None)
 
