@@ -1,9 +1,15 @@
-"""Control commands from the gateways (`cancel`, `resync`) applied to this worker's replies."""
+"""Control commands from the gateways (`cancel`, `resync`) applied to this worker's replies.
+
+Every worker hears every command (its control queue is bound to `conv.*`), so each handler says
+whether this worker acted on it: the gateway that asked waits for such an answer (`reply_to`)
+to tell "a reply was there to cancel" from "nothing is being generated".
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.reply import ActiveReply
@@ -48,6 +54,7 @@ class EarlyCancels:
 
 
 def cancel_reply(reply: ActiveReply, requested_by: str) -> bool:
+    """Stop generating `reply`; the request's handler stores it as cancelled."""
     if reply.cancel_requested_by is not None or reply.task is None:
         return False
     reply.cancel_requested_by = requested_by
@@ -56,21 +63,48 @@ def cancel_reply(reply: ActiveReply, requested_by: str) -> bool:
     return True
 
 
+def cancel(
+    command: CancelCommand,
+    replies: Sequence[ActiveReply],
+    frames: FrameChannel,
+    early: EarlyCancels | None,
+) -> bool:
+    """Stop the named reply (or every reply of the conversation), or keep the command for a
+    reply this worker is still claiming."""
+    matched = [r for r in replies if command.message_id in (None, r.message_id, r.reply_to)]
+    for reply in matched:
+        cancel_reply(reply, command.requested_by)
+    return bool(matched) or (early is not None and early.keep(command))
+
+
+def resync(
+    command: ResyncCommand,
+    replies: Sequence[ActiveReply],
+    frames: FrameChannel,
+    early: EarlyCancels | None,
+) -> bool:
+    """Answer a subscribing gateway with each streaming reply's text so far."""
+    for reply in replies:
+        frames.publish(reply.snapshot_frame(command.request_id))
+    return bool(replies)
+
+
+COMMAND_HANDLERS: dict[
+    type, Callable[[Any, Sequence[ActiveReply], FrameChannel, EarlyCancels | None], bool]
+] = {
+    CancelCommand: cancel,
+    ResyncCommand: resync,
+}
+"""Command type → what it does to this worker's replies in its conversation; True when it
+acted."""
+
+
 def apply_command(
     command: ControlCommand,
-    active: Iterable[ActiveReply],
+    active: Sequence[ActiveReply],
     frames: FrameChannel,
     early: EarlyCancels | None = None,
 ) -> bool:
     """Act on `command`; True when this worker holds (or is claiming) a reply it concerns."""
     replies = [r for r in active if r.conversation_id == command.conversation_id]
-    if isinstance(command, CancelCommand):
-        matched = [r for r in replies if command.message_id in (None, r.message_id, r.reply_to)]
-        for reply in matched:
-            cancel_reply(reply, command.requested_by)
-        return bool(matched) or (early is not None and early.keep(command))
-    elif isinstance(command, ResyncCommand):
-        for reply in replies:
-            frames.publish(reply.snapshot_frame(command.request_id))
-        return bool(replies)
-    return False
+    return COMMAND_HANDLERS[type(command)](command, replies, frames, early)

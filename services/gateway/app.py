@@ -16,13 +16,11 @@ from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
-from shared.input_guards import install_input_guards
 from shared.outbox import Outbox
 from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "gateway"
 
@@ -76,28 +74,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not fanout.connected:
             raise ConnectionError("stream connection not open")
 
-    app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.outbox = outbox
-    app.state.token_verifier = verifier
-    app.state.gateway = gateway
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "database": runtime.check_database,
-                "stream": check_stream,
-                "revocations": revocation_feed.check,
-            },
-        )
+    app = create_service_app(
+        title="ConvoAI gateway",
+        description="Conversations, messages and assistants over REST; live chat over the "
+        "WebSocket `/ws`, whose frames, error and close codes and reconnect rules are described "
+        "in `docs/websocket-protocol.md` of the ConvoAI repository.",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
+        readiness={"stream": check_stream, "revocations": revocation_feed.check},
+        routers=[api.router, ws.router],
     )
-    install_input_guards(app, settings.max_request_bytes)
     api.install_error_handlers(app)
-    app.include_router(api.router)
-    app.include_router(ws.router)
-    install_http_metrics(app, runtime)
     return app

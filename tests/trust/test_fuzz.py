@@ -40,7 +40,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("service", "role"), CASES)
-async def test_no_input_costs_a_server_error(stack: Stack, service: str, role: str) -> None:
+async def test_no_input_costs_a_server_error(
+    stack: Stack, service: str, role: str, tmp_path: Path
+) -> None:
     member = await admin(stack) if role == "admin" else await new_member(stack, role)
     process = getattr(stack, service)
     command = [
@@ -64,7 +66,12 @@ async def test_no_input_costs_a_server_error(stack: Stack, service: str, role: s
     for path in EXCLUDED_PATHS:
         command += ["--exclude-path", path]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=FUZZ_SECONDS * 4 + 60, check=False
+        command,
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_SECONDS * 4 + 60,
+        check=False,
+        cwd=tmp_path,  # schemathesis keeps a cache in the working directory
     )
     summary = "\n".join(result.stdout.splitlines()[-25:])
     print(f"{service} as {role}:\n{summary}")
