@@ -62,7 +62,7 @@ class AccountEraser:
                 count = await erase_account_data(self._outbox, owner_id)
             except Exception as exc:
                 if delay_s is None or not is_database_unavailable(exc):
-                    log.error(
+                    log.warning(
                         "deleted account's data not erased",
                         extra={"user_id": owner_id, "error": repr(exc)},
                     )
