@@ -18,6 +18,14 @@ class IdKind(IntEnum):
     MESSAGE = 10
 
 
+ANONYMOUS_OWNER_PREFIX = "~"
+"""Starts the owner id of an anonymous socket's conversations (never a user id's character)."""
+
+
+def is_anonymous_owner(owner_id: str) -> bool:
+    return owner_id.startswith(ANONYMOUS_OWNER_PREFIX)
+
+
 def new_id(kind: IdKind) -> str:
     """A fresh id for `kind`: `kind` characters from a 64-symbol URL-safe alphabet."""
     return "".join(secrets.choice(_ALPHABET) for _ in range(kind))

@@ -92,6 +92,11 @@ class Topology:
             routing_key=source.name,
         )
 
+    @property
+    def revocations_stream(self) -> str:
+        """RabbitMQ stream of access-revoking events (shared/revocations.py declares it)."""
+        return self.name("revocations")
+
     def gateway_stream_queue(self, instance_id: str) -> RabbitQueue:
         """One exclusive, auto-delete queue per gateway instance; bound per watched conversation."""
         return RabbitQueue(
