@@ -14,6 +14,7 @@ from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.metrics import metrics_router
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 
@@ -71,5 +72,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     )
     app.include_router(api.public)
     app.include_router(api.readers)
+    app.include_router(metrics_router())
     install_http_metrics(app, runtime)
     return app

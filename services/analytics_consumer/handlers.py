@@ -37,14 +37,17 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.analytics_consumer import metrics
 from services.analytics_consumer.ingest import (
     EventIngestor,
     Incoming,
     UnknownEvent,
     write_system_metrics,
 )
+from shared import tracing
 from shared.db import is_database_unavailable, transaction
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
+from shared.metrics import BROKER_RECONNECTS
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,7 @@ class Delivery:
     tag: int
     body: bytes
     received_at: float
+    headers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class EventConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                BROKER_RECONNECTS.labels("analytics.events").inc()
                 log.warning(
                     "broker connection lost",
                     extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt},
@@ -194,7 +199,15 @@ class EventConsumer:
         tag = message.delivery_tag
         if tag is None:
             return
-        self._pending.append(Delivery(message.channel, tag, message.body, time.monotonic()))
+        self._pending.append(
+            Delivery(
+                message.channel,
+                tag,
+                message.body,
+                time.monotonic(),
+                message.header.properties.headers,
+            )
+        )
         self._arrived.set()
         if len(self._pending) >= self._config.batch_max_events:
             self._full.set()
@@ -241,12 +254,14 @@ class EventConsumer:
                     extra={"reason": str(exc), "bytes": len(delivery.body)},
                 )
                 await self._settle(delivery, accept=False)
+                metrics.DEAD_LETTERED.labels("malformed").inc()
                 self._count("malformed_events", "dead_lettered")
         if not good:
             return
         events = [event for _, event in good]
         try:
-            await self._commit_with_retry(events)
+            with tracing.linked_span("analytics.events ingest", (d.headers for d, _ in good)):
+                await self._commit_with_retry(events)
         except Exception as exc:
             log.warning(
                 "batch failed, isolating the bad event",
@@ -255,6 +270,9 @@ class EventConsumer:
             await self._write_one_by_one(good)
             return
         await self._ack_all([delivery for delivery, _ in good])
+        metrics.observe_committed(
+            [e.type for e in events], _lag_gauge(events)["consumer_lag_ms"] / 1000
+        )
         self._log_unknown(events)
 
     async def _commit_with_retry(self, events: Sequence[Incoming]) -> None:
@@ -302,10 +320,14 @@ class EventConsumer:
                     },
                 )
                 await self._settle(delivery, accept=False)
+                metrics.DEAD_LETTERED.labels("poison").inc()
                 self._count("poison_events", "dead_lettered")
                 await self._flush_counters()
             else:
                 await self._settle(delivery, accept=True)
+                metrics.observe_committed(
+                    [event.type], _lag_gauge([event])["consumer_lag_ms"] / 1000
+                )
                 self._log_unknown([event])
 
     def _forget_counters(self, written: dict[str, float]) -> None:
@@ -395,6 +417,7 @@ class EventConsumer:
             "queue_depth": float(backlog.message_count or 0),
             "dead_letter_queue_depth": float(dead.message_count or 0),
         }
+        metrics.observe_queue_depths(gauges["queue_depth"], gauges["dead_letter_queue_depth"])
         async with transaction(self._sessions) as session:
             await write_system_metrics(await session.connection(), {}, gauges)
 

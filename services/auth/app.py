@@ -20,6 +20,7 @@ from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.metrics import metrics_router, outbox_backlog
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -107,5 +108,6 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             {"broker": runtime.check_broker, "database": runtime.check_database},
         )
     )
+    app.include_router(metrics_router([outbox_backlog(outbox, "auth")]))
     install_http_metrics(app, runtime)
     return app

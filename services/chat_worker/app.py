@@ -14,10 +14,12 @@ from fastapi import FastAPI
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
+from services.chat_worker.metrics import register_worker_collector
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway import models
 from shared.health import health_router
+from shared.metrics import metrics_router, outbox_backlog
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 
@@ -83,8 +85,12 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         )
     )
 
-    @app.get("/metrics")
-    async def metrics() -> dict[str, Any]:
+    register_worker_collector(replies, frames)
+    app.include_router(metrics_router([outbox_backlog(outbox, "chat")]))
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """The counters as JSON, for tests and ad-hoc checks; Prometheus reads `/metrics`."""
         return {
             "instance": runtime.instance_id,
             **asdict(replies.metrics),

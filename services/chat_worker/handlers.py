@@ -21,6 +21,7 @@ from aio_pika.abc import (
 from pydantic import ValidationError
 
 from services.chat_worker.service import ChatReplies, Disposition
+from shared import tracing
 from shared.events import MessageSent, UnknownEventType, parse_event
 from shared.topology import Topology
 
@@ -85,7 +86,8 @@ class RequestConsumer:
         if task is not None:
             self._in_flight.add(task)
         try:
-            await self._handle(message)
+            with tracing.consumer_span("chat.requests process", message.headers):
+                await self._handle(message)
         finally:
             if task is not None:
                 self._in_flight.discard(task)

@@ -18,16 +18,19 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import openai
+from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.chat_worker import repository
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
+from services.chat_worker.metrics import observe_reply_outcome
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway.models import Message, MessageStatus
+from shared import tracing
 from shared.db import driver_connection, is_database_unavailable, skip_commit_flush
 from shared.events import (
     MessageSent,
@@ -286,19 +289,20 @@ class ChatReplies:
         while True:
             outcome = StreamOutcome()
             try:
-                async for delta in stream_reply(
-                    self.client,
-                    model=claim.request.model,
-                    messages=messages,
-                    temperature=claim.request.temperature,
-                    max_tokens=self.settings.max_reply_tokens,
-                    outcome=outcome,
-                ):
-                    frame = reply.add_delta(delta)
-                    if frame is not None:
-                        self.frames.publish(frame)
-                    elif reply.needs_first_frame():
-                        asyncio.get_running_loop().call_soon(self._flush, reply)
+                with tracing.span("chat.completions", SpanKind.CLIENT, model=claim.request.model):
+                    async for delta in stream_reply(
+                        self.client,
+                        model=claim.request.model,
+                        messages=messages,
+                        temperature=claim.request.temperature,
+                        max_tokens=self.settings.max_reply_tokens,
+                        outcome=outcome,
+                    ):
+                        frame = reply.add_delta(delta)
+                        if frame is not None:
+                            self.frames.publish(frame)
+                        elif reply.needs_first_frame():
+                            asyncio.get_running_loop().call_soon(self._flush, reply)
                 return outcome
             except Exception as exc:
                 failure = classify(exc)
@@ -443,6 +447,7 @@ class ChatReplies:
             raise Superseded
         if outcome is repository.FinishOutcome.STORED:
             await self.outbox.publish_committed([staged], wait=False)
+            observe_reply_outcome(event)
         # ALREADY_STORED: a retry after a commit whose answer was lost with the connection.
         # Its event row (another event id) is in the outbox; the relay publishes that one.
         self.frames.publish(frame)

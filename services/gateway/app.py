@@ -14,6 +14,7 @@ from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.metrics import metrics_router, outbox_backlog
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
@@ -77,5 +78,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)
+    app.include_router(metrics_router([outbox_backlog(outbox, "chat")]))
     install_http_metrics(app, runtime)
     return app

@@ -20,9 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, WebSocket
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from services.gateway import metrics
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.models import MAX_TITLE_LENGTH, Message, MessageRole, MessageStatus
@@ -33,6 +35,7 @@ from services.gateway.schemas import (
     MessageOut,
 )
 from services.gateway.service import ChatError, RateLimited, new_anonymous_owner_id
+from shared import tracing
 from shared.db import is_database_unavailable
 from shared.security import MAX_TOKEN_LENGTH, InvalidToken, Principal, TokenType
 from shared.stream import (
@@ -369,6 +372,7 @@ class ChatSocket:
             self._wakeup.set()
 
     def error(self, code: str, message: str, **extra: Any) -> None:
+        metrics.ERROR_FRAMES.labels(code).inc()
         self.send({"type": "error", "code": code, "message": message, **extra})
 
     async def _write_loop(self) -> None:
@@ -378,6 +382,7 @@ class ChatSocket:
                 self._wakeup.clear()
                 while self._outgoing:
                     await self._ws.send_text(self._outgoing.popleft())
+                    metrics.FRAMES_SENT.inc()
                 if self._closing is not None:
                     await self._ws.close(self._closing.code, self._closing.reason)
                     return
@@ -407,6 +412,7 @@ class ChatSocket:
                 await asyncio.wait_for(writer, 5)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+            metrics.SOCKET_CLOSES.labels(str(self._closing.code if self._closing else 1006)).inc()
 
     async def _forget_ephemeral(self) -> None:
         if self._principal is None:
@@ -556,8 +562,10 @@ class ChatSocket:
             try:
                 frame = parse_client_frame(raw, self._settings.max_frame_bytes)
             except BadFrame as exc:
+                metrics.FRAMES_RECEIVED.labels("invalid").inc()
                 self._bad_frame(exc)
                 continue
+            metrics.FRAMES_RECEIVED.labels(frame.type).inc()
             await self._dispatch(frame)
 
     async def _dispatch(self, frame: ClientFrame) -> None:
@@ -568,7 +576,8 @@ class ChatSocket:
         if conversation_id is not None:
             context["conversation_id"] = conversation_id
         try:
-            await self._handle(frame)
+            with tracing.span(f"ws {frame.type}", SpanKind.SERVER):
+                await self._handle(frame)
         except RateLimited as exc:
             self.error(exc.code, exc.message, retry_after=exc.retry_after_s, **context)
         except ChatError as exc:
@@ -796,6 +805,8 @@ async def chat_socket(websocket: WebSocket) -> None:
     if origin is not None and origin not in gateway.settings.allowed_origins:
         log.info("websocket refused: origin not allowed", extra={"origin": origin[:200]})
         await websocket.close(code=CLOSE_POLICY_VIOLATION)
+        metrics.SOCKET_CLOSES.labels(str(CLOSE_POLICY_VIOLATION)).inc()
         return
     await websocket.accept()
-    await ChatSocket(websocket, gateway).run()
+    with metrics.OPEN_SOCKETS.track_inprogress():
+        await ChatSocket(websocket, gateway).run()
