@@ -19,10 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import tracing
 from shared.events import HttpRequestCompleted, HttpRequestRecord
 from shared.metrics import observe_http_request
 from shared.runtime import ServiceRuntime
@@ -148,10 +146,7 @@ class HttpMetricsMiddleware:
             await send(message)
 
         try:
-            with tracing.span(f"HTTP {scope.get('method', 'GET')}", SpanKind.SERVER) as span:
-                await self.app(scope, receive, send_with_status)
-                if span is not None:
-                    span.update_name(f"{scope.get('method', 'GET')} {route_template(scope)}")
+            await self.app(scope, receive, send_with_status)
         finally:
             route = route_template(scope)
             if route not in self.excluded_routes:

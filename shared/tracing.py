@@ -75,6 +75,24 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> An
     return _tracer().start_as_current_span(name, kind=kind, attributes=attributes or None)
 
 
+def turn_span(name: str, kind: SpanKind = SpanKind.SERVER, **attributes: Any) -> Any:
+    """The root span of a new trace, linked to the current span (a no-op while off).
+
+    For a frame on a WebSocket: FastAPI's span for the connection lives as long as the socket,
+    and every turn under it would make one trace of a whole session; a turn is its own trace.
+    """
+    if not _enabled:
+        return nullcontext()
+    current = trace.get_current_span().get_span_context()
+    return _tracer().start_as_current_span(
+        name,
+        context=context.Context(),
+        kind=kind,
+        links=[Link(current)] if current.is_valid else None,
+        attributes=attributes or None,
+    )
+
+
 def current_traceparent() -> str | None:
     """The active span's context as a `traceparent` value, to store with an outbox row."""
     if not _enabled:

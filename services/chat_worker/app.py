@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
-from services.chat_worker.metrics import register_worker_collector
+from services.chat_worker.metrics import queue_depth_refresh, register_worker_collector
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
 from services.gateway import models
@@ -86,7 +86,9 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
     )
 
     register_worker_collector(replies, frames)
-    app.include_router(metrics_router([outbox_backlog(outbox, "chat")]))
+    app.include_router(
+        metrics_router([outbox_backlog(outbox, "chat"), queue_depth_refresh(requests)])
+    )
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:

@@ -11,14 +11,16 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shared.events import ReplyCancelled, ReplyCompleted, ReplyFailed
+from shared.metrics import Refresh
 
 if TYPE_CHECKING:  # the service imports this module to observe its replies
     from services.chat_worker.broadcast import FrameChannel
+    from services.chat_worker.handlers import RequestConsumer
     from services.chat_worker.service import ChatReplies
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -38,6 +40,11 @@ MODEL_ERRORS = Counter(
     "convoai_chat_model_errors",
     "Replies that failed, by error code (a closed set: see chat_worker.llm.classify)",
     ["code"],
+)
+
+QUEUE_DEPTH = Gauge(
+    "convoai_chat_requests_queue_depth",
+    "Requests waiting in chat.requests (every worker reports the same queue)",
 )
 
 TURN_OUTCOMES = ("completed", "failed", "cancelled", "superseded", "requeued")
@@ -114,6 +121,13 @@ class WorkerCollector(Collector):
             "Reply frames queued for publishing",
             value=self._frames.pending_frames,
         )
+
+
+def queue_depth_refresh(requests: RequestConsumer) -> Refresh:
+    async def refresh() -> None:
+        QUEUE_DEPTH.set(await requests.queue_depth())
+
+    return refresh
 
 
 def register_worker_collector(replies: ChatReplies, frames: FrameChannel) -> None:

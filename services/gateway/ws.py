@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, WebSocket
-from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
@@ -576,7 +575,7 @@ class ChatSocket:
         if conversation_id is not None:
             context["conversation_id"] = conversation_id
         try:
-            with tracing.span(f"ws {frame.type}", SpanKind.SERVER):
+            with tracing.turn_span(f"ws {frame.type}", **context):
                 await self._handle(frame)
         except RateLimited as exc:
             self.error(exc.code, exc.message, retry_after=exc.retry_after_s, **context)
