@@ -12,6 +12,7 @@ from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
+from shared.asyncapi import asyncapi_router
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.metrics import metrics_router, outbox_backlog
@@ -78,6 +79,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)
+    app.include_router(asyncapi_router(runtime.topology))
     app.include_router(metrics_router([outbox_backlog(outbox, "chat")]))
     install_http_metrics(app, runtime)
     return app
