@@ -80,6 +80,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
             {
                 "broker": runtime.check_broker,
                 "requests": requests.check_connected,
+                "frames": frames.check_connected,
                 "database": runtime.check_database,
             },
         )

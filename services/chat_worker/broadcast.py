@@ -172,6 +172,13 @@ class FrameChannel:
                 for _ in batch:
                     self._outgoing.task_done()
 
+    async def check_connected(self) -> None:
+        """For `/ready`: frames and commands travel on this connection."""
+        if self._connection is None or not self._connection.connected.is_set():
+            raise ConnectionError("frame connection not connected")
+        if self._publish_channel is None or self._publish_channel.is_closed:
+            raise ConnectionError("frame channel closed")
+
     @property
     def pending_frames(self) -> int:
         return self._outgoing.qsize()
