@@ -75,7 +75,7 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> An
     return _tracer().start_as_current_span(name, kind=kind, attributes=attributes or None)
 
 
-def turn_span(name: str, kind: SpanKind = SpanKind.SERVER, **attributes: Any) -> Any:
+def turn_span(name: str, attributes: Mapping[str, str] | None = None) -> Any:
     """The root span of a new trace, linked to the current span (a no-op while off).
 
     For a frame on a WebSocket: FastAPI's span for the connection lives as long as the socket,
@@ -87,7 +87,7 @@ def turn_span(name: str, kind: SpanKind = SpanKind.SERVER, **attributes: Any) ->
     return _tracer().start_as_current_span(
         name,
         context=context.Context(),
-        kind=kind,
+        kind=SpanKind.SERVER,
         links=[Link(current)] if current.is_valid else None,
         attributes=attributes or None,
     )

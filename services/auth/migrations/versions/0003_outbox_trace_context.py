@@ -4,8 +4,7 @@ Revision ID: auth_0003
 Revises: auth_0002
 """
 
-import sqlalchemy as sa
-from alembic import op
+from shared.outbox_migration import add_trace_context_column, drop_trace_context_column
 
 revision = "auth_0003"
 down_revision = "auth_0002"
@@ -14,10 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "outbox", sa.Column("trace_context", sa.String(128), nullable=True), schema="auth"
-    )
+    add_trace_context_column("auth")
 
 
 def downgrade() -> None:
-    op.drop_column("outbox", "trace_context", schema="auth")
+    drop_trace_context_column("auth")

@@ -4,8 +4,7 @@ Revision ID: chat_0003
 Revises: chat_0002
 """
 
-import sqlalchemy as sa
-from alembic import op
+from shared.outbox_migration import add_trace_context_column, drop_trace_context_column
 
 revision = "chat_0003"
 down_revision = "chat_0002"
@@ -14,10 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "outbox", sa.Column("trace_context", sa.String(128), nullable=True), schema="chat"
-    )
+    add_trace_context_column("chat")
 
 
 def downgrade() -> None:
-    op.drop_column("outbox", "trace_context", schema="chat")
+    drop_trace_context_column("chat")
