@@ -109,6 +109,13 @@ class OtlpReceiver:
         with self._lock:
             self.spans.extend(received)
 
+    def unique(self) -> list[ReceivedSpan]:
+        """Each span once (an exporter retrying a slow export sends a batch again)."""
+        seen: dict[tuple[str, str], ReceivedSpan] = {}
+        for span in self.snapshot():
+            seen.setdefault((span.trace_id, span.span_id), span)
+        return list(seen.values())
+
     def snapshot(self) -> list[ReceivedSpan]:
         with self._lock:
             return list(self.spans)

@@ -19,17 +19,19 @@ def ready(url: str) -> httpx.Response:
 def test_ready_names_the_unreachable_database_and_recovers(infra, start_service) -> None:
     proxy = TcpProxy.for_url(infra.database_url).start()
     try:
+        mock = start_service("mock_llm", instance_id="ready-mock")
         worker = start_service(
             "chat_worker",
             instance_id="ready-worker",
             CONVOAI_DATABASE_URL=proxy.proxied_url(infra.database_url),
+            CONVOAI_LLM_BASE_URL=f"{mock.url}/v1",
         )
         assert ready(worker.url).status_code == 200
         proxy.cut()
         answer = wait_until(lambda: (r := ready(worker.url)).status_code == 503 and r, timeout_s=20)
         body = answer.json()
         assert body["status"] == "unavailable"
-        assert body["checks"]["broker"] == "ok"
+        assert body["checks"]["broker"] == body["checks"]["model"] == "ok"
         assert body["checks"]["database"].startswith("unavailable: ")
         assert len(body["checks"]["database"]) > len("unavailable: ")
         proxy.restore()

@@ -24,7 +24,7 @@ async def wait_for_spans(
 ) -> dict[str, ReceivedSpan]:
     deadline = time.monotonic() + SPAN_TIMEOUT_S
     while True:
-        spans = {s.name: s for s in platform.otlp.snapshot() if s.trace_id == trace_id}
+        spans = {s.name: s for s in platform.otlp.unique() if s.trace_id == trace_id}
         if names <= spans.keys():
             return spans
         if time.monotonic() > deadline:
@@ -58,8 +58,10 @@ async def test_one_chat_turn_is_one_trace_across_every_process(observed: Observe
     while True:
         roots = [
             s
-            for s in observed.otlp.snapshot()
-            if s.name == "ws send_message" and s.service == "gateway"
+            for s in observed.otlp.unique()
+            if s.name == "ws send_message"
+            and s.service == "gateway"
+            and s.attributes.get("conversation_id") == started["conversation_id"]
         ]
         if roots or time.monotonic() > deadline:
             break
@@ -104,7 +106,7 @@ async def test_one_chat_turn_is_one_trace_across_every_process(observed: Observe
     while True:
         ingest_links = {
             span_id
-            for s in observed.otlp.snapshot()
+            for s in observed.otlp.unique()
             if s.service == "analytics_consumer" and s.name == "analytics.events ingest"
             for trace_id, span_id in s.links
             if trace_id == root.trace_id
