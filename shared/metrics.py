@@ -42,7 +42,7 @@ HTTP_REQUEST_DURATION = Histogram(
 
 BROKER_RECONNECTS = Counter(
     "convoai_broker_reconnects",
-    "Broker connections re-established after a loss, by connection",
+    "Broker connections lost (and then re-established by the process), by connection",
     ["connection"],
 )
 
