@@ -16,6 +16,7 @@ class IdKind(IntEnum):
     CONVERSATION = 12
     ASSISTANT = 12
     MESSAGE = 10
+    FILE = 14
 
 
 def new_id(kind: IdKind) -> str:

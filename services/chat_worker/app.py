@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
+from services.chat_worker.knowledge import KnowledgeContext
 from services.chat_worker.llm import create_client
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
@@ -39,6 +40,14 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         frames=frames,
         client=create_client(settings),
     )
+    replies.knowledge = KnowledgeContext(
+        engine=runtime.engine,
+        client=replies.client,
+        budget_tokens=settings.knowledge_budget_tokens,
+        max_chunks=settings.knowledge_max_chunks,
+        embedding_model=settings.embedding_model,
+        min_similarity=settings.knowledge_min_similarity,
+    )
     requests = RequestConsumer(
         settings.amqp_url,
         runtime.topology,
@@ -49,6 +58,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        assert replies.knowledge is not None
+        await replies.knowledge.detect_mode()
         # Frames and control first: a request may arrive as soon as the broker starts.
         await frames.start(replies.on_command)
         # Not a runtime background task: replies finishing during shutdown still need it.
@@ -79,6 +90,9 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
                 "broker": runtime.check_broker,
                 "requests": requests.check_connected,
                 "database": runtime.check_database,
+            },
+            details=lambda: {
+                "knowledge_retrieval": replies.knowledge.mode if replies.knowledge else "off"
             },
         )
     )

@@ -45,6 +45,8 @@ class Request:
     temperature: float | None
     system_prompt: str
     history: list[Turn]
+    assistant_id: str | None = None
+    """The assistant the conversation was started from, whose files the prompt may draw on."""
 
 
 # One statement: read the message with its conversation and assistant (defaults `$3`, `$5`),
@@ -53,7 +55,7 @@ class Request:
 # create the (streaming) reply `$2` unless the message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
-    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
+    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
            coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
@@ -126,6 +128,7 @@ async def claim_request(
         temperature=row["temperature"],
         system_prompt=row["system_prompt"],
         history=history,
+        assistant_id=row["assistant_id"],
     )
     return request, bool(row["inserted"])
 

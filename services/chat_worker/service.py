@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.chat_worker import repository
 from services.chat_worker.broadcast import FrameChannel
+from services.chat_worker.knowledge import NO_KNOWLEDGE, KnowledgeContext
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
@@ -102,6 +103,7 @@ class ChatReplies:
     outbox: Outbox
     frames: FrameChannel
     client: openai.AsyncOpenAI
+    knowledge: KnowledgeContext | None = None
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     active: dict[str, ActiveReply] = field(default_factory=dict)
     _persisting: asyncio.Task[None] | None = None
@@ -277,10 +279,17 @@ class ChatReplies:
         return Disposition.ACK
 
     async def _stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
+        knowledge = NO_KNOWLEDGE
+        if self.knowledge is not None:
+            knowledge = await self.knowledge.for_reply(
+                claim.request.assistant_id, claim.request.history[-1].content, reply.message_id
+            )
+        reply.sources = knowledge.sources
         messages = build_prompt(
             claim.request.system_prompt,
             claim.request.history,
             self.settings.context_budget_tokens,
+            knowledge.prompt,
         )
         retries = 0
         while True:
@@ -364,6 +373,7 @@ class ChatReplies:
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 finish_reason=outcome.finish_reason,
+                sources=reply.sources,
             ),
         )
 

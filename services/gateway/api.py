@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.context import Gateway, gateway_dependency
 from services.gateway.fanout import StreamUnavailable
-from services.gateway.models import ConversationStatus, Message, MessageStatus
+from services.gateway.models import ConversationStatus, Message, MessageRole, MessageStatus
 from services.gateway.schemas import (
     MAX_SEARCH_LENGTH,
     AssistantCreate,
@@ -61,14 +62,18 @@ class RequestBodyLimit:
     """Answers 413 to a request that declares a body larger than `max_bytes`, before reading it.
 
     Every JSON body this API accepts is small; a huge one is refused without parsing it.
+    Paths for which `exempt` is true (file uploads) enforce a limit of their own.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, exempt: Callable[[str], bool] | None = None
+    ) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._exempt = exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not (self._exempt and self._exempt(scope["path"])):
             for name, value in scope["headers"]:
                 if name == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
                     response = JSONResponse(
@@ -217,8 +222,17 @@ async def list_messages(
     limit: Limit = 50,
 ) -> Page[MessageOut]:
     items, total = await gw.chat.list_messages(principal.user_id, conversation_id, skip, limit)
+    sources = await gw.knowledge.sources_of_replies(
+        [m.id for m in items if m.role == MessageRole.ASSISTANT]
+    )
     return Page(
-        items=[MessageOut.model_validate(m) for m in items], total=total, skip=skip, limit=limit
+        items=[
+            MessageOut.model_validate(m).model_copy(update={"sources": sources.get(m.id, [])})
+            for m in items
+        ],
+        total=total,
+        skip=skip,
+        limit=limit,
     )
 
 

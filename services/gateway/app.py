@@ -7,11 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.gateway import api, models, ws
+from services.gateway import api, files_api, models, ws
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
+from services.knowledge import models as knowledge_models
+from services.knowledge.service import KnowledgeFiles, UploadLimits
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
@@ -26,6 +28,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
     verifier = TokenVerifier.from_settings(settings)
+    knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     gateway = Gateway(
         settings=settings,
@@ -39,6 +42,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ),
         fanout=fanout,
         verifier=verifier,
+        knowledge=KnowledgeFiles(
+            runtime.engine,
+            runtime.sessions,
+            knowledge_outbox,
+            UploadLimits(
+                max_file_bytes=settings.knowledge_max_file_bytes,
+                max_files_per_assistant=settings.knowledge_max_files_per_assistant,
+                max_bytes_per_user=settings.knowledge_max_bytes_per_user,
+            ),
+            producer=SERVICE,
+        ),
     )
 
     @asynccontextmanager
@@ -46,9 +60,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await runtime.start()
         await fanout.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
+        runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
         await fanout.stop()
         await outbox.drain_background()
+        await knowledge_outbox.drain_background()
         await runtime.stop()
 
     async def check_stream() -> None:
@@ -73,9 +89,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
         )
     )
-    app.add_middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)
+    app.add_middleware(
+        api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES, exempt=files_api.is_upload_path
+    )
     api.install_error_handlers(app)
+    files_api.install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(files_api.router)
     app.include_router(ws.router)
     install_http_metrics(app, runtime)
     return app

@@ -10,6 +10,7 @@ from starlette.requests import HTTPConnection
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.knowledge.service import KnowledgeFiles
 from shared.security import TokenVerifier
 
 
@@ -19,6 +20,7 @@ class Gateway:
     chat: ChatService
     fanout: StreamFanout
     verifier: TokenVerifier
+    knowledge: KnowledgeFiles
 
 
 def get_gateway(connection: HTTPConnection) -> Gateway:
