@@ -113,7 +113,7 @@ _LOCK_PENDING = f"SELECT status FROM {FILES} WHERE id = $1 FOR UPDATE"  # noqa: 
 
 _INSERT_CHUNKS = f"""
 INSERT INTO {CHUNKS} (file_id, position, assistant_id, page, content, language, tsv)
-SELECT $1, c.position, $2, c.page, c.content, $3, to_tsvector($3::regconfig, c.content)
+SELECT $1, c.position, $2, c.page, c.content, $3::text, to_tsvector($3::text::regconfig, c.content)
 FROM unnest($4::int[], $5::int[], $6::text[]) AS c(position, page, content)
 ON CONFLICT DO NOTHING
 """  # noqa: S608 (only the table name is interpolated; data are $n parameters)
@@ -121,7 +121,7 @@ ON CONFLICT DO NOTHING
 _INSERT_CHUNKS_WITH_EMBEDDINGS = f"""
 INSERT INTO {CHUNKS}
     (file_id, position, assistant_id, page, content, language, tsv, embedding, embedding_model)
-SELECT $1, c.position, $2, c.page, c.content, $3, to_tsvector($3::regconfig, c.content),
+SELECT $1, c.position, $2, c.page, c.content, $3::text, to_tsvector($3::text::regconfig, c.content),
        c.embedding::vector, $8
 FROM unnest($4::int[], $5::int[], $6::text[], $7::text[]) AS c(position, page, content, embedding)
 ON CONFLICT DO NOTHING

@@ -11,10 +11,11 @@ import docx
 from pypdf import PdfReader, PdfWriter
 
 FILLER = (
-    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt "
-    "ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco "
-    "laboris nisi ut aliquip ex ea commodo consequat"
-).split()
+    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
+    "eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "enim",
+    "ad", "minim", "veniam", "quis", "nostrud", "exercitation", "ullamco", "laboris", "nisi",
+    "aliquip", "ex", "ea", "commodo", "consequat",
+)  # fmt: skip
 
 
 def paragraph(topic: str, words: int = 90, seed: int = 0) -> str:
