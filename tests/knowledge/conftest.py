@@ -32,6 +32,11 @@ KNOWLEDGE_ENV = {
 
 
 @pytest.fixture(scope="package")
+def knowledge_env() -> dict[str, str]:
+    return dict(KNOWLEDGE_ENV)
+
+
+@pytest.fixture(scope="package")
 def kn_infra(infra: TestInfrastructure) -> TestInfrastructure:
     return dataclasses.replace(infra, namespace=f"{infra.namespace}kn")
 

@@ -10,6 +10,7 @@ import aio_pika
 import httpx
 import pytest
 
+from shared.broker import delete_topology
 from shared.topology import Topology
 from tests.knowledge import documents
 from tests.knowledge.conftest import (
@@ -20,7 +21,7 @@ from tests.knowledge.conftest import (
     settled,
     uploaded,
 )
-from tests.processes import wait_until
+from tests.processes import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -56,19 +57,37 @@ async def _pgvector_available(db) -> bool:
     return bool(await db.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"))
 
 
-async def test_hybrid_ranking_with_pgvector_and_embeddings(
-    start_service, start_knowledge_worker, mock_llm, gateway, new_user, db
-):
+@pytest.fixture(scope="module")
+async def hybrid_stack(infra, mock_llm, knowledge_env):
+    """Gateway, chat worker and knowledge worker with an embeddings model, in a namespace of
+    their own (the package's full-text workers must not take its requests)."""
+    namespace = f"{infra.namespace}hy"
+    embedding = {
+        "CONVOAI_NAMESPACE": namespace,
+        "CONVOAI_LLM_BASE_URL": f"{mock_llm.url}/v1",
+        "CONVOAI_EMBEDDING_MODEL": "mock-embed",
+    }
+    processes = []
+    try:
+        for service, env in (
+            ("gateway", {}),
+            ("chat_worker", {"CONVOAI_KNOWLEDGE_MIN_SIMILARITY": "0.1"}),
+            ("knowledge_worker", knowledge_env),
+        ):
+            process = ServiceProcess(service, infra.env(**embedding, **env))
+            processes.append(process)
+            process.start()
+        yield processes
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        await delete_topology(infra.amqp_url, Topology(namespace))
+
+
+async def test_hybrid_ranking_with_pgvector_and_embeddings(hybrid_stack, mock_llm, new_user, db):
     if not await _pgvector_available(db):
         pytest.skip("the PostgreSQL server has no pgvector (postgresql-NN-pgvector)")
-    hybrid_worker = start_service(
-        "chat_worker",
-        instance_id="worker-kn-hybrid",
-        CONVOAI_LLM_BASE_URL=f"{mock_llm.url}/v1",
-        CONVOAI_EMBEDDING_MODEL="mock-embed",
-        CONVOAI_KNOWLEDGE_MIN_SIMILARITY="0.1",
-    )
-    start_knowledge_worker(CONVOAI_EMBEDDING_MODEL="mock-embed")
+    gateway, hybrid_worker, _indexer = hybrid_stack
     assert httpx.get(f"{hybrid_worker.url}/ready").json()["details"] == {
         "knowledge_retrieval": "hybrid"
     }
