@@ -152,3 +152,25 @@ def test_mock_embeddings_are_deterministic_and_reflect_shared_words() -> None:
     related = embed_text(documents.paragraph("Lighthouse keepers log the tide every hour"))
     unrelated = embed_text(documents.paragraph("Turbines need inspection"))
     assert cosine(question, related) > 0.15 > 0.1 > cosine(question, unrelated)
+
+
+def test_analytics_counts_file_events_by_outcome_and_reason() -> None:
+    from services.analytics_consumer.ingest import BatchEffects
+    from shared.events import FileFailed, FileProcessed, FileUploaded
+
+    ids = {"producer": "test", "file_id": "f" * 14, "assistant_id": "a" * 12}
+    effects = BatchEffects(prices=None)  # type: ignore[arg-type]
+    for event in (
+        FileUploaded(**ids, name="x.pdf", content_type="application/pdf", size_bytes=10),
+        FileUploaded(**ids, name="y.pdf", content_type="application/pdf", size_bytes=10),
+        FileProcessed(**ids, chunks=3, characters=900),
+        FileFailed(**ids, reason="encrypted", message="password"),
+    ):
+        effects.add(event)
+    assert dict(effects.counters) == {
+        "file.uploaded": 2,
+        "file.processed": 1,
+        "file.chunks_indexed": 3,
+        "file.failed": 1,
+        "file.failed.encrypted": 1,
+    }
