@@ -86,6 +86,10 @@ def upgrade() -> None:
         sa.Column("tsv", postgresql.TSVECTOR(), nullable=False),
         schema="knowledge",
     )
+    # Keep a chunk's row (its text and, above all, its tsvector) in the table page: moved out
+    # to TOAST, every match test and rank re-reads it from there.
+    op.execute("ALTER TABLE knowledge.chunks SET (toast_tuple_target = 8160)")
+    op.execute("ALTER TABLE knowledge.chunks ALTER COLUMN tsv SET STORAGE MAIN")
     op.create_index("ix_chunks_tsv", "chunks", ["tsv"], schema="knowledge", postgresql_using="gin")
     op.create_index("ix_chunks_assistant", "chunks", ["assistant_id"], schema="knowledge")
     op.create_table(
