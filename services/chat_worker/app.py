@@ -11,13 +11,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.knowledge import KnowledgeContext
 from services.chat_worker.llm import create_client
+from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway import models
 from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
@@ -40,7 +41,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         frames=frames,
         client=create_client(settings),
     )
-    replies.knowledge = KnowledgeContext(
+    model_endpoint = ModelEndpoint(replies.client, settings)
+    replies.generation.knowledge = KnowledgeContext(
         engine=runtime.engine,
         client=replies.client,
         budget_tokens=settings.knowledge_budget_tokens,
@@ -58,8 +60,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        assert replies.knowledge is not None
-        await replies.knowledge.detect_mode()
+        assert replies.generation.knowledge is not None
+        await replies.generation.knowledge.detect_mode()
         # Frames and control first: a request may arrive as soon as the broker starts.
         await frames.start(replies.on_command)
         # Not a runtime background task: replies finishing during shutdown still need it.
@@ -67,6 +69,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
         await requests.start()
+        # Not awaited: a slow or absent model endpoint must not delay the worker's start.
+        runtime.run_in_background(model_endpoint.log_at_start(), "model-endpoint-check")
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
         await requests.stop(DRAIN_TIMEOUT_S)
@@ -90,9 +94,12 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
                 "broker": runtime.check_broker,
                 "requests": requests.check_connected,
                 "database": runtime.check_database,
+                "model": model_endpoint.check_ready,
             },
             details=lambda: {
-                "knowledge_retrieval": replies.knowledge.mode if replies.knowledge else "off"
+                "knowledge_retrieval": (
+                    replies.generation.knowledge.mode if replies.generation.knowledge else "off"
+                )
             },
         )
     )

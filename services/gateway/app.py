@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.gateway import api, files_api, models, ws
+from services.chat import models
+from services.gateway import api, files_api, ws
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
-from services.gateway.service import ChatService, MessageRateLimiter
+from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from services.knowledge import models as knowledge_models
 from services.knowledge.service import KnowledgeFiles, UploadLimits
@@ -34,7 +36,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings=settings,
         chat=ChatService(
             runtime.engine,
-            runtime.sessions,
             outbox,
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
@@ -44,7 +45,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         verifier=verifier,
         knowledge=KnowledgeFiles(
             runtime.engine,
-            runtime.sessions,
             knowledge_outbox,
             UploadLimits(
                 max_file_bytes=settings.knowledge_max_file_bytes,
@@ -53,6 +53,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ),
             producer=SERVICE,
         ),
+        outbox=outbox,
     )
 
     @asynccontextmanager

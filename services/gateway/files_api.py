@@ -127,10 +127,14 @@ async def _read_upload(request: Request, max_file_bytes: int) -> tuple[str | Non
 async def upload_file(
     assistant_id: str, request: Request, principal: CurrentPrincipal, gw: GatewayDep
 ) -> FileOut:
-    # Ownership first: someone else's assistant is 404 before a byte of the body is read.
-    await gw.chat.get_assistant(principal.user_id, assistant_id)
+    # Ownership first: someone else's assistant is 404 before a byte of the body is read. No
+    # transaction stays open while the body arrives.
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        await gw.chat.get_assistant(session, principal.user_id, assistant_id)
     name, data = await _read_upload(request, gw.knowledge.limits.max_file_bytes)
-    file = await gw.knowledge.upload(principal.user_id, assistant_id, name, data)
+    gw.knowledge.check_upload(data)
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        file = await gw.knowledge.upload(session, principal.user_id, assistant_id, name, data)
     return FileOut.model_validate(file)
 
 
@@ -142,8 +146,11 @@ async def list_files(
     skip: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> FilePage:
-    await gw.chat.get_assistant(principal.user_id, assistant_id)
-    items, total = await gw.knowledge.list_files(principal.user_id, assistant_id, skip, limit)
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        await gw.chat.get_assistant(session, principal.user_id, assistant_id)
+        items, total = await gw.knowledge.list_files(
+            session, principal.user_id, assistant_id, skip, limit
+        )
     return FilePage(
         items=[FileOut.model_validate(f) for f in items], total=total, skip=skip, limit=limit
     )
@@ -153,14 +160,17 @@ async def list_files(
 async def get_file(
     assistant_id: str, file_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> FileOut:
-    return FileOut.model_validate(await gw.knowledge.get(principal.user_id, assistant_id, file_id))
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        file = await gw.knowledge.get(session, principal.user_id, assistant_id, file_id)
+    return FileOut.model_validate(file)
 
 
 @router.get("/assistants/{assistant_id}/files/{file_id}/content")
 async def download_file(
     assistant_id: str, file_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> Response:
-    file, data = await gw.knowledge.content(principal.user_id, assistant_id, file_id)
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        file, data = await gw.knowledge.content(session, principal.user_id, assistant_id, file_id)
     headers: dict[str, Any] = {
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(file.name, safe='')}",
         "X-Content-Type-Options": "nosniff",
@@ -174,4 +184,5 @@ async def download_file(
 async def delete_file(
     assistant_id: str, file_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> None:
-    await gw.knowledge.delete(principal.user_id, assistant_id, file_id)
+    async with gw.knowledge.outbox.unit_of_work() as session:
+        await gw.knowledge.delete(session, principal.user_id, assistant_id, file_id)

@@ -155,7 +155,7 @@ def test_mock_embeddings_are_deterministic_and_reflect_shared_words() -> None:
 
 
 def test_analytics_counts_file_events_by_outcome_and_reason() -> None:
-    from services.analytics_consumer.ingest import BatchEffects
+    from services.analytics_consumer.projection import BatchEffects
     from shared.events import FileFailed, FileProcessed, FileUploaded
 
     ids = {"producer": "test", "file_id": "f" * 14, "assistant_id": "a" * 12}
