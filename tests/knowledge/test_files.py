@@ -3,10 +3,15 @@ worker) → the right chunks in the model's prompt → the reply names its sourc
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import time
 
+import aio_pika
 import pytest
 
+from shared.topology import Topology
 from tests.knowledge import documents
 from tests.knowledge.conftest import (
     ask,
@@ -56,7 +61,9 @@ def _four_documents() -> list[tuple[str, bytes, int]]:
     ]
 
 
-async def test_files_are_indexed_and_the_matching_one_reaches_the_prompt(http, new_user, mock_llm):
+async def test_files_are_indexed_and_the_matching_one_reaches_the_prompt(
+    http, new_user, mock_llm, kn_infra
+):
     user = new_user()
     assistant_id = await create_assistant(http, user)
     files = {}
@@ -82,8 +89,15 @@ async def test_files_are_indexed_and_the_matching_one_reaches_the_prompt(http, n
     )
     conversation_id = conversation.json()["id"]
 
+    connection = await aio_pika.connect(kn_infra.amqp_url)
+    channel = await connection.channel()
+    completed = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await completed.bind(Topology(kn_infra.namespace).events.name, "reply.completed")
     question = "What is the melting point of quillium?"
     reply = await ask(http, user, conversation_id, question)
+    event = await _event_of(completed, reply["id"])
+    await connection.close()
+    assert event["sources"] == [{"file_id": pdf_id, "name": "quillium.pdf", "positions": [1]}]
     excerpts = knowledge_in(await prompt_for(mock_llm, question))
     assert excerpts is not None and QUILLIUM in excerpts
     for other in (ZORBATEK, FLUMOX, VANTREL):
@@ -130,6 +144,19 @@ async def test_types_come_from_the_bytes_and_hostile_files_fail_alone(
         assert file["chunk_count"] is None
     done = await settled(http, user, assistant_id, normal["id"])
     assert (done["status"], done["chunk_count"]) == ("processed", 1)
+
+
+async def _event_of(queue, message_id: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            continue
+        body = json.loads(message.body)
+        if body["message_id"] == message_id:
+            return body
+    raise TimeoutError(f"no reply.completed for {message_id}")
 
 
 def _plain_zip() -> bytes:
