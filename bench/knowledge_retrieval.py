@@ -9,10 +9,12 @@ Runs against the local PostgreSQL in a throwaway database. Steps:
 3. the same in hybrid mode when pgvector is installed: chunk embeddings stored, each question
    embedded through a real mock_llm process's `/v1/embeddings` (the worker's HTTP path).
 
-The time of step 2/3 is the time-to-first-token a reply gains from retrieval: it runs on the
-reply's path before the model request, and nothing else on that path changes (the claim
-statement reads one more column). The model's own prefill of the extra prompt tokens is
-model-dependent and reported as `excerpt_tokens`, not as time.
+`retrieval` times step 2/3 alone. `ttft` times what a reply waits for before its first token:
+retrieval, then the prompt, then a streamed request to a real mock_llm process until its first
+delta — once with the assistant's files (`with_knowledge`) and once for the same question in a
+conversation without an assistant (`without`); `extra_p50_ms`/`extra_p95_ms` are the
+differences. mock_llm's prefill does not grow with the prompt; a real model's does, by an
+amount that depends on the model (`excerpt_tokens_mean` says how many tokens were added).
 
 Prints one JSON object. Not a test: numbers depend on the machine and its load.
 
@@ -38,8 +40,8 @@ import asyncpg
 import httpx
 import openai
 
-from services.chat_worker.knowledge import KnowledgeContext, RetrievalMode
-from services.chat_worker.prompt import estimate_tokens
+from services.chat_worker.knowledge import Knowledge, KnowledgeContext, RetrievalMode
+from services.chat_worker.prompt import Turn, build_prompt, estimate_tokens
 from services.knowledge import repository
 from services.knowledge.chunking import TextChunk
 from services.knowledge.embeddings import vector_literal
@@ -192,25 +194,65 @@ def _questions(rng: random.Random, passages: list[str], count: int) -> list[str]
     return questions
 
 
+async def _first_token_ms(
+    context: KnowledgeContext,
+    model: openai.AsyncOpenAI,
+    assistant_id: str | None,
+    question: str,
+    reply_id: str,
+) -> tuple[float, float, Knowledge]:
+    """(retrieval ms, time to first token ms, knowledge) of one reply, as the worker does it."""
+    started = time.perf_counter()
+    knowledge = await context.for_reply(assistant_id, question, reply_id)
+    retrieved = time.perf_counter()
+    messages = build_prompt("You answer.", [Turn("user", question)], 3000, knowledge.prompt)
+    stream = await model.chat.completions.create(
+        model="mock-gpt",
+        messages=messages,
+        stream=True,  # type: ignore[arg-type]
+    )
+    first = None
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter()
+    assert first is not None
+    return (retrieved - started) * 1000, (first - started) * 1000, knowledge
+
+
 async def _measure(
-    context: KnowledgeContext, assistant_id: str, questions: list[str], replies: list[str]
+    context: KnowledgeContext,
+    model: openai.AsyncOpenAI,
+    assistant_id: str,
+    questions: list[str],
+    replies: list[str],
 ) -> dict[str, Any]:
-    samples: list[float] = []
+    retrieval: list[float] = []
+    with_knowledge: list[float] = []
+    without: list[float] = []
     tokens: list[int] = []
     with_sources = 0
     for index, (question, reply_id) in enumerate(zip(questions, replies, strict=True)):
-        started = time.perf_counter()
-        knowledge = await context.for_reply(assistant_id, question, reply_id)
-        elapsed = (time.perf_counter() - started) * 1000
+        spent, ttft, knowledge = await _first_token_ms(
+            context, model, assistant_id, question, reply_id
+        )
+        _, plain_ttft, _ = await _first_token_ms(context, model, None, question, reply_id)
         if index < WARMUP:
             continue
-        samples.append(elapsed)
+        retrieval.append(spent)
+        with_knowledge.append(ttft)
+        without.append(plain_ttft)
         tokens.append(estimate_tokens(knowledge.prompt) if knowledge.prompt else 0)
         with_sources += bool(knowledge.sources)
+    loaded, plain = _percentiles(with_knowledge), _percentiles(without)
     return {
-        "messages": len(samples),
-        "retrieval": _percentiles(samples),
-        "extra_ttft": _percentiles(samples),
+        "messages": len(retrieval),
+        "retrieval": _percentiles(retrieval),
+        "ttft": {
+            "with_knowledge": loaded,
+            "without": plain,
+            "extra_p50_ms": round(loaded["p50_ms"] - plain["p50_ms"], 2),
+            "extra_p95_ms": round(loaded["p95_ms"] - plain["p95_ms"], 2),
+        },
         "messages_with_excerpts": with_sources,
         "excerpt_tokens_mean": round(statistics.fmean(tokens), 1),
     }
@@ -242,10 +284,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         result["indexing"] = seeded
         questions = _questions(rng, passages, args.messages + WARMUP)
-        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:1/v1", api_key="unused")
+        port = _free_port()
+        mock = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve", "mock_llm", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(600):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                await asyncio.sleep(0.1)
+        model = openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        )
         context = KnowledgeContext(
             engine=engine,
-            client=client,
+            client=model,
             budget_tokens=args.budget,
             max_chunks=6,
             embedding_model="",
@@ -253,26 +309,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         await context.detect_mode()
         replies = await _replies(database_url, assistant_id, len(questions))
-        result["full_text"] = await _measure(context, assistant_id, questions, replies)
+        result["full_text"] = await _measure(context, model, assistant_id, questions, replies)
         if hybrid_available:
-            port = _free_port()
-            mock = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", "mock_llm", "--port", str(port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(100):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-                    break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.1)
-            context.client = openai.AsyncOpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
-            )
             context.embedding_model = "mock-embed"
             assert await context.detect_mode() is RetrievalMode.HYBRID
-            result["hybrid"] = await _measure(context, assistant_id, questions, replies)
+            result["hybrid"] = await _measure(context, model, assistant_id, questions, replies)
         else:
             result["hybrid"] = "pgvector not installed"
     finally:
@@ -289,7 +330,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--chunks", type=int, default=10_000, help="chunks to index")
     parser.add_argument("--messages", type=int, default=300, help="measured messages per mode")
     parser.add_argument("--budget", type=int, default=1200, help="excerpt token budget")
