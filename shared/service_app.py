@@ -31,6 +31,7 @@ def create_service_app(
     middleware: Sequence[Middleware] = (),
     database_outage_is_503: bool = True,
     http_metrics: bool = True,
+    readiness_details: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """An app with `runtime` and its settings in `app.state` (plus `state`), `/health` and
     `/ready` (broker and database, plus `readiness`), `routers`, then `middleware` inside the
@@ -47,7 +48,9 @@ def create_service_app(
         "database": runtime.check_database,
     }
     checks.update(readiness or {})
-    app.include_router(health_router(runtime.service, runtime.instance_id, checks))
+    app.include_router(
+        health_router(runtime.service, runtime.instance_id, checks, readiness_details)
+    )
     for router in routers:
         app.include_router(router)
     for layer in middleware:

@@ -12,7 +12,6 @@ import openai
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim
-from services.chat_worker.db_retry import DatabaseRetry
 from services.chat_worker.frame_clock import flush_pending
 from services.chat_worker.knowledge import NO_KNOWLEDGE, KnowledgeContext
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
@@ -38,14 +37,12 @@ class ReplyGeneration:
         client: openai.AsyncOpenAI,
         frames: FrameChannel,
         start_over: Callable[[ActiveReply], Awaitable[None]],
-        db_retry: DatabaseRetry,
         metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
         self._client = client
         self._frames = frames
         self._start_over = start_over
-        self._db_retry = db_retry
         self._metrics = metrics
         self.knowledge: KnowledgeContext | None = None
         """Excerpts of the assistant's files for the prompt (set by the composition root)."""
@@ -118,4 +115,4 @@ class ReplyGeneration:
             await asyncio.sleep(delay_s)
             if reply.seq > 0 or reply.has_pending:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
-                await self._db_retry.run(lambda: self._start_over(reply))
+                await self._start_over(reply)

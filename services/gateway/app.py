@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from services.chat import models
 from services.gateway import api, files_api, ws
@@ -16,11 +17,10 @@ from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from services.knowledge import models as knowledge_models
 from services.knowledge.service import KnowledgeFiles, UploadLimits
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "gateway"
 
@@ -72,31 +72,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not fanout.connected:
             raise ConnectionError("stream connection not open")
 
-    app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.outbox = outbox
-    app.state.token_verifier = verifier
-    app.state.gateway = gateway
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "database": runtime.check_database,
-                "stream": check_stream,
-            },
-        )
-    )
-    app.add_middleware(
-        api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES, exempt=files_api.is_upload_path
+    app = create_service_app(
+        title="ConvoAI gateway",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
+        readiness={"stream": check_stream},
+        routers=[api.router, files_api.router, ws.router],
+        middleware=[
+            Middleware(
+                api.RequestBodyLimit,
+                max_bytes=api.MAX_REQUEST_BYTES,
+                exempt=files_api.is_upload_path,
+            )
+        ],
     )
     api.install_error_handlers(app)
     files_api.install_error_handlers(app)
-    app.include_router(api.router)
-    app.include_router(files_api.router)
-    app.include_router(ws.router)
-    install_http_metrics(app, runtime)
     return app

@@ -22,9 +22,9 @@ from services.knowledge_worker.handlers import FileConsumer
 from services.knowledge_worker.service import FileIndexer
 from services.knowledge_worker.settings import KnowledgeWorkerSettings
 from shared.db import driver_connection
-from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
+from shared.service_app import create_service_app
 
 SERVICE = "knowledge_worker"
 DRAIN_TIMEOUT_S = 30.0
@@ -81,19 +81,14 @@ def create_app(settings: KnowledgeWorkerSettings | None = None) -> FastAPI:
         if indexer.client is not None:
             await indexer.client.close()
 
-    app = FastAPI(title="ConvoAI knowledge worker", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "files": consumer.check_connected,
-                "database": runtime.check_database,
-            },
-        )
+    app = create_service_app(
+        title="ConvoAI knowledge worker",
+        runtime=runtime,
+        lifespan=lifespan,
+        readiness={"files": consumer.check_connected},
+        # It serves only health and metrics; no request of its own touches the database.
+        database_outage_is_503=False,
+        http_metrics=False,
     )
 
     @app.get("/metrics")
