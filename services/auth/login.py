@@ -13,14 +13,10 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.auth import repository
 from services.auth.events import PRODUCER
 from services.auth.models import RefreshToken, User
 from services.auth.passwords import PasswordHasher
-from services.auth.repository import (
-    LoginFailureRepository,
-    RefreshTokenRepository,
-    UserRepository,
-)
 from services.auth.tokens import TokenIssuer, token_digest
 from shared.events import Event, UserLoggedIn, UserLoggedOut, UserLoginFailed
 from shared.outbox import Outbox
@@ -101,9 +97,6 @@ class Logins:
         self._issuer = issuer
         self._verifier = verifier
         self._lockout = lockout
-        self._users = UserRepository(session)
-        self._tokens = RefreshTokenRepository(session)
-        self._failures = LoginFailureRepository(session)
 
     async def _emit(self, event: Event) -> None:
         await self._outbox.stage(self._session, event)
@@ -111,12 +104,12 @@ class Logins:
     async def login(
         self, identifier: str, password: str, client: ClientInfo
     ) -> TokenPair | LoginRefused:
-        user = await self._users.find_by_login(identifier)
+        user = await repository.find_user_by_login(self._session, identifier)
         # Unknown names lock like accounts do, so a 429 never tells an attacker a name exists.
         # Hashed: bounded length, and a password typed into the name field is not kept.
         subject = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
         if user is None:
-            await self._users.lock_named(subject)
+            await repository.lock_named(self._session, subject)
         now = _now()
         locked_for = await self.locked_for(subject, now)
         if locked_for:
@@ -135,8 +128,8 @@ class Logins:
             await self._refuse(identifier, user, LoginRefusal.INACTIVE, client)
             return LoginRefused(LoginRefusal.INACTIVE)
 
-        await self._failures.clear(subject)
-        await self._tokens.delete_expired_of_user(user.id, now)
+        await repository.clear_login_failures(self._session, subject)
+        await repository.delete_expired_tokens_of_user(self._session, user.id, now)
         if upgraded_hash:
             user.password_hash = upgraded_hash
         user.last_login_at = now
@@ -154,7 +147,9 @@ class Logins:
 
     async def locked_for(self, subject: str, now: datetime) -> float:
         """Seconds `subject` stays locked (0 when it is not)."""
-        failures = await self._failures.recent(subject, now - self._lockout.window)
+        failures = await repository.recent_login_failures(
+            self._session, subject, now - self._lockout.window
+        )
         if len(failures) < self._lockout.threshold:
             return 0.0
         # Locked until the oldest of the last `threshold` failures leaves the window.
@@ -162,7 +157,9 @@ class Logins:
         return max((unlock_at - now).total_seconds(), 0.001)
 
     async def record_failure(self, subject: str, now: datetime) -> None:
-        await self._failures.record(subject, now, forget_before=now - self._lockout.window)
+        await repository.record_login_failure(
+            self._session, subject, now, forget_before=now - self._lockout.window
+        )
 
     async def _refuse(
         self, identifier: str, user: User | None, reason: LoginRefusal, client: ClientInfo
@@ -180,7 +177,8 @@ class Logins:
 
     def _issue_pair(self, user: User, now: datetime, family_id: str | None) -> TokenPair:
         refresh = self._issuer.refresh_token(user.id, now, family_id)
-        self._tokens.add(
+        repository.add_refresh_token(
+            self._session,
             RefreshToken(
                 id=refresh.token_id,
                 family_id=refresh.family_id,
@@ -188,7 +186,7 @@ class Logins:
                 token_hash=token_digest(refresh.token),
                 created_at=now,
                 expires_at=refresh.expires_at,
-            )
+            ),
         )
         return TokenPair(
             access_token=self._issuer.access_token(user.id, user.username, user.roles, now),
@@ -201,7 +199,7 @@ class Logins:
             self._verifier.decode(token, TokenType.REFRESH)
         except InvalidToken:
             return None
-        return await self._tokens.get_by_digest(token_digest(token))
+        return await repository.get_refresh_token(self._session, token_digest(token))
 
     async def refresh(self, token: str) -> TokenPair | RefreshRefused:
         """Exchange a refresh token for a new pair; a second use revokes the whole family."""
@@ -213,13 +211,13 @@ class Logins:
             return RefreshRefused(RefreshRefusal.REVOKED)
         if stored.rotated_at is not None:
             # RFC 9700 refresh token rotation: one of two holders stole it; end both sessions.
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.REUSED)
         if stored.expires_at <= now:
             return RefreshRefused(RefreshRefusal.EXPIRED)
-        user = await self._users.get(stored.user_id)
+        user = await repository.get_user(self._session, stored.user_id)
         if user is None or not user.is_active:
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.USER_UNAVAILABLE)
         stored.rotated_at = now
         return self._issue_pair(user, now, family_id=stored.family_id)
@@ -229,7 +227,7 @@ class Logins:
         stored = await self._stored_refresh_token(token)
         if stored is None:
             return False
-        revoked = await self._tokens.revoke_family(stored.family_id, _now())
+        revoked = await repository.revoke_token_family(self._session, stored.family_id, _now())
         if revoked:
             await self._emit(
                 UserLoggedOut(
@@ -244,5 +242,5 @@ class Logins:
     async def prune(self) -> None:
         """Forget what can no longer matter: failures outside the window, expired tokens."""
         now = _now()
-        await self._failures.delete_before(now - self._lockout.window)
-        await self._tokens.delete_expired(now)
+        await repository.delete_login_failures_before(self._session, now - self._lockout.window)
+        await repository.delete_expired_tokens(self._session, now)
