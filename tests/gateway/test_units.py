@@ -12,6 +12,7 @@ from services.chat.models import Message
 from services.gateway.errors import RateLimited
 from services.gateway.protocol import BadFrame, SendMessageFrame, parse_client_frame
 from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.socket_io import FrameRate
 from services.gateway.watch import ConversationWatch, Partial
 from shared.stream import stream_frame_adapter
 
@@ -145,3 +146,11 @@ def test_rate_limiter_window_slides_and_idle_users_are_forgotten():
     limiter.check("b")
     assert "a" not in limiter._sent
     limiter.check("a")
+
+
+def test_frame_rate_allows_a_burst_then_the_sustained_rate():
+    now = [0.0]
+    rate = FrameRate(per_second=10, burst=3, clock=lambda: now[0])
+    assert [rate.allow() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.1
+    assert rate.allow() and not rate.allow()
