@@ -18,6 +18,10 @@ def add_user(session: AsyncSession, user: User) -> None:
     session.add(user)
 
 
+async def flush(session: AsyncSession) -> None:
+    await session.flush()
+
+
 async def get_user(session: AsyncSession, user_id: str, *, for_update: bool = False) -> User | None:
     query = select(User).where(User.id == user_id)
     if for_update:
@@ -170,3 +174,20 @@ async def delete_login_failures_before(session: AsyncSession, cutoff: datetime) 
 
 async def clear_login_failures(session: AsyncSession, subject: str) -> None:
     await session.execute(delete(LoginFailure).where(LoginFailure.subject == subject))
+
+
+async def count_login_failures_of_account(
+    session: AsyncSession, account: str, since: datetime
+) -> int:
+    """Failures on `account` from every source after `since`."""
+    query = select(func.count()).where(
+        LoginFailure.subject.startswith(f"{account}@", autoescape=True),
+        LoginFailure.failed_at > since,
+    )
+    return int((await session.execute(query)).scalar_one())
+
+
+async def clear_login_failures_of_account(session: AsyncSession, account: str) -> None:
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.subject.startswith(f"{account}@", autoescape=True))
+    )
