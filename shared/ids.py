@@ -10,12 +10,13 @@ _ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
 class IdKind(IntEnum):
-    """Length of the id of each entity (DESIGN §5)."""
+    """Length of the id of each entity (docs/websocket-protocol.md: ids)."""
 
     USER = 16
     CONVERSATION = 12
     ASSISTANT = 12
     MESSAGE = 10
+    FILE = 14
 
 
 ANONYMOUS_OWNER_PREFIX = "~"
