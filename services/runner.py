@@ -192,6 +192,18 @@ async def _stop(children: list[Child]) -> None:
             await asyncio.gather(child.pump, return_exceptions=True)
 
 
+def _gateway_env(port_offset: int) -> dict[str, str]:
+    """Where the web app's auth and analytics calls go, and its own origin for the socket."""
+    env = {
+        "CONVOAI_AUTH_URL": f"http://127.0.0.1:{8001 + port_offset}",
+        "CONVOAI_ANALYTICS_URL": f"http://127.0.0.1:{8002 + port_offset}",
+    }
+    if port_offset and "CONVOAI_ALLOWED_ORIGINS" not in os.environ:
+        port = 8000 + port_offset
+        env["CONVOAI_ALLOWED_ORIGINS"] = f'["http://localhost:{port}","http://127.0.0.1:{port}"]'
+    return env
+
+
 def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -> list[Child]:
     """The processes to start, in start order; ports are the defaults shifted by `port_offset`."""
     colours = iter(_COLOURS * 4)
@@ -208,7 +220,7 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
         llm_env = {"CONVOAI_LLM_BASE_URL": f"http://127.0.0.1:{8009 + port_offset}/v1"}
     children.append(child("auth", "auth", 8001))
     children.append(child("analytics", "analytics_consumer", 8002))
-    children.append(child("gateway", "gateway", 8000))
+    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset)))
     # Workers listen on 8003, 8004, … (health and metrics only), stepping over mock_llm's 8009.
     worker_ports = (p for p in range(8003, 8100) if p != 8009)
     for n, port in zip(range(1, workers + 1), worker_ports, strict=False):

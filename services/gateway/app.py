@@ -12,6 +12,7 @@ from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService, MessageRateLimiter
 from services.gateway.settings import GatewaySettings
+from services.gateway.webapp import install_webapp
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
@@ -77,5 +78,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(ws.router)
+    install_webapp(app, settings)
     install_http_metrics(app, runtime)
     return app
