@@ -353,11 +353,13 @@ export function ChatPage({ conversationId, connection, listeners, connState }) {
             ${connState === "reconnecting" ? "Connection lost — reconnecting. Messages you send now go out once it is back." : "Connecting…"}</p>`}
           ${ended && html`<p class="offline-note">This conversation has ended. Start a new chat to continue.</p>`}
           <label class="sr-only" for="composer-input">Message</label>
-          <textarea id="composer-input" rows="1" placeholder="Message ConvoAI (Enter to send, Shift+Enter for a new line)"
+          <textarea id="composer-input" rows="1" placeholder="Message ConvoAI…"
+            aria-describedby="composer-keys"
             value=${draft} onInput=${onInput} onKeyDown=${onKeyDown} disabled=${ended}></textarea>
           ${busy
             ? html`<button type="button" class="stop" onClick=${stop} title="Stop (Esc)">Stop</button>`
             : html`<button type="submit" class="primary send" disabled=${ended || !draft.trim()}>Send</button>`}
+          <p class="keys" id="composer-keys">Enter sends · Shift+Enter adds a line · Esc stops a reply</p>
         </form>
       </main>
     </div>`;
