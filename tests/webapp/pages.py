@@ -17,6 +17,8 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 360, "height": 740}
 PASSWORD = "Sunny-day-42"
 TIMEOUT_MS = 20_000
+# The machine running the suite may be busy: waits are for conditions, with room to spare.
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 def unique(prefix: str) -> str:
