@@ -230,3 +230,60 @@ async def test_a_hostile_reply_is_shown_as_text_and_executes_nothing(
     assert dialogs == []
     assert page.errors == []  # type: ignore[attr-defined]
     await context.close()
+
+
+CODE_REPLY = "Here you go:\n\n```sh\necho copied-from-the-reply\n```\n"
+
+
+async def test_assistants_sidebar_and_code_copy(stack: Stack, browser: Browser) -> None:
+    context = await new_context(browser)
+    await context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = await open_app(context, stack)
+    await sign_up(page, unique("ivan"))
+
+    await page.get_by_role("link", name="Assistants", exact=True).click()
+    await expect(page.get_by_text("No assistants yet.")).to_be_visible()
+    await page.get_by_role("button", name="New assistant").click()
+    await page.get_by_label("Name").fill("Shell helper")
+    await page.get_by_label("System prompt").fill("You answer with shell commands.")
+    await page.get_by_label("Model").fill("mock-shell")
+    await page.get_by_label("Temperature").fill("0.2")
+    await page.get_by_role("button", name="Save assistant").click()
+    card = page.locator("article.assistant", has_text="Shell helper")
+    await expect(card).to_contain_text("mock-shell · temperature 0.2")
+    await card.get_by_role("button", name="Start chat").click()
+    await expect(page.get_by_test_id("model-in-use")).to_contain_text("Shell helper")
+    await expect(page.get_by_test_id("model-in-use")).to_contain_text("mock-shell")
+
+    prompt = unique("How do I print? ")
+    await shape_next_reply(stack, prompt, content=CODE_REPLY)
+    await send(page, prompt)
+    reply = assistant_messages(page).last
+    await expect(reply).to_have_attribute("data-status", "complete")
+    await expect(reply.locator(".msg-meta")).to_have_text("mock-shell")
+    await reply.get_by_role("button", name="Copy").click()
+    await expect(reply.get_by_role("button", name="Copied")).to_be_visible()
+    assert await page.evaluate("() => navigator.clipboard.readText()") == (
+        "echo copied-from-the-reply"
+    )
+
+    # Sidebar: rename, search, end, delete with confirmation.
+    await page.get_by_role("button", name="Rename").click()
+    await page.get_by_label("Conversation title").fill("Printing in the shell")
+    await page.get_by_role("button", name="Save").click()
+    await expect(page.locator(".conv-list a.active")).to_contain_text("Printing in the shell")
+    await page.get_by_label("Search conversations").fill("no such words")
+    await expect(page.get_by_text("No conversation matches your search.")).to_be_visible()
+    await page.get_by_label("Search conversations").fill("Printing")
+    await expect(page.locator(".conv-list li")).to_have_count(1)
+    await page.get_by_role("button", name="End", exact=True).click()
+    await expect(page.locator(".conv-list a.active .badge")).to_have_text("Ended")
+    await expect(page.get_by_label("Message", exact=True)).to_be_disabled()
+    await page.get_by_role("button", name="Delete", exact=True).click()
+    dialog = page.get_by_role("alertdialog", name="Confirm delete")
+    await expect(dialog).to_contain_text("Printing in the shell")
+    await dialog.get_by_role("button", name="Delete").click()
+    await page.get_by_label("Search conversations").fill("")
+    await expect(page.get_by_text("No conversations yet")).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+    await context.close()

@@ -225,6 +225,14 @@ export function ChatPage({ conversationId, connection, listeners, connState }) {
     if (el && pinned.current) el.scrollTop = el.scrollHeight;
   }, [thread]);
 
+  // A failed reply whose question was asked again later (Retry) offers no second Retry.
+  const retried = new Set(
+    thread.messages
+      .filter((m, i) => m.status === "failed" && thread.messages.slice(i + 1).some(
+        (later) => later.role === "user" && later.content ===
+          thread.messages.find((q) => q.id === m.reply_to)?.content))
+      .map((m) => m.id),
+  );
   const streaming = streamingReply(thread);
   const busy = Boolean(streaming) || awaitingReply(thread);
   const assistant = assistants.find((a) => a.id === conversation?.assistant_id);
@@ -345,7 +353,8 @@ export function ChatPage({ conversationId, connection, listeners, connState }) {
             html`<p class="muted center">No messages yet. Say hello!</p>`}
           ${conversationId && !thread.loaded && html`<p class="muted center">Loading messages…</p>`}
           ${thread.messages.map(
-            (m) => html`<${Message} key=${m.id || m.client_message_id} message=${m} onRetry=${retry} />`,
+            (m) => html`<${Message} key=${m.id || m.client_message_id}
+              message=${retried.has(m.id) ? { ...m, retried: true } : m} onRetry=${retry} />`,
           )}
         </div>
         <form class="composer" onSubmit=${(e) => { e.preventDefault(); send(draft); }}>
