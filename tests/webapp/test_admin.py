@@ -73,7 +73,9 @@ async def assert_accessible(page: Page, what: str) -> None:
 async def screenshots(page: Page, artifacts: Path, name: str) -> None:
     for label, viewport in (("desktop", DESKTOP), ("360px", PHONE)):
         await page.set_viewport_size(viewport)
-        await page.screenshot(path=str(artifacts / f"{name}-{label}.png"), animations="disabled")
+        await page.screenshot(
+            path=str(artifacts / f"{name}-{label}.png"), animations="disabled", full_page=True
+        )
     await page.set_viewport_size(DESKTOP)
 
 
@@ -110,7 +112,8 @@ async def test_admin_dashboard_shows_the_analytics_api_numbers(
 
     # Some traffic of a normal user first, so the numbers are not all zero.
     chatter = await open_app(await new_context(browser), stack)
-    await sign_up(chatter, unique("frank"))
+    chatter_name = unique("frank")
+    await sign_up(chatter, chatter_name)
     prompt = unique("How do I read a file in Python? ")
     await shape_next_reply(stack, prompt, content=SHOWCASE_REPLY)
     await send(chatter, prompt)
@@ -154,6 +157,19 @@ async def test_admin_dashboard_shows_the_analytics_api_numbers(
         "The last active admin cannot be removed, demoted or deactivated"
     )
     await expect(row.get_by_role("button", name="Deactivate")).to_be_visible()
+
+    other = page.locator(f'tr[data-username="{chatter_name}"]')
+    await other.get_by_role("button", name="Deactivate").click()
+    await expect(page.get_by_test_id("users-message")).to_have_text(f"{chatter_name}: deactivated.")
+    await expect(other.get_by_text("Deactivated")).to_be_visible()
+    await other.get_by_role("button", name="Reactivate").click()
+    await expect(other.get_by_text("Active", exact=True)).to_be_visible()
+    await other.get_by_label(f"Role of {chatter_name}").select_option("manager")
+    await expect(page.get_by_test_id("users-message")).to_have_text(
+        f"{chatter_name}: role is now manager."
+    )
+    await page.get_by_label("Search users").fill(chatter_name)
+    await expect(page.locator("tbody tr")).to_have_count(1)
     await screenshots(page, artifacts, "users")
     assert page.errors == []  # type: ignore[attr-defined]
     await context.close()

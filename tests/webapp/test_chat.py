@@ -20,6 +20,7 @@ from tests.webapp.pages import (
     recorded_reply_texts,
     send,
     shape_next_reply,
+    sign_in,
     sign_up,
     token_of,
     unique,
@@ -285,5 +286,28 @@ async def test_assistants_sidebar_and_code_copy(stack: Stack, browser: Browser) 
     await dialog.get_by_role("button", name="Delete").click()
     await page.get_by_label("Search conversations").fill("")
     await expect(page.get_by_text("No conversations yet")).to_be_visible()
+    assert page.errors == []  # type: ignore[attr-defined]
+    await context.close()
+
+
+async def test_an_ended_session_returns_to_sign_in_and_keeps_the_draft(
+    stack: Stack, browser: Browser
+) -> None:
+    context = await new_context(browser)
+    page = await open_app(context, stack)
+    username = unique("judy")
+    await sign_up(page, username)
+    await send(page, unique("First message "))
+    await expect(assistant_messages(page).last).to_have_attribute("data-status", "complete")
+    draft = "A long thought I have not sent yet,\nover two lines"
+    await page.get_by_label("Message", exact=True).fill(draft)
+
+    # The refresh cookie is gone (expired, or cleared): the next load has no session.
+    await context.clear_cookies()
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    await sign_in(page, username)
+    await expect(page.get_by_label("Message", exact=True)).to_have_value(draft)
+    await expect(assistant_messages(page)).to_have_count(1)
     assert page.errors == []  # type: ignore[attr-defined]
     await context.close()
