@@ -289,6 +289,23 @@ class AnalyticsRepository:
         rows = await self._session.scalars(select(d).where(d.day >= first, d.day <= last))
         return {row.day: row for row in rows}
 
+    async def ttft_by_day(self, days: DateRange) -> dict[date, dict[str, Any]]:
+        """Nearest-rank p50/p95 time-to-first-token of the completed replies of each UTC day."""
+        r = models.ReplyMetrics
+        day = func.date(func.timezone("UTC", r.occurred_at)).label("day")
+        query = (
+            select(
+                day,
+                func.count().label("replies"),
+                func.percentile_disc(0.5).within_group(r.ttft_ms).label("p50"),
+                func.percentile_disc(0.95).within_group(r.ttft_ms).label("p95"),
+            )
+            .where(r.status == "completed", r.ttft_ms.is_not(None))
+            .group_by(day)
+        )
+        rows = await self._session.execute(_in_range(query, r.occurred_at, days))
+        return {row.day: dict(row._mapping) for row in rows}
+
     async def models(self, days: DateRange) -> list[dict[str, Any]]:
         m = models.DailyModelStats
         sums = [

@@ -51,15 +51,19 @@ export function DashboardPage() {
     const days = dayCount(range.start, range.end);
     const since = dayCount(range.start, daysAgo(0));
     try {
-      const [summary, daily, models, top, usage] = await Promise.all([
+      const [summary, daily, ttft, models, top, usage] = await Promise.all([
         api(`${ANALYTICS}/summary`),
         api(`${ANALYTICS}/daily-stats`, { query: { days, end: range.end } }),
+        api(`${ANALYTICS}/ttft-daily`, { query: { days, end: range.end } }),
         api(`${ANALYTICS}/models`, { query: { start: range.start, end: range.end } }),
         api(`${ANALYTICS}/users/top`, { query: { by: "messages", limit: 10, days: Math.max(1, since) } }),
         api(`${ANALYTICS}/api-usage`, { query: { start: range.start, end: range.end, limit: 15 } }),
       ]);
       const rows = [...daily.items].sort((a, b) => a.date.localeCompare(b.date));
-      setData({ summary, daily: rows, models: models.items, top: top.items, usage: usage.items });
+      const ttftRows = [...ttft.items].sort((a, b) => a.date.localeCompare(b.date));
+      setData({
+        summary, daily: rows, ttft: ttftRows, models: models.items, top: top.items, usage: usage.items,
+      });
       setUpdated(new Date());
       setError("");
     } catch (e) {
@@ -135,6 +139,11 @@ export function DashboardPage() {
         <${TimeChart} title="Tokens per day" days=${days} series=${[
           { label: "Prompt", values: daily.map((r) => r.prompt_tokens) },
           { label: "Completion", values: daily.map((r) => r.completion_tokens) },
+        ]} />
+        <${TimeChart} title="Time to first token per day" unit=" ms"
+          days=${data.ttft.map((r) => r.date)} series=${[
+          { label: "p50", values: data.ttft.map((r) => r.ttft_p50_ms) },
+          { label: "p95", values: data.ttft.map((r) => r.ttft_p95_ms) },
         ]} />
         <${TimeChart} title="Average reply time per day" unit=" ms" days=${days} series=${[
           { label: "Reply duration", values: daily.map((r) => r.avg_response_time_ms) },
