@@ -70,8 +70,12 @@ async def assert_accessible(page: Page, what: str) -> None:
     assert serious == [], f"accessibility violations on {what}: {serious}"
 
 
-async def screenshots(page: Page, artifacts: Path, name: str) -> None:
-    for label, viewport in (("desktop", DESKTOP), ("360px", PHONE)):
+async def screenshots(page: Page, artifacts: Path, name: str, height: int = 0) -> None:
+    """Desktop and 360 px wide; `height` makes them that tall (pages scroll inside the app)."""
+    sizes = [("desktop", DESKTOP), ("360px", PHONE)]
+    if height:
+        sizes = [(label, {**size, "height": height}) for label, size in sizes]
+    for label, viewport in sizes:
         await page.set_viewport_size(viewport)
         await page.screenshot(
             path=str(artifacts / f"{name}-{label}.png"), animations="disabled", full_page=True
@@ -148,7 +152,7 @@ async def test_admin_dashboard_shows_the_analytics_api_numbers(
     assert float(shown["total_messages"]) >= 2 and float(shown["total_tokens"]) > 0
     await expect(page.get_by_test_id("models")).to_contain_text("gpt-4o-mini")
     await assert_accessible(page, "dashboard")
-    await screenshots(page, artifacts, "dashboard")
+    await screenshots(page, artifacts, "dashboard", height=2000)
 
     await page.get_by_role("link", name="Users", exact=True).click()
     row = page.locator(f'tr[data-username="{ADMIN_USERNAME}"]')

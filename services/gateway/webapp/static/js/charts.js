@@ -28,7 +28,10 @@ export function TimeChart({ title, days, series, unit = "" }) {
         scales: { x: { time: true } },
         axes: [
           { stroke, grid, ticks: grid },
-          { stroke, grid, ticks: grid, size: 56, values: (u, v) => v.map((x) => `${x}${unit}`) },
+          {
+            stroke, grid, ticks: grid, size: unit ? 76 : 56,
+            values: (u, v) => v.map((x) => `${x.toLocaleString("en-US")}${unit}`),
+          },
         ],
         series: [
           {},
