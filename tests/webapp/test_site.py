@@ -79,6 +79,10 @@ async def test_auth_and_analytics_answer_through_the_gateway(
     assert me.status_code == 200 and me.json()["username"] == ADMIN_USERNAME
     users = await http.get("/users/", params={"q": ADMIN_USERNAME}, headers=headers)
     assert users.status_code == 200 and users.json()["total"] == 1
+    # Percent-encoded, so the client sends the dots as they are.
+    for sneaky in ("/auth/%2e%2e/health", "/users/%2E%2E/auth/me", "/api/v1/analytics/%2e/summary"):
+        refused = await http.get(sneaky, headers=headers)
+        assert refused.status_code == 404, (sneaky, refused.status_code)
     summary = await http.get("/api/v1/analytics/summary", headers=headers)
     assert summary.status_code == 200 and "total_users" in summary.json()
     assert (await http.get("/api/v1/analytics/summary")).status_code == 401

@@ -5,11 +5,14 @@ the gateway can hold."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import httpx
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
 
 FORWARDED_REQUEST_HEADERS = ("authorization", "content-type", "accept", "user-agent")
 FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "www-authenticate")
@@ -41,6 +44,9 @@ def forwarded_headers(request: Request) -> dict[str, str]:
 
 
 async def forward(request: Request, url: str) -> Response:
+    if any(segment in (".", "..") for segment in request.url.path.split("/")):
+        # The upstream would resolve them: /auth/../metrics must not reach auth's /metrics.
+        return JSONResponse({"detail": "Not Found"}, status_code=status.HTTP_404_NOT_FOUND)
     try:
         answer = await upstreams(request).client.request(
             request.method,
@@ -49,7 +55,8 @@ async def forward(request: Request, url: str) -> Response:
             content=await request.body(),
             headers=forwarded_headers(request),
         )
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
+        log.warning("upstream unreachable", extra={"url": url, "error": repr(exc)})
         return JSONResponse(
             {"detail": "Service unavailable"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
