@@ -23,6 +23,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 def create_service_app(
     *,
     title: str,
+    description: str = "",
     runtime: ServiceRuntime,
     lifespan: Lifespan,
     state: Mapping[str, Any] | None = None,
@@ -35,7 +36,7 @@ def create_service_app(
     """An app with `runtime` and its settings in `app.state` (plus `state`), `/health` and
     `/ready` (broker and database, plus `readiness`), `routers`, then `middleware` inside the
     HTTP metrics middleware, so every request is measured, refused ones too."""
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = runtime.settings
     for name, value in (state or {}).items():

@@ -34,6 +34,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             batch_window_s=settings.batch_window_ms / 1000,
             max_backoff_s=settings.db_retry_max_backoff_s,
             monitor_interval_s=settings.queue_monitor_interval_s,
+            connection_name=f"{runtime.instance_id}-events",
         ),
         runtime.sessions,
         EventIngestor(prices),
@@ -44,10 +45,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         # The runtime declares the topology first, so the queue exists before we consume it.
         await runtime.start()
         runtime.run_in_background(consumer.write_forever(), "analytics-writer")
-        runtime.run_in_background(consumer.consume_forever(), "analytics-consumer")
         runtime.run_in_background(consumer.monitor_forever(), "analytics-queue-monitor")
-        await consumer.wait_connected(settings.broker_connect_timeout_s)
+        await consumer.queue.start(settings.broker_connect_timeout_s)
         yield
+        # Unacknowledged deliveries go back to the queue; event ids keep a redelivery harmless.
+        await consumer.queue.stop()
         await runtime.stop()
 
     return create_service_app(

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from services.chat import models
 from services.gateway import api, ws
@@ -15,11 +16,10 @@ from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from services.gateway.webapp import install_webapp
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "gateway"
 
@@ -58,28 +58,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not fanout.connected:
             raise ConnectionError("stream connection not open")
 
-    app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.outbox = outbox
-    app.state.token_verifier = verifier
-    app.state.gateway = gateway
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "database": runtime.check_database,
-                "stream": check_stream,
-            },
-        )
+    app = create_service_app(
+        title="ConvoAI gateway",
+        description="Conversations, messages and assistants over REST; live chat over the "
+        "WebSocket `/ws`, whose frames, error and close codes and reconnect rules are described "
+        "in `docs/websocket-protocol.md` of the ConvoAI repository.",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
+        readiness={"stream": check_stream},
+        routers=[api.router, ws.router],
+        middleware=[Middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)],
     )
-    app.add_middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)
     api.install_error_handlers(app)
-    app.include_router(api.router)
-    app.include_router(ws.router)
     install_webapp(app, settings)
-    install_http_metrics(app, runtime)
     return app
