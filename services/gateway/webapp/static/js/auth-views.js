@@ -1,5 +1,5 @@
 // Sign in and sign up. The password rules are the auth service's (services/auth/passwords.py),
-// shown and checked before submitting; the server still decides.
+// shown and checked before submitting; the guessability estimate (zxcvbn) only the server makes.
 import { html, useState } from "./html.js";
 import { signIn, signUp } from "./api.js";
 
@@ -115,6 +115,8 @@ export function SignUp({ onSignedIn }) {
             <span class="sr-only">${r.met ? "(met)" : "(not met)"}</span></li>`,
         )}
       </ul>
+      <p class="hint">The server also refuses passwords that are easy to guess (common words,
+        names, keyboard patterns); it says why when it does.</p>
       ${error && html`<p class="error" role="alert">${error}</p>`}
       <button type="submit" class="primary" disabled=${busy}>
         ${busy ? "Creating account…" : "Create account"}</button>
