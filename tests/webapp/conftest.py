@@ -101,6 +101,9 @@ async def stack(
             # Every test signs up and in from 127.0.0.1.
             CONVOAI_REGISTER_RATE_LIMIT="1000",
             CONVOAI_LOGIN_RATE_LIMIT="1000",
+            # No grace for a rotated refresh token: the app must never send one twice (its
+            # tabs take turns refreshing), and a stolen one is refused at once.
+            CONVOAI_REFRESH_REUSE_GRACE_S="0",
         )
         analytics = start("analytics_consumer", "analytics")
         gateway_port = free_port()
@@ -111,6 +114,7 @@ async def stack(
             CONVOAI_AUTH_URL=auth.url,
             CONVOAI_ANALYTICS_URL=analytics.url,
             CONVOAI_ALLOWED_ORIGINS=f'["http://127.0.0.1:{gateway_port}"]',
+            CONVOAI_ALLOWED_MODELS='["gpt-4o-mini", "mock-shell"]',
         )
         workers = [
             start("chat_worker", f"worker-{n}", CONVOAI_LLM_BASE_URL=f"{mock_llm.url}/v1")
