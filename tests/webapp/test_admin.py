@@ -27,7 +27,8 @@ from tests.webapp.pages import (
     unique,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test of the package also waits for the stack to start (STARTUP_TIMEOUT_S).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 ALL_TIME = [
     "total_users",

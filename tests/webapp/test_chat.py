@@ -27,7 +27,8 @@ from tests.webapp.pages import (
     user_messages,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test of the package also waits for the stack to start (STARTUP_TIMEOUT_S).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 
 async def test_sign_up_chat_streams_the_mock_reply_and_survives_a_reload(

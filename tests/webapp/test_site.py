@@ -9,7 +9,8 @@ import pytest
 from tests.webapp.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, Stack
 from tests.webapp.pages import PASSWORD, register, unique
 
-pytestmark = pytest.mark.e2e
+# The first test of the package also waits for the stack to start (STARTUP_TIMEOUT_S).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 
 async def test_the_page_and_its_files_carry_a_csp_without_inline_script(
