@@ -70,7 +70,8 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
     infra, database, event_tap
 ):
     broker = await _broker(infra.amqp_url, infra.namespace)
-    outbox = Outbox(chat_outbox, database, EventPublisher(broker, Topology(infra.namespace)))
+    publisher = EventPublisher(infra.amqp_url, Topology(infra.namespace), connection_name="t")
+    outbox = Outbox(chat_outbox, database, publisher)
     try:
         committed = ConversationCreated(producer="test", conversation_id="c" * 12, user_id="u" * 16)
         async with outbox.unit_of_work() as session:
@@ -88,6 +89,7 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
         await asyncio.sleep(0.3)  # a second copy would have arrived by now
         assert await event_tap.get(fail=False) is None
     finally:
+        await publisher.close()
         await broker.stop()
 
 
@@ -95,11 +97,13 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
     infra, database, event_tap
 ):
     proxy = TcpProxy.for_url(infra.amqp_url).start()
-    broker = await _broker(proxy.proxied_url(infra.amqp_url), infra.namespace)
+    proxied_url = proxy.proxied_url(infra.amqp_url)
+    broker = await _broker(proxied_url, infra.namespace)
+    publisher = EventPublisher(proxied_url, Topology(infra.namespace), connection_name="t")
     outbox = Outbox(
         chat_outbox,
         database,
-        EventPublisher(broker, Topology(infra.namespace)),
+        publisher,
         relay_grace=timedelta(0),
         poll_interval_s=0.1,
     )
@@ -119,5 +123,6 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
     finally:
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
+        await publisher.close()
         await broker.stop()
         proxy.close()
