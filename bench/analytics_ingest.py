@@ -552,7 +552,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=30_000, help="events per ingestion phase")
     parser.add_argument("--replies", type=int, default=1_000_000, help="stored replies to seed")
     parser.add_argument("--requests", type=int, default=200, help="requests per latency probe")

@@ -418,13 +418,18 @@ async def streaming(users: list[VirtualUser], mock: MockLLMSettings):
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gateway", default="ws://127.0.0.1:8000")
-    parser.add_argument("--mock-llm", default="http://127.0.0.1:8009")
-    parser.add_argument("--users", type=int, default=50)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--gateway", default="ws://127.0.0.1:8000", help="gateway WebSocket URL")
+    parser.add_argument("--mock-llm", default="http://127.0.0.1:8009", help="mock_llm URL")
+    parser.add_argument("--users", type=int, default=50, help="virtual users (one socket each)")
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per paced user")
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
+    parser.add_argument(
+        "--streams", type=int, default=500, help="concurrent conversations when streaming"
+    )
     parser.add_argument(
         "--scenarios",
         default="paced,saturation,streaming",

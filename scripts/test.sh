@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 ensure_venv "[test]"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy
+"${VENV}/bin/ruff" check .
+"${VENV}/bin/ruff" format --check .
+"${VENV}/bin/mypy"
 # -p no:cacheprovider keeps a clean clone clean; pytest exits 5 if it collected nothing.
-exec .venv/bin/pytest -p no:cacheprovider "$@"
+exec "${VENV}/bin/pytest" -p no:cacheprovider "$@"

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
 ensure_venv ""
-exec .venv/bin/convoai up "$@"
+exec "${VENV}/bin/convoai" up "$@"

@@ -144,7 +144,9 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from services.runner import run_local_stack
 
-    return run_local_stack(workers=args.workers, host=args.host, port_offset=args.port_offset)
+    return run_local_stack(
+        workers=args.workers, host=args.host, port_offset=args.port_offset, stack_name=args.stack
+    )
 
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
@@ -166,7 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--port-offset",
         type=int,
         default=0,
-        help="shift every port (gateway 8000+N, auth 8001+N, …) to run beside another stack",
+        help="shift every port (gateway 8000+N, auth 8001+N, …) to run beside another stack; "
+        "a non-zero offset also gives the stack its own broker namespace and database "
+        "(suffix pN, or --stack)",
+    )
+    up.add_argument(
+        "--stack",
+        default=None,
+        metavar="NAME",
+        help="name of a separate stack: namespace <ns>-NAME and database <db>_NAME "
+        "(default: pN for --port-offset N, none for offset 0)",
     )
     up.set_defaults(func=cmd_up)
 

@@ -49,7 +49,7 @@ SERVICES: dict[str, ServiceSpec] = {
 
 MIGRATED_SCHEMAS: dict[str, str] = {
     "auth": "services.auth",
-    "chat": "services.gateway",
+    "chat": "services.chat",
     "analytics": "services.analytics_consumer",
 }
 """Schema → the package whose `migrations/` owns it."""

@@ -3,20 +3,27 @@
 Order: make sure PostgreSQL and RabbitMQ answer (start the local ones if they are installed but
 stopped), migrate, then start mock_llm (only when no model key is configured), auth, analytics,
 the gateway and the chat workers as `convoai serve` children, wait until each `/health`
-answers, print the URLs. Any child dying, SIGINT or SIGTERM stops everything.
+answers, print the URLs. A child that dies afterwards is restarted with backoff, like compose's
+`restart: on-failure`; a crash loop, SIGINT or SIGTERM stops everything.
+
+A stack started with `--port-offset N` (or `--stack NAME`) is a separate stack: its own broker
+namespace and its own database, so two stacks run side by side without sharing data or queues.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +40,11 @@ from shared.settings import ServiceSettings
 
 HEALTH_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Wait before the 1st, 2nd, … restart of a child within `CRASH_LOOP_WINDOW_S`."""
+CRASH_LOOP_WINDOW_S = 120.0
+"""A child that needs more restarts than `RESTART_BACKOFF_S` has within this window is in a
+crash loop: restarting it again would only hide the fault, so the stack stops."""
 _PR_SET_PDEATHSIG = 1
 
 _COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93")
@@ -192,6 +204,46 @@ async def _stop(children: list[Child]) -> None:
             await asyncio.gather(child.pump, return_exceptions=True)
 
 
+@dataclass(frozen=True)
+class Stack:
+    """What makes one local stack independent of another on the same machine."""
+
+    namespace: str
+    database_url: str
+    gateway_origins: tuple[str, ...]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "CONVOAI_NAMESPACE": self.namespace,
+            "CONVOAI_DATABASE_URL": self.database_url,
+            "CONVOAI_ALLOWED_ORIGINS": json.dumps(list(self.gateway_origins)),
+        }
+
+
+def plan_stack(
+    settings: ServiceSettings, host: str, port_offset: int, name: str | None = None
+) -> Stack:
+    """The namespace, database and allowed browser origins of the stack to start.
+
+    The default stack uses the configured namespace and database as they are. Another stack
+    (`--stack NAME`, or `--port-offset N` which names it `pN`) appends its name to both, so its
+    queues, its data and its accounts are its own.
+    """
+    suffix = name or (f"p{port_offset}" if port_offset else "")
+    namespace, database_url = settings.namespace, settings.database_url
+    if suffix:
+        if not re.fullmatch(r"[a-z0-9]{1,12}", suffix):
+            raise SetupError(f"stack name {suffix!r}: use 1-12 lowercase letters or digits")
+        namespace = f"{namespace[: 31 - len(suffix)]}-{suffix}"
+        url = make_url(database_url)
+        url = url.set(database=f"{url.database or 'convoai'}_{suffix}")
+        database_url = url.render_as_string(hide_password=False)
+    gateway_port = 8000 + port_offset
+    hosts = dict.fromkeys((host, "127.0.0.1", "localhost"))
+    origins = tuple(f"http://{h}:{gateway_port}" for h in hosts if h not in ("0.0.0.0", "::"))
+    return Stack(namespace, database_url, origins)
+
+
 def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -> list[Child]:
     """The processes to start, in start order; ports are the defaults shifted by `port_offset`."""
     colours = iter(_COLOURS * 4)
@@ -216,11 +268,69 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
     return children
 
 
-async def _run(workers: int, host: str, port_offset: int) -> int:
+async def _restart_after(
+    child: Child, delay_s: float, base_env: dict[str, str], stop: asyncio.Event
+) -> int | None:
+    """Wait `delay_s` (or until the stack stops), start `child` again, return when it exits."""
+    with suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)
+    if stop.is_set():
+        return None
+    if child.pump is not None:
+        await asyncio.gather(child.pump, return_exceptions=True)
+    await _start(child, base_env)
+    assert child.process is not None
+    print(f"[up] {child.name} restarted (pid {child.process.pid})", flush=True)
+    return await child.process.wait()
+
+
+async def _supervise(children: list[Child], base_env: dict[str, str], stop: asyncio.Event) -> int:
+    """Restart children that die, with backoff; 0 once `stop` is set, 1 on a crash loop."""
+    restarts: dict[str, list[float]] = {child.name: [] for child in children}
+    stopper = asyncio.create_task(stop.wait())
+    exits: dict[asyncio.Task[int | None], Child] = {
+        asyncio.create_task(c.process.wait()): c for c in children if c.process
+    }
+    try:
+        while True:
+            done, _ = await asyncio.wait([stopper, *exits], return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                return 0
+            for task in done:
+                child = exits.pop(task)
+                code = task.result()
+                now = time.monotonic()
+                recent = [t for t in restarts[child.name] if now - t < CRASH_LOOP_WINDOW_S]
+                if len(recent) >= len(RESTART_BACKOFF_S):
+                    print(
+                        f"[up] {child.name} exited with code {code} again: "
+                        f"{len(recent) + 1} exits within {CRASH_LOOP_WINDOW_S:.0f}s is a crash "
+                        "loop; stopping everything (its log lines above say why)",
+                        flush=True,
+                    )
+                    return 1
+                delay_s = RESTART_BACKOFF_S[len(recent)]
+                restarts[child.name] = [*recent, now]
+                print(
+                    f"[up] {child.name} exited unexpectedly with code {code}; restarting it in "
+                    f"{delay_s:.0f}s (restart {len(recent) + 1} of {len(RESTART_BACKOFF_S)} "
+                    f"allowed within {CRASH_LOOP_WINDOW_S:.0f}s)",
+                    flush=True,
+                )
+                restart = _restart_after(child, delay_s, base_env, stop)
+                exits[asyncio.create_task(restart)] = child
+    finally:
+        for task in [stopper, *exits]:
+            task.cancel()
+        await asyncio.gather(stopper, *exits, return_exceptions=True)
+
+
+async def _run(workers: int, host: str, port_offset: int, stack_name: str | None) -> int:
     settings = ServiceSettings()
+    stack = plan_stack(settings, host, port_offset, stack_name)
     await _ensure_running(
         "PostgreSQL",
-        settings.database_url,
+        stack.database_url,
         _postgres_answers,
         _start_local_postgres,
         "no local PostgreSQL is installed (apt install postgresql, or set CONVOAI_DATABASE_URL)",
@@ -232,8 +342,12 @@ async def _run(workers: int, host: str, port_offset: int) -> int:
         _start_local_rabbitmq,
         "no local RabbitMQ is installed (apt install rabbitmq-server, or set CONVOAI_AMQP_URL)",
     )
-    await upgrade_to_head(settings.database_url, MIGRATED_SCHEMAS)
-    print(f"[up] database migrated: {', '.join(MIGRATED_SCHEMAS)}", flush=True)
+    await upgrade_to_head(stack.database_url, MIGRATED_SCHEMAS)
+    print(
+        f"[up] database {make_url(stack.database_url).database} migrated "
+        f"({', '.join(MIGRATED_SCHEMAS)}); broker namespace {stack.namespace}",
+        flush=True,
+    )
 
     llm_key = os.environ.get("CONVOAI_LLM_API_KEY", "")
     children = plan_children(workers, host, llm_key, port_offset)
@@ -248,7 +362,9 @@ async def _run(workers: int, host: str, port_offset: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    base_env = dict(os.environ)
+    base_env = {**os.environ, **stack.env()}
+    if "CONVOAI_ALLOWED_ORIGINS" in os.environ:  # the operator's own list wins
+        base_env["CONVOAI_ALLOWED_ORIGINS"] = os.environ["CONVOAI_ALLOWED_ORIGINS"]
     exit_code = 0
     try:
         for child in children:
@@ -259,16 +375,7 @@ async def _run(workers: int, host: str, port_offset: int) -> int:
             print(f"[up]   {child.name:<14} http://{host}:{child.port}", flush=True)
         print(f"[up]   chat WebSocket ws://{host}:{8000 + port_offset}/ws", flush=True)
         print("[up] Ctrl-C stops everything.\n", flush=True)
-
-        waiters = {asyncio.create_task(c.process.wait()): c for c in children if c.process}
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *waiters], return_when=asyncio.FIRST_COMPLETED)
-        if stopper not in done:
-            dead = next(waiters[t] for t in done if t in waiters)
-            print(f"[up] {dead.name} exited unexpectedly; stopping everything", flush=True)
-            exit_code = 1
-        for task in [stopper, *waiters]:
-            task.cancel()
+        exit_code = await _supervise(children, base_env, stop)
     except SetupError as exc:
         print(f"[up] {exc}", file=sys.stderr, flush=True)
         exit_code = 1
@@ -279,9 +386,11 @@ async def _run(workers: int, host: str, port_offset: int) -> int:
     return exit_code
 
 
-def run_local_stack(workers: int = 2, host: str = "127.0.0.1", port_offset: int = 0) -> int:
+def run_local_stack(
+    workers: int = 2, host: str = "127.0.0.1", port_offset: int = 0, stack_name: str | None = None
+) -> int:
     try:
-        return asyncio.run(_run(workers, host, port_offset))
+        return asyncio.run(_run(workers, host, port_offset, stack_name))
     except SetupError as exc:
         print(f"[up] {exc}", file=sys.stderr)
         return 1

@@ -160,3 +160,24 @@ async def skip_commit_flush(session: AsyncSession) -> None:
     was told was accepted.
     """
     await session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+@asynccontextmanager
+async def statement_connection(
+    session: AsyncSession, engine: AsyncEngine
+) -> AsyncIterator[asyncpg.Connection]:
+    """The driver connection a hot-path statement runs on.
+
+    If the caller's unit of work has already begun, its own connection, inside its transaction
+    (one transaction and one pooled connection per unit); otherwise a pooled connection in
+    autocommit (`driver_connection`): the single-statement exception to "the edge owns the
+    unit of work".
+    """
+    if session.in_transaction():
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        driver: asyncpg.Connection = raw.driver_connection
+        yield driver
+    else:
+        async with driver_connection(engine) as driver:
+            yield driver

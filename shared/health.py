@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
+
+class NotReady(RuntimeError):
+    """A readiness check's failure whose message is meant for the operator (it names what is
+    wrong and where); other exceptions show only their type."""
+
+
 READY_CHECK_TIMEOUT_S = 3.0
 
 
@@ -38,6 +44,8 @@ def health_router(
             try:
                 await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
                 results[name] = "ok"
+            except NotReady as exc:
+                results[name] = f"unavailable: {exc}"
             except Exception as exc:
                 results[name] = f"unavailable: {type(exc).__name__}"
         ok = all(v == "ok" for v in results.values())

@@ -144,6 +144,10 @@ class Outbox:
         )
         session.info.setdefault(_STAGED_KEY, []).extend(staged)
 
+    def publish_after_commit(self, session: AsyncSession, *staged: StagedEvent) -> None:
+        """Have `session`'s unit of work publish events whose rows a statement already wrote."""
+        session.info.setdefault(_STAGED_KEY, []).extend(staged)
+
     @asynccontextmanager
     async def unit_of_work(self, *, wait_for_publish: bool = True) -> AsyncIterator[AsyncSession]:
         """A transaction whose staged events are published as soon as it has committed.

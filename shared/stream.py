@@ -3,7 +3,8 @@ the worker holding a reply, on `<ns>.control`). Both use routing key `conv.<conv
 
 Frames are transient; what must survive is in the `chat.messages` table. A reply is numbered
 by `seq`: `reply.started` is seq 0, each `reply.delta` adds one, and the terminal frame
-(`reply.completed` / `reply.failed` / `reply.cancelled`) carries the last seq. When a worker dies
+(`reply.completed` / `reply.failed` / `reply.cancelled`) carries the next seq, one past the
+last delta's. When a worker dies
 mid-reply, another one regenerates it with `attempt + 1` and sends `reply.started` again: a
 client drops what it had of that reply and starts over from seq 0.
 
@@ -74,6 +75,21 @@ class ReplyCancelledFrame(_Frame):
     """The partial reply as stored."""
 
 
+class ReplyRetryingFrame(_Frame):
+    """The model call failed and is tried again after `retry_in_s`; the reply is not lost.
+
+    Not a step of the reply: `seq` is that of the last frame before it, and a client keeps what
+    it has (a retry that must start over sends `reply.started` with the next attempt).
+    """
+
+    type: Literal["reply.retrying"] = "reply.retrying"
+    retry: int
+    """1 for the first retry of this reply."""
+    max_retries: int
+    error: ReplyError
+    retry_in_s: float
+
+
 class ReplySnapshotFrame(_Frame):
     """The worker's in-memory state of a streaming reply, in answer to `resync`."""
 
@@ -88,6 +104,7 @@ StreamFrame = Annotated[
     | ReplyCompletedFrame
     | ReplyFailedFrame
     | ReplyCancelledFrame
+    | ReplyRetryingFrame
     | ReplySnapshotFrame,
     Field(discriminator="type"),
 ]

@@ -102,7 +102,8 @@ class Topology:
         )
 
     def worker_control_queue(self, instance_id: str) -> RabbitQueue:
-        """One exclusive queue per worker, bound to `conv.<id>` while it streams there."""
+        """One exclusive queue per worker, bound to `conv.*` for as long as the worker runs (it
+        acts on the commands for the replies it holds; chat_worker/broadcast.py says why)."""
         return RabbitQueue(
             self.name(f"worker.{instance_id}.control"),
             exclusive=True,

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_each_service_starts_and_is_ready(start_service, service):
-    process = start_service(service)
+    env = {}
+    if service == "chat_worker":  # a worker is ready only with a model endpoint that answers
+        env["CONVOAI_LLM_BASE_URL"] = f"{start_service('mock_llm').url}/v1"
+    process = start_service(service, **env)
     health = httpx.get(f"{process.url}/health")
     assert health.status_code == 200
     assert health.json()["service"] == service

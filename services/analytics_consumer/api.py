@@ -23,16 +23,15 @@ from services.analytics_consumer.schemas import (
     ConversationRow,
     DailyRow,
     ModelRow,
-    Page,
     Summary,
     TopUser,
     TrackActivity,
     UserRow,
 )
 from shared.db import transaction
+from shared.pagination import Limit, Page, ReportLimit, Skip
 from shared.security import Role, require_roles
 
-MAX_PAGE = 200
 MAX_DAYS = 366
 
 
@@ -42,8 +41,6 @@ async def _repository(request: Request) -> AsyncIterator[AnalyticsRepository]:
 
 
 Repository = Annotated[AnalyticsRepository, Depends(_repository)]
-Skip = Annotated[int, Query(ge=0, le=1_000_000)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 StartDay = Annotated[date | None, Query(description="First UTC day, inclusive (YYYY-MM-DD).")]
 EndDay = Annotated[date | None, Query(description="Last UTC day, inclusive (YYYY-MM-DD).")]
 
@@ -123,7 +120,7 @@ async def summary(repo: Repository) -> Summary:
 async def user_activities(
     repo: Repository,
     skip: Skip = 0,
-    limit: Limit = 50,
+    limit: ReportLimit = 50,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
     activity_type: Annotated[str | None, Query(max_length=32)] = None,
     start: StartDay = None,
@@ -144,7 +141,7 @@ async def user_activities(
 async def top_users(
     repo: Repository,
     by: UsersRankedBy = "messages",
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    limit: Limit = 10,
     skip: Skip = 0,
     days: Annotated[
         int | None, Query(ge=1, le=MAX_DAYS, description="Only the last N days; all time if unset.")
@@ -174,7 +171,7 @@ async def users_list(
     active_only: bool = False,
     q: Annotated[str | None, Query(max_length=150, description="Username contains.")] = None,
     skip: Skip = 0,
-    limit: Limit = 50,
+    limit: ReportLimit = 50,
 ) -> Page[UserRow]:
     rows, total = await repo.users(active_only=active_only, q=q, skip=skip, limit=limit)
     items = [
@@ -206,7 +203,7 @@ async def conversations(
     end: EndDay = None,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
     skip: Skip = 0,
-    limit: Limit = 50,
+    limit: ReportLimit = 50,
 ) -> Page[ConversationRow]:
     rows, total = await repo.conversations(
         user_id=user_id, days=_date_range(start, end), skip=skip, limit=limit
@@ -243,7 +240,7 @@ async def api_usage(
     end: EndDay = None,
     service: Annotated[str | None, Query(max_length=64)] = None,
     skip: Skip = 0,
-    limit: Limit = 50,
+    limit: ReportLimit = 50,
 ) -> Page[ApiUsageRow]:
     rows, total = await repo.api_usage(
         service=service, days=_date_range(start, end), skip=skip, limit=limit
@@ -343,7 +340,7 @@ async def model_stats(
     start: StartDay = None,
     end: EndDay = None,
     skip: Skip = 0,
-    limit: Limit = 50,
+    limit: ReportLimit = 50,
 ) -> Page[ModelRow]:
     """Per model over the date range; time-to-first-token percentiles are lifetime."""
     rows = await repo.models(_date_range(start, end))

@@ -12,10 +12,9 @@ from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
 from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "analytics_consumer"
 
@@ -51,25 +50,15 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         yield
         await runtime.stop()
 
-    app = FastAPI(title="ConvoAI analytics", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.consumer = consumer
-    app.state.prices = prices
-    app.state.token_verifier = TokenVerifier.from_settings(settings)
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "database": runtime.check_database,
-                "consumer": consumer.check_connected,
-            },
-        )
+    return create_service_app(
+        title="ConvoAI analytics",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={
+            "consumer": consumer,
+            "prices": prices,
+            "token_verifier": TokenVerifier.from_settings(settings),
+        },
+        readiness={"consumer": consumer.check_connected},
+        routers=[api.public, api.readers],
     )
-    app.include_router(api.public)
-    app.include_router(api.readers)
-    install_http_metrics(app, runtime)
-    return app

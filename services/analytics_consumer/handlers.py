@@ -34,16 +34,12 @@ from typing import Any
 import aiormq
 import aiormq.abc
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.analytics_consumer.ingest import (
-    EventIngestor,
-    Incoming,
-    UnknownEvent,
-    write_system_metrics,
-)
+from services.analytics_consumer.ingest import EventIngestor, Incoming, UnknownEvent
+from services.analytics_consumer.upserts import write_system_metrics
 from shared.db import is_database_unavailable, transaction
+from shared.db_retry import DatabaseRetry, describe_database_error
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
 
 log = logging.getLogger(__name__)
@@ -128,6 +124,7 @@ class EventConsumer:
         self._config = config
         self._sessions = sessions
         self._ingestor = ingestor
+        self._db_retry = DatabaseRetry(max_delay_s=config.max_backoff_s)
         self._pending: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -259,34 +256,17 @@ class EventConsumer:
 
     async def _commit_with_retry(self, events: Sequence[Incoming]) -> None:
         """Commit, waiting out database outages; raise on any other failure."""
-        backoff = 0.1
-        outage_since: float | None = None
-        while True:
+
+        async def commit() -> dict[str, float]:
             counters = dict(self._pending_counters)
-            try:
-                async with transaction(self._sessions) as session:
-                    await self._ingestor.ingest(
-                        session, events, extra_counters=counters, gauges=_lag_gauge(events)
-                    )
-            except Exception as exc:
-                if not is_database_unavailable(exc):
-                    raise
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning(
-                        "database unavailable, consumption paused",
-                        extra={"error": _describe(exc)},
-                    )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._config.max_backoff_s)
-                continue
-            self._forget_counters(counters)
-            if outage_since is not None:
-                log.info(
-                    "database back, consumption resumed",
-                    extra={"paused_s": round(time.monotonic() - outage_since, 2)},
+            async with transaction(self._sessions) as session:
+                await self._ingestor.ingest(
+                    session, events, extra_counters=counters, gauges=_lag_gauge(events)
                 )
-            return
+            return counters
+
+        written = await self._db_retry.run(commit, what="consumption")
+        self._forget_counters(written)
 
     async def _write_one_by_one(self, items: Sequence[tuple[Delivery, Incoming]]) -> None:
         for delivery, event in items:
@@ -298,7 +278,7 @@ class EventConsumer:
                     extra={
                         "event_id": str(event.event_id),
                         "type": event.type,
-                        "error": _describe(exc),
+                        "error": describe_database_error(exc),
                     },
                 )
                 await self._settle(delivery, accept=False)
@@ -397,12 +377,6 @@ class EventConsumer:
         }
         async with transaction(self._sessions) as session:
             await write_system_metrics(await session.connection(), {}, gauges)
-
-
-def _describe(exc: BaseException) -> str:
-    """The driver's message, without SQLAlchemy's echo of the statement and its parameters."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return f"{type(cause).__name__}: {cause}"[:300]
 
 
 def _lag_gauge(events: Sequence[Incoming]) -> dict[str, float]:

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models
+from shared.like_pattern import LIKE_ESCAPE, contains_pattern
 
 UsersRankedBy = Literal["messages", "tokens"]
 
@@ -231,7 +232,7 @@ class AnalyticsRepository:
         if active_only:
             query = query.where(u.is_active.is_(True))
         if q:
-            query = query.where(u.username.ilike(f"%{_escape_like(q)}%", escape="\\"))
+            query = query.where(u.username.ilike(contains_pattern(q), escape=LIKE_ESCAPE))
         total = await _count(self._session, query)
         page = await self._session.scalars(
             query.order_by(u.first_seen_at.desc(), u.user_id).offset(skip).limit(limit)
@@ -312,10 +313,6 @@ def _in_range(query: Select[Any], column: Any, days: DateRange) -> Select[Any]:
     if end is not None:
         conditions.append(column < end)
     return query.where(*conditions) if conditions else query
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def money(value: Decimal | float | int | None) -> float:

@@ -11,18 +11,19 @@ from datetime import timedelta
 from fastapi import FastAPI
 
 from services.auth import models
+from services.auth.api import account_error_handler, router
 from services.auth.bootstrap import AdminBootstrapError, ensure_first_admin
-from services.auth.endpoints import account_error_handler, router
+from services.auth.errors import AccountError
+from services.auth.login import LockoutPolicy
 from services.auth.passwords import PasswordHasher
-from services.auth.rate_limit import RateLimiter
-from services.auth.service import AccountError, AccountsFactory, LockoutPolicy
+from services.auth.service import AccountsFactory
 from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
+from shared.rate_limit import RateLimiter
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "auth"
 PRUNE_INTERVAL_S = 600.0
@@ -60,7 +61,7 @@ async def prune_forever(accounts: AccountsFactory) -> None:
     while True:
         try:
             async with accounts.unit_of_work() as uow:
-                await uow.prune()
+                await uow.logins.prune()
         except Exception as exc:
             log.warning("auth prune failed, retrying later", extra={"error": repr(exc)})
         await asyncio.sleep(PRUNE_INTERVAL_S)
@@ -87,25 +88,20 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
         await outbox.drain_background()
         await runtime.stop()
 
-    app = FastAPI(title="ConvoAI auth", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.outbox = outbox
-    app.state.accounts = accounts
-    app.state.token_verifier = accounts.verifier
-    app.state.login_limiter = RateLimiter(settings.login_rate_limit, settings.login_rate_window_s)
-    app.state.register_limiter = RateLimiter(
-        settings.register_rate_limit, settings.register_rate_window_s
+    app = create_service_app(
+        title="ConvoAI auth",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={
+            "outbox": outbox,
+            "accounts": accounts,
+            "token_verifier": accounts.verifier,
+            "login_limiter": RateLimiter(settings.login_rate_limit, settings.login_rate_window_s),
+            "register_limiter": RateLimiter(
+                settings.register_rate_limit, settings.register_rate_window_s
+            ),
+        },
+        routers=[router],
     )
     app.add_exception_handler(AccountError, account_error_handler)
-    app.include_router(router)
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {"broker": runtime.check_broker, "database": runtime.check_database},
-        )
-    )
-    install_http_metrics(app, runtime)
     return app

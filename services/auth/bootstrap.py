@@ -13,13 +13,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from services.auth.errors import AccountError, DuplicateAccount, PasswordPolicyViolation
 from services.auth.schemas import RegisterRequest
-from services.auth.service import (
-    AccountError,
-    AccountsFactory,
-    DuplicateAccount,
-    PasswordPolicyViolation,
-)
+from services.auth.service import AccountsFactory
 from services.auth.settings import AuthSettings
 from shared.broker import BrokerUnavailable, wait_for_broker
 from shared.logging import configure_logging

@@ -9,12 +9,8 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth.models import LoginFailure, RefreshToken, User
+from shared.like_pattern import LIKE_ESCAPE, contains_pattern
 from shared.security import Role
-
-
-def _like_pattern(term: str) -> str:
-    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class UserRepository:
@@ -50,12 +46,12 @@ class UserRepository:
     ) -> tuple[Sequence[User], int]:
         conditions = []
         if q:
-            pattern = _like_pattern(q)
+            pattern = contains_pattern(q)
             conditions.append(
                 or_(
-                    User.username.ilike(pattern, escape="\\"),
-                    User.email.ilike(pattern, escape="\\"),
-                    User.full_name.ilike(pattern, escape="\\"),
+                    User.username.ilike(pattern, escape=LIKE_ESCAPE),
+                    User.email.ilike(pattern, escape=LIKE_ESCAPE),
+                    User.full_name.ilike(pattern, escape=LIKE_ESCAPE),
                 )
             )
         if role is not None:

@@ -55,13 +55,6 @@ class UserOut(BaseModel):
     last_login_at: datetime | None
 
 
-class UserPage(BaseModel):
-    items: list[UserOut]
-    total: int
-    skip: int
-    limit: int
-
-
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"

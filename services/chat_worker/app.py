@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
+from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway import models
 from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
@@ -39,6 +40,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         frames=frames,
         client=create_client(settings),
     )
+    model_endpoint = ModelEndpoint(replies.client, settings)
     requests = RequestConsumer(
         settings.amqp_url,
         runtime.topology,
@@ -56,6 +58,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
         await requests.start()
+        # Not awaited: a slow or absent model endpoint must not delay the worker's start.
+        runtime.run_in_background(model_endpoint.log_at_start(), "model-endpoint-check")
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
         await requests.stop(DRAIN_TIMEOUT_S)
@@ -79,6 +83,7 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
                 "broker": runtime.check_broker,
                 "requests": requests.check_connected,
                 "database": runtime.check_database,
+                "model": model_endpoint.check_ready,
             },
         )
     )

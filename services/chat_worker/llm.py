@@ -40,7 +40,15 @@ def classify(exc: BaseException) -> ModelFailure:
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ModelFailure("model_auth_failed", "The model service refused our key.", False)
     if isinstance(exc, openai.NotFoundError):
-        return ModelFailure("model_not_found", "The model does not exist.", False)
+        if _names_a_model(exc):
+            return ModelFailure("model_not_found", "The model does not exist.", False)
+        # A 404 that is not about a model: nothing serves chat completions at this URL
+        # (most often a base URL without its /v1).
+        return ModelFailure(
+            "model_endpoint_not_found",
+            "The model service has no chat completions API at its configured URL.",
+            False,
+        )
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code >= 500 or exc.status_code in (408, 409):
             return ModelFailure("model_unavailable", "The model service failed.", True)
@@ -48,6 +56,17 @@ def classify(exc: BaseException) -> ModelFailure:
     if isinstance(exc, openai.APIError):
         return ModelFailure("model_error", "The model reported an error.", False)
     return ModelFailure("internal_error", "The reply could not be generated.", False)
+
+
+def _names_a_model(exc: openai.NotFoundError) -> bool:
+    """Whether a 404 says the model is unknown (OpenAI's `model_not_found`, or a message about
+    a model), rather than that the path does not exist."""
+    if exc.code == "model_not_found":
+        return True
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    message = error.get("message") if isinstance(error, dict) else None
+    return isinstance(message, str) and "model" in message.lower()
 
 
 def backoff_s(retry: int, settings: ChatWorkerSettings) -> float:

@@ -12,6 +12,7 @@ from shared.stream import (
     ReplyDeltaFrame,
     ReplyError,
     ReplyFailedFrame,
+    ReplyRetryingFrame,
     ReplySnapshotFrame,
     ReplyStartedFrame,
     Usage,
@@ -142,6 +143,17 @@ class ActiveReply:
     def cancelled_frame(self) -> ReplyCancelledFrame:
         self.seq += 1
         return ReplyCancelledFrame(**self._ids(), content=self.sent_text)
+
+    def retrying_frame(
+        self, retry: int, max_retries: int, error: ReplyError, retry_in_s: float
+    ) -> ReplyRetryingFrame:
+        return ReplyRetryingFrame(
+            **self._ids(),
+            retry=retry,
+            max_retries=max_retries,
+            error=error,
+            retry_in_s=round(retry_in_s, 2),
+        )
 
     def snapshot_frame(self, request_id: str) -> ReplySnapshotFrame:
         return ReplySnapshotFrame(**self._ids(), content=self.sent_text, request_id=request_id)

@@ -17,8 +17,7 @@ import asyncpg
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.chat_worker.prompt import Turn
-from services.gateway.models import (
+from services.chat.models import (
     ASSISTANTS,
     CONVERSATIONS,
     MESSAGES,
@@ -27,6 +26,8 @@ from services.gateway.models import (
     MessageRole,
     MessageStatus,
 )
+from services.chat.replies import PROMPT_STATUSES
+from services.chat_worker.prompt import Turn
 from shared.outbox import StagedEvent, outbox_rows_for
 
 HISTORY_MESSAGES = 100
@@ -47,10 +48,11 @@ class Request:
     history: list[Turn]
 
 
-# One statement: read the message with its conversation and assistant (defaults `$3`, `$5`),
-# the newest `$4`
-# earlier questions each with its answer (if one was completed or cancelled with text), and
-# create the (streaming) reply `$2` unless the message already has one.
+_PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
+
+# One statement: read the message `$1` with its conversation and assistant (defaults `$3`,
+# `$5`) and the newest `$4` earlier questions, each with its answer if that answer has text and
+# `PROMPT_STATUSES`; and create the (streaming) reply `$2` unless the message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
     SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
@@ -81,7 +83,7 @@ SELECT request.*,
               LIMIT $4) AS q
         LEFT JOIN {MESSAGES} AS r
           ON r.reply_to = q.id AND r.content <> ''
-         AND r.status IN ('{MessageStatus.COMPLETE.value}', '{MessageStatus.CANCELLED.value}')
+         AND r.status IN ({_PROMPT_STATUSES})
        ) AS history
 FROM request
 """  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)

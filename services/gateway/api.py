@@ -11,9 +11,11 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, statu
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.chat.models import ConversationStatus, Message
+from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
+from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
 from services.gateway.fanout import StreamUnavailable
-from services.gateway.models import ConversationStatus, Message, MessageStatus
 from services.gateway.schemas import (
     MAX_SEARCH_LENGTH,
     AssistantCreate,
@@ -26,9 +28,8 @@ from services.gateway.schemas import (
     MessageAccepted,
     MessageCreate,
     MessageOut,
-    Page,
 )
-from services.gateway.service import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from shared.pagination import Limit, Page, Skip
 from shared.security import CurrentPrincipal
 from shared.stream import (
     ReplyCancelledFrame,
@@ -37,15 +38,12 @@ from shared.stream import (
     StreamFrame,
 )
 
-MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 MAX_REQUEST_BYTES = 1024 * 1024
 REPLY_POLL_INTERVAL_S = 0.5
 """`?wait=true` re-reads the database this often in case the live frame was missed."""
 
 GatewayDep = Annotated[Gateway, Depends(gateway_dependency)]
-Skip = Annotated[int, Query(ge=0, le=1_000_000)]
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 router = APIRouter()
 
@@ -102,7 +100,8 @@ def install_error_handlers(app: FastAPI) -> None:
 async def create_assistant(
     body: AssistantCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
-    assistant = await gw.chat.create_assistant(principal.user_id, body)
+    async with gw.unit_of_work() as session:
+        assistant = await gw.chat.create_assistant(session, principal.user_id, body)
     return AssistantOut.model_validate(assistant)
 
 
@@ -110,7 +109,8 @@ async def create_assistant(
 async def list_assistants(
     principal: CurrentPrincipal, gw: GatewayDep, skip: Skip = 0, limit: Limit = DEFAULT_PAGE_SIZE
 ) -> Page[AssistantOut]:
-    items, total = await gw.chat.list_assistants(principal.user_id, skip, limit)
+    async with gw.unit_of_work() as session:
+        items, total = await gw.chat.list_assistants(session, principal.user_id, skip, limit)
     return Page(
         items=[AssistantOut.model_validate(a) for a in items], total=total, skip=skip, limit=limit
     )
@@ -120,20 +120,25 @@ async def list_assistants(
 async def get_assistant(
     assistant_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
-    return AssistantOut.model_validate(await gw.chat.get_assistant(principal.user_id, assistant_id))
+    async with gw.unit_of_work() as session:
+        return AssistantOut.model_validate(
+            await gw.chat.get_assistant(session, principal.user_id, assistant_id)
+        )
 
 
 @router.patch("/assistants/{assistant_id}", response_model=AssistantOut)
 async def update_assistant(
     assistant_id: str, body: AssistantUpdate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
-    assistant = await gw.chat.update_assistant(principal.user_id, assistant_id, body)
+    async with gw.unit_of_work() as session:
+        assistant = await gw.chat.update_assistant(session, principal.user_id, assistant_id, body)
     return AssistantOut.model_validate(assistant)
 
 
 @router.delete("/assistants/{assistant_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_assistant(assistant_id: str, principal: CurrentPrincipal, gw: GatewayDep) -> None:
-    await gw.chat.delete_assistant(principal.user_id, assistant_id)
+    async with gw.unit_of_work() as session:
+        await gw.chat.delete_assistant(session, principal.user_id, assistant_id)
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -143,7 +148,8 @@ async def delete_assistant(assistant_id: str, principal: CurrentPrincipal, gw: G
 async def create_conversation(
     body: ConversationCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
-    conversation = await gw.chat.create_conversation(principal.user_id, body)
+    async with gw.unit_of_work() as session:
+        conversation = await gw.chat.create_conversation(session, principal.user_id, body)
     return ConversationOut.model_validate(conversation)
 
 
@@ -156,9 +162,15 @@ async def list_conversations(
     skip: Skip = 0,
     limit: Limit = DEFAULT_PAGE_SIZE,
 ) -> Page[ConversationOut]:
-    items, total = await gw.chat.list_conversations(
-        principal.user_id, search=q or None, status=status_filter, skip=skip, limit=limit
-    )
+    async with gw.unit_of_work() as session:
+        items, total = await gw.chat.list_conversations(
+            session,
+            principal.user_id,
+            search=q or None,
+            status=status_filter,
+            skip=skip,
+            limit=limit,
+        )
     return Page(
         items=[ConversationOut.model_validate(c) for c in items],
         total=total,
@@ -171,7 +183,8 @@ async def list_conversations(
 async def get_conversation(
     conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
-    conversation = await gw.chat.get_conversation(principal.user_id, conversation_id)
+    async with gw.unit_of_work() as session:
+        conversation = await gw.chat.get_conversation(session, principal.user_id, conversation_id)
     return ConversationOut.model_validate(conversation)
 
 
@@ -179,7 +192,10 @@ async def get_conversation(
 async def rename_conversation(
     conversation_id: str, body: ConversationUpdate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
-    conversation = await gw.chat.rename_conversation(principal.user_id, conversation_id, body.title)
+    async with gw.unit_of_work() as session:
+        conversation = await gw.chat.rename_conversation(
+            session, principal.user_id, conversation_id, body.title
+        )
     return ConversationOut.model_validate(conversation)
 
 
@@ -187,14 +203,16 @@ async def rename_conversation(
 async def delete_conversation(
     conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> None:
-    await gw.chat.delete_conversation(principal.user_id, conversation_id)
+    async with gw.unit_of_work() as session:
+        await gw.chat.delete_conversation(session, principal.user_id, conversation_id)
 
 
 @router.post("/conversations/{conversation_id}/end", response_model=ConversationOut)
 async def end_conversation(
     conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
-    conversation = await gw.chat.end_conversation(principal.user_id, conversation_id)
+    async with gw.unit_of_work() as session:
+        conversation = await gw.chat.end_conversation(session, principal.user_id, conversation_id)
     return ConversationOut.model_validate(conversation)
 
 
@@ -202,7 +220,8 @@ async def end_conversation(
 async def conversation_stats(
     conversation_id: str, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationStats:
-    return await gw.chat.conversation_stats(principal.user_id, conversation_id)
+    async with gw.unit_of_work() as session:
+        return await gw.chat.conversation_stats(session, principal.user_id, conversation_id)
 
 
 # --- messages --------------------------------------------------------------------------------
@@ -216,7 +235,10 @@ async def list_messages(
     skip: Skip = 0,
     limit: Limit = 50,
 ) -> Page[MessageOut]:
-    items, total = await gw.chat.list_messages(principal.user_id, conversation_id, skip, limit)
+    async with gw.unit_of_work() as session:
+        items, total = await gw.chat.list_messages(
+            session, principal.user_id, conversation_id, skip, limit
+        )
     return Page(
         items=[MessageOut.model_validate(m) for m in items], total=total, skip=skip, limit=limit
     )
@@ -238,14 +260,12 @@ class _ReplyWaiter:
         self.event.set()
 
 
-_FINISHED = {MessageStatus.COMPLETE, MessageStatus.FAILED, MessageStatus.CANCELLED}
-
-
 async def _wait_for_reply(gw: Gateway, message_id: str, waiter: _ReplyWaiter) -> Message | None:
     deadline = time.monotonic() + gw.settings.wait_reply_timeout_s
     while True:
-        reply = await gw.chat.find_reply(message_id)
-        if reply is not None and reply.status in _FINISHED:
+        async with gw.unit_of_work() as session:
+            reply = await gw.chat.find_reply(session, message_id)
+        if reply is not None and is_finished(reply.status):
             return reply
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -272,21 +292,25 @@ async def send_message(
     """Accept a user message (202). With `wait=true`, answer with the finished reply (200), or
     202 without it when the reply is not done within the gateway's wait timeout."""
     if not wait:
-        accepted = await gw.chat.send_message(
-            principal.user_id, conversation_id, body.content, body.client_message_id
-        )
+        async with gw.unit_of_work() as session:
+            accepted = await gw.chat.send_message(
+                session, principal.user_id, conversation_id, body.content, body.client_message_id
+            )
         return _accepted(conversation_id, accepted.message, accepted.duplicate, None)
-    await gw.chat.get_conversation(principal.user_id, conversation_id)
     waiter = _ReplyWaiter("")
-    watching = True
+    watching = False
     try:
-        await gw.fanout.watch(conversation_id, waiter)
-    except StreamUnavailable:
-        watching = False  # the database poll alone still finds the reply
-    try:
-        accepted = await gw.chat.send_message(
-            principal.user_id, conversation_id, body.content, body.client_message_id
-        )
+        async with gw.unit_of_work() as session:
+            # Ownership, then watch before storing, so the reply's last frame cannot slip past.
+            await gw.chat.get_conversation(session, principal.user_id, conversation_id)
+            try:
+                await gw.fanout.watch(conversation_id, waiter)
+                watching = True
+            except StreamUnavailable:
+                pass  # the database poll alone still finds the reply
+            accepted = await gw.chat.send_message(
+                session, principal.user_id, conversation_id, body.content, body.client_message_id
+            )
         waiter.message_id = accepted.message.id
         reply = await _wait_for_reply(gw, accepted.message.id, waiter)
     finally:

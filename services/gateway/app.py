@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.gateway import api, models, ws
+from services.chat import models
+from services.gateway import api, ws
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
-from services.gateway.service import ChatService, MessageRateLimiter
+from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from shared.health import answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
@@ -31,7 +33,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         settings=settings,
         chat=ChatService(
             runtime.engine,
-            runtime.sessions,
             outbox,
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
@@ -39,6 +40,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ),
         fanout=fanout,
         verifier=verifier,
+        outbox=outbox,
     )
 
     @asynccontextmanager

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from services.gateway.fanout import StreamFanout
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from shared.outbox import Outbox
 from shared.security import TokenVerifier
 
 
@@ -19,6 +23,15 @@ class Gateway:
     chat: ChatService
     fanout: StreamFanout
     verifier: TokenVerifier
+    outbox: Outbox
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """The edge's unit of work (a REST request, a WebSocket frame): one session, committed
+        when the block succeeds, rolled back when it raises; its events are published after
+        the commit."""
+        async with self.outbox.unit_of_work() as session:
+            yield session
 
 
 def get_gateway(connection: HTTPConnection) -> Gateway:

@@ -63,7 +63,7 @@ class StreamFanout:
             reconnect_interval=1.0,
             client_properties={"connection_name": f"{self._instance_id}-stream"},
         )
-        # Confirms tell a routed control command from one no worker was bound to receive.
+        # Confirms tell a routed control command from one no worker queue received (none runs).
         channel = await self._connection.channel(publisher_confirms=True)
         self._stream = await channel.declare_exchange(
             self._topology.stream.name, aio_pika.ExchangeType.TOPIC, durable=True
@@ -149,8 +149,9 @@ class StreamFanout:
     async def publish_control(self, command: CancelCommand | ResyncCommand) -> bool:
         """Send a command to whichever worker holds the conversation's reply (transient).
 
-        False when no worker is bound to the conversation: nothing is streaming in it. A worker
-        binds before it writes the reply row and unbinds after its last frame.
+        False when no worker's control queue took it, i.e. no worker is running (each binds
+        `conv.*` for its whole life rather than per reply). True does not mean a reply is
+        streaming here: only a worker holding one acts on the command.
         """
         if self._control is None or not self.connected:
             raise StreamUnavailable("stream connection is not open")

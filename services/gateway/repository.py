@@ -10,7 +10,7 @@ import asyncpg
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.models import (
+from services.chat.models import (
     CONVERSATIONS,
     MESSAGES,
     OUTBOX,
@@ -21,11 +21,8 @@ from services.gateway.models import (
     MessageRole,
     MessageStatus,
 )
+from shared.like_pattern import LIKE_ESCAPE, contains_pattern
 from shared.outbox import StagedEvent, outbox_rows_for
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def _page(
@@ -76,7 +73,7 @@ async def list_conversations(
 ) -> tuple[Sequence[Conversation], int]:
     query = select(Conversation).where(Conversation.owner_id == owner_id)
     if search:
-        query = query.where(Conversation.title.ilike(f"%{_escape_like(search)}%", escape="\\"))
+        query = query.where(Conversation.title.ilike(contains_pattern(search), escape=LIKE_ESCAPE))
     if status is not None:
         query = query.where(Conversation.status == status.value)
     query = query.order_by(Conversation.updated_at.desc(), Conversation.id)

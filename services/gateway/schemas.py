@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.models import (
+from services.chat.models import (
     MAX_MODEL_NAME_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
     MAX_TITLE_LENGTH,
@@ -18,18 +17,9 @@ MAX_ASSISTANT_NAME_LENGTH = 100
 MAX_CLIENT_MESSAGE_ID_LENGTH = 64
 MAX_SEARCH_LENGTH = 200
 
-T = TypeVar("T")
-
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    skip: int
-    limit: int
 
 
 class AssistantCreate(_Input):

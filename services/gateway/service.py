@@ -1,21 +1,20 @@
 """What the gateway does with conversations, messages and assistants (no HTTP or WebSocket here).
 
-The REST routes and the WebSocket frames both call `ChatService`; each call is one unit of work
-whose events go through the outbox, so a stored change and its event are never separated.
+The REST routes and the WebSocket frame handlers both call `ChatService`. The edge owns the
+unit of work: it opens the session (`Gateway.unit_of_work`), every method here works in it and
+stages its events in it, and the edge commits, after which the events are published. Nothing here
+commits. The one exception is the user message itself: a single statement that stores the message
+with its event, run alone in autocommit when the edge's unit has not begun (the hot path).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from services.gateway import repository
-from services.gateway.models import (
+from services.chat.models import (
     Assistant,
     Conversation,
     ConversationStatus,
@@ -23,13 +22,16 @@ from services.gateway.models import (
     MessageRole,
     MessageStatus,
 )
+from services.gateway import repository
+from services.gateway.errors import Conflict, InvalidInput, NotFound, RateLimited
+from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.schemas import (
     AssistantCreate,
     AssistantUpdate,
     ConversationCreate,
     ConversationStats,
 )
-from shared.db import DatabaseConnectionLost, driver_connection, transaction
+from shared.db import DatabaseConnectionLost, statement_connection
 from shared.events import (
     ConversationCreated,
     ConversationDeleted,
@@ -54,73 +56,6 @@ def is_anonymous(owner_id: str) -> bool:
     return owner_id.startswith(ANONYMOUS_PREFIX)
 
 
-class ChatError(Exception):
-    """A request the gateway refuses; `code` is what a WebSocket `error` frame carries."""
-
-    code = "bad_request"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class NotFound(ChatError):
-    code = "not_found"
-
-
-class Conflict(ChatError):
-    code = "conflict"
-
-
-class InvalidInput(ChatError):
-    code = "invalid_input"
-
-
-class RateLimited(ChatError):
-    code = "rate_limited"
-
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"too many messages; retry after {retry_after_s:.0f}s")
-        self.retry_after_s = retry_after_s
-
-
-class MessageRateLimiter:
-    """Sliding one-minute window of accepted messages per user, in this process.
-
-    Per instance on purpose: it is a cheap guard against a runaway client, not a quota; with N
-    gateways the effective ceiling is N times the setting.
-    """
-
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
-        self._per_minute = per_minute
-        self._window_s = window_s
-        self._sent: dict[str, deque[float]] = {}
-        self._pruned_at = time.monotonic()
-
-    def _prune(self, now: float) -> None:
-        """Forget users idle for a whole window, so the table holds only recent senders."""
-        self._sent = {k: v for k, v in self._sent.items() if v and now - v[-1] < self._window_s}
-        self._pruned_at = now
-
-    def check(self, key: str) -> None:
-        """Count one message for `key`, or raise `RateLimited` without counting it."""
-        now = time.monotonic()
-        if now - self._pruned_at >= self._window_s:
-            self._prune(now)
-        sent = self._sent.setdefault(key, deque())
-        while sent and now - sent[0] >= self._window_s:
-            sent.popleft()
-        if len(sent) >= self._per_minute:
-            raise RateLimited(math.ceil(self._window_s - (now - sent[0])))
-        sent.append(now)
-
-    def refund(self, key: str) -> None:
-        """A counted message was not stored after all (e.g. an idempotent resend)."""
-        sent = self._sent.get(key)
-        if sent:
-            sent.pop()
-
-
 @dataclass(frozen=True)
 class AcceptedMessage:
     message: Message
@@ -131,7 +66,6 @@ class ChatService:
     def __init__(
         self,
         engine: AsyncEngine,
-        sessions: async_sessionmaker[AsyncSession],
         outbox: Outbox,
         *,
         max_message_length: int,
@@ -139,7 +73,6 @@ class ChatService:
         anonymous_rate_limiter: MessageRateLimiter | None = None,
     ) -> None:
         self._engine = engine
-        self._sessions = sessions
         self._outbox = outbox
         self._max_message_length = max_message_length
         self._rate_limiter = rate_limiter
@@ -147,48 +80,49 @@ class ChatService:
 
     # --- assistants ----------------------------------------------------------------------
 
-    async def create_assistant(self, owner_id: str, data: AssistantCreate) -> Assistant:
-        async with transaction(self._sessions) as session:
-            assistant = Assistant(
-                id=new_id(IdKind.ASSISTANT),
-                owner_id=owner_id,
-                name=data.name,
-                system_prompt=data.system_prompt,
-                model=data.model,
-                temperature=data.temperature,
-            )
-            session.add(assistant)
-            await session.flush()
-            await session.refresh(assistant)
+    async def create_assistant(
+        self, session: AsyncSession, owner_id: str, data: AssistantCreate
+    ) -> Assistant:
+        assistant = Assistant(
+            id=new_id(IdKind.ASSISTANT),
+            owner_id=owner_id,
+            name=data.name,
+            system_prompt=data.system_prompt,
+            model=data.model,
+            temperature=data.temperature,
+        )
+        session.add(assistant)
+        await session.flush()
+        await session.refresh(assistant)
         return assistant
 
-    async def get_assistant(self, owner_id: str, assistant_id: str) -> Assistant:
-        async with transaction(self._sessions) as session:
-            return await self._owned_assistant(session, owner_id, assistant_id)
+    async def get_assistant(
+        self, session: AsyncSession, owner_id: str, assistant_id: str
+    ) -> Assistant:
+        return await self._owned_assistant(session, owner_id, assistant_id)
 
     async def list_assistants(
-        self, owner_id: str, skip: int, limit: int
+        self, session: AsyncSession, owner_id: str, skip: int, limit: int
     ) -> tuple[Sequence[Assistant], int]:
-        async with transaction(self._sessions) as session:
-            return await repository.list_assistants(session, owner_id, skip, limit)
+        return await repository.list_assistants(session, owner_id, skip, limit)
 
     async def update_assistant(
-        self, owner_id: str, assistant_id: str, data: AssistantUpdate
+        self, session: AsyncSession, owner_id: str, assistant_id: str, data: AssistantUpdate
     ) -> Assistant:
-        async with transaction(self._sessions) as session:
-            assistant = await self._owned_assistant(session, owner_id, assistant_id)
-            for field, value in data.model_dump(exclude_unset=True).items():
-                if field in ("name", "system_prompt") and value is None:
-                    raise InvalidInput(f"{field} cannot be null")
-                setattr(assistant, field, value)
-            await session.flush()
-            await session.refresh(assistant)
+        assistant = await self._owned_assistant(session, owner_id, assistant_id)
+        for field, value in data.model_dump(exclude_unset=True).items():
+            if field in ("name", "system_prompt") and value is None:
+                raise InvalidInput(f"{field} cannot be null")
+            setattr(assistant, field, value)
+        await session.flush()
+        await session.refresh(assistant)
         return assistant
 
-    async def delete_assistant(self, owner_id: str, assistant_id: str) -> None:
-        async with transaction(self._sessions) as session:
-            assistant = await self._owned_assistant(session, owner_id, assistant_id)
-            await session.delete(assistant)
+    async def delete_assistant(
+        self, session: AsyncSession, owner_id: str, assistant_id: str
+    ) -> None:
+        assistant = await self._owned_assistant(session, owner_id, assistant_id)
+        await session.delete(assistant)
 
     async def _owned_assistant(
         self, session: AsyncSession, owner_id: str, assistant_id: str
@@ -202,48 +136,49 @@ class ChatService:
 
     # --- conversations -------------------------------------------------------------------
 
-    async def create_conversation(self, owner_id: str, data: ConversationCreate) -> Conversation:
-        async with self._outbox.unit_of_work() as session:
-            system_prompt, model, temperature = data.system_prompt, data.model, None
-            if data.assistant_id is not None:
-                assistant = await self._owned_assistant(session, owner_id, data.assistant_id)
-                # What the caller sets explicitly wins over the assistant's defaults.
-                system_prompt = (
-                    system_prompt if system_prompt is not None else assistant.system_prompt
-                )
-                model = model or assistant.model
-                temperature = assistant.temperature
-            conversation = Conversation(
-                id=new_id(IdKind.CONVERSATION),
-                owner_id=owner_id,
-                title=data.title or DEFAULT_TITLE,
-                assistant_id=data.assistant_id,
-                system_prompt=system_prompt,
-                model=model,
-                temperature=temperature,
-                status=ConversationStatus.ACTIVE.value,
-            )
-            session.add(conversation)
-            await session.flush()
-            await session.refresh(conversation)
-            await self._outbox.stage(
-                session,
-                ConversationCreated(
-                    producer=PRODUCER,
-                    user_id=owner_id,
-                    conversation_id=conversation.id,
-                    assistant_id=conversation.assistant_id,
-                    model=conversation.model,
-                ),
-            )
+    async def create_conversation(
+        self, session: AsyncSession, owner_id: str, data: ConversationCreate
+    ) -> Conversation:
+        system_prompt, model, temperature = data.system_prompt, data.model, None
+        if data.assistant_id is not None:
+            assistant = await self._owned_assistant(session, owner_id, data.assistant_id)
+            # What the caller sets explicitly wins over the assistant's defaults.
+            system_prompt = system_prompt if system_prompt is not None else assistant.system_prompt
+            model = model or assistant.model
+            temperature = assistant.temperature
+        conversation = Conversation(
+            id=new_id(IdKind.CONVERSATION),
+            owner_id=owner_id,
+            title=data.title or DEFAULT_TITLE,
+            assistant_id=data.assistant_id,
+            system_prompt=system_prompt,
+            model=model,
+            temperature=temperature,
+            status=ConversationStatus.ACTIVE.value,
+        )
+        session.add(conversation)
+        await session.flush()
+        await session.refresh(conversation)
+        await self._outbox.stage(
+            session,
+            ConversationCreated(
+                producer=PRODUCER,
+                user_id=owner_id,
+                conversation_id=conversation.id,
+                assistant_id=conversation.assistant_id,
+                model=conversation.model,
+            ),
+        )
         return conversation
 
-    async def get_conversation(self, owner_id: str, conversation_id: str) -> Conversation:
-        async with transaction(self._sessions) as session:
-            return await self._owned_conversation(session, owner_id, conversation_id)
+    async def get_conversation(
+        self, session: AsyncSession, owner_id: str, conversation_id: str
+    ) -> Conversation:
+        return await self._owned_conversation(session, owner_id, conversation_id)
 
     async def list_conversations(
         self,
+        session: AsyncSession,
         owner_id: str,
         *,
         search: str | None,
@@ -251,59 +186,60 @@ class ChatService:
         skip: int,
         limit: int,
     ) -> tuple[Sequence[Conversation], int]:
-        async with transaction(self._sessions) as session:
-            return await repository.list_conversations(
-                session, owner_id, search=search, status=status, skip=skip, limit=limit
-            )
+        return await repository.list_conversations(
+            session, owner_id, search=search, status=status, skip=skip, limit=limit
+        )
 
     async def rename_conversation(
-        self, owner_id: str, conversation_id: str, title: str
+        self, session: AsyncSession, owner_id: str, conversation_id: str, title: str
     ) -> Conversation:
-        async with self._outbox.unit_of_work() as session:
-            conversation = await self._owned_conversation(session, owner_id, conversation_id)
-            if conversation.title != title:
-                conversation.title = title
-                await session.flush()
-                await self._outbox.stage(
-                    session,
-                    ConversationRenamed(
-                        producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
-                    ),
-                )
-            await session.refresh(conversation)
-        return conversation
-
-    async def end_conversation(self, owner_id: str, conversation_id: str) -> Conversation:
-        """Idempotent: ending an ended conversation changes nothing and sends no event."""
-        async with self._outbox.unit_of_work() as session:
-            conversation = await self._owned_conversation(session, owner_id, conversation_id)
-            if conversation.status != ConversationStatus.ENDED:
-                conversation.status = ConversationStatus.ENDED.value
-                await session.flush()
-                await self._outbox.stage(
-                    session,
-                    ConversationEnded(
-                        producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
-                    ),
-                )
-            await session.refresh(conversation)
-        return conversation
-
-    async def delete_conversation(self, owner_id: str, conversation_id: str) -> None:
-        async with self._outbox.unit_of_work() as session:
-            conversation = await self._owned_conversation(session, owner_id, conversation_id)
-            await session.delete(conversation)
+        conversation = await self._owned_conversation(session, owner_id, conversation_id)
+        if conversation.title != title:
+            conversation.title = title
+            await session.flush()
             await self._outbox.stage(
                 session,
-                ConversationDeleted(
+                ConversationRenamed(
                     producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
                 ),
             )
+        await session.refresh(conversation)
+        return conversation
 
-    async def conversation_stats(self, owner_id: str, conversation_id: str) -> ConversationStats:
-        async with transaction(self._sessions) as session:
-            await self._owned_conversation(session, owner_id, conversation_id)
-            row = await repository.conversation_stats(session, conversation_id)
+    async def end_conversation(
+        self, session: AsyncSession, owner_id: str, conversation_id: str
+    ) -> Conversation:
+        """Idempotent: ending an ended conversation changes nothing and sends no event."""
+        conversation = await self._owned_conversation(session, owner_id, conversation_id)
+        if conversation.status != ConversationStatus.ENDED:
+            conversation.status = ConversationStatus.ENDED.value
+            await session.flush()
+            await self._outbox.stage(
+                session,
+                ConversationEnded(
+                    producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
+                ),
+            )
+        await session.refresh(conversation)
+        return conversation
+
+    async def delete_conversation(
+        self, session: AsyncSession, owner_id: str, conversation_id: str
+    ) -> None:
+        conversation = await self._owned_conversation(session, owner_id, conversation_id)
+        await session.delete(conversation)
+        await self._outbox.stage(
+            session,
+            ConversationDeleted(
+                producer=PRODUCER, user_id=owner_id, conversation_id=conversation_id
+            ),
+        )
+
+    async def conversation_stats(
+        self, session: AsyncSession, owner_id: str, conversation_id: str
+    ) -> ConversationStats:
+        await self._owned_conversation(session, owner_id, conversation_id)
+        row = await repository.conversation_stats(session, conversation_id)
         return ConversationStats(
             conversation_id=conversation_id,
             message_count=row.message_count,
@@ -330,25 +266,23 @@ class ChatService:
     # --- messages ------------------------------------------------------------------------
 
     async def list_messages(
-        self, owner_id: str, conversation_id: str, skip: int, limit: int
+        self, session: AsyncSession, owner_id: str, conversation_id: str, skip: int, limit: int
     ) -> tuple[Sequence[Message], int]:
-        async with transaction(self._sessions) as session:
-            await self._owned_conversation(session, owner_id, conversation_id)
-            return await repository.list_messages(session, conversation_id, skip, limit)
+        await self._owned_conversation(session, owner_id, conversation_id)
+        return await repository.list_messages(session, conversation_id, skip, limit)
 
     async def recent_messages(
-        self, owner_id: str, conversation_id: str, limit: int
+        self, session: AsyncSession, owner_id: str, conversation_id: str, limit: int
     ) -> list[Message]:
-        async with transaction(self._sessions) as session:
-            await self._owned_conversation(session, owner_id, conversation_id)
-            return await repository.recent_messages(session, conversation_id, limit)
+        await self._owned_conversation(session, owner_id, conversation_id)
+        return await repository.recent_messages(session, conversation_id, limit)
 
-    async def find_reply(self, message_id: str) -> Message | None:
-        async with transaction(self._sessions) as session:
-            return await repository.find_reply(session, message_id)
+    async def find_reply(self, session: AsyncSession, message_id: str) -> Message | None:
+        return await repository.find_reply(session, message_id)
 
     async def send_message(
         self,
+        session: AsyncSession,
         owner_id: str,
         conversation_id: str,
         content: str,
@@ -356,7 +290,9 @@ class ChatService:
         *,
         rate_key: str | None = None,
     ) -> AcceptedMessage:
-        """Store a user message and its `message.sent` in one statement, then publish it.
+        """Store a user message and its `message.sent` in one statement; the edge's unit of
+        work publishes the event once it has committed (the statement joins that unit if it has
+        begun, else it commits on its own).
 
         A `client_message_id` seen before in this conversation returns the stored message and
         creates nothing, whether the first copy was committed long ago or a moment ago by a
@@ -374,7 +310,9 @@ class ChatService:
         try:
             limiter.check(rate_key)
         except RateLimited:
-            earlier = await self._find_copy(owner_id, conversation_id, client_message_id, None)
+            earlier = await self._find_copy(
+                session, owner_id, conversation_id, client_message_id, None
+            )
             if earlier is None:
                 raise
             return AcceptedMessage(earlier, duplicate=True)
@@ -398,7 +336,7 @@ class ChatService:
             )
         )
         try:
-            outcome = await self._store_message(owner_id, message, event)
+            outcome = await self._store_message(session, owner_id, message, event)
         except BaseException:
             limiter.refund(rate_key)
             raise
@@ -411,10 +349,10 @@ class ChatService:
         ):
             # Nothing stored and no copy seen: a concurrent resend won the unique constraint,
             # or this retry's own first try was still committing when the statement ran.
-            own = await self._find_copy(owner_id, conversation_id, None, message.id)
+            own = await self._find_copy(session, owner_id, conversation_id, None, message.id)
             stored = own is not None
         if stored:
-            await self._outbox.publish_committed([event])
+            self._outbox.publish_after_commit(session, event)
             return AcceptedMessage(message, duplicate=False)
         limiter.refund(rate_key)
         if outcome.conversation_status is None:
@@ -422,26 +360,27 @@ class ChatService:
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
             raise Conflict("Conversation has ended")
         earlier = await self._find_copy(
-            owner_id, conversation_id, client_message_id, outcome.earlier_id
+            session, owner_id, conversation_id, client_message_id, outcome.earlier_id
         )
         if earlier is None:
             raise Conflict("message could not be stored; retry")
         return AcceptedMessage(earlier, duplicate=True)
 
     async def _store_message(
-        self, owner_id: str, message: Message, event: StagedEvent
+        self, session: AsyncSession, owner_id: str, message: Message, event: StagedEvent
     ) -> repository.StoreOutcome:
         try:
-            return await self._store_message_once(owner_id, message, event)
+            return await self._store_message_once(session, owner_id, message, event)
         except DatabaseConnectionLost:
             # Once more: a pooled connection may have died with a database restart. Safe to
-            # repeat: the statement finds its own first copy if that one committed.
-            return await self._store_message_once(owner_id, message, event)
+            # repeat: the statement finds its own first copy if that one committed. (Raised
+            # only by a statement that ran alone, never inside the edge's transaction.)
+            return await self._store_message_once(session, owner_id, message, event)
 
     async def _store_message_once(
-        self, owner_id: str, message: Message, event: StagedEvent
+        self, session: AsyncSession, owner_id: str, message: Message, event: StagedEvent
     ) -> repository.StoreOutcome:
-        async with driver_connection(self._engine) as connection:
+        async with statement_connection(session, self._engine) as connection:
             return await repository.store_user_message(
                 connection,
                 owner_id=owner_id,
@@ -454,17 +393,17 @@ class ChatService:
 
     async def _find_copy(
         self,
+        session: AsyncSession,
         owner_id: str,
         conversation_id: str,
         client_message_id: str | None,
         message_id: str | None,
     ) -> Message | None:
         """The stored copy of a resent message, in a conversation `owner_id` owns."""
-        async with transaction(self._sessions) as session:
-            await self._owned_conversation(session, owner_id, conversation_id)
-            if message_id is not None:
-                message = await session.get(Message, message_id)
-                return message if message and message.conversation_id == conversation_id else None
-            if client_message_id is None:
-                return None
-            return await repository.find_by_client_id(session, conversation_id, client_message_id)
+        await self._owned_conversation(session, owner_id, conversation_id)
+        if message_id is not None:
+            message = await session.get(Message, message_id)
+            return message if message and message.conversation_id == conversation_id else None
+        if client_message_id is None:
+            return None
+        return await repository.find_by_client_id(session, conversation_id, client_message_id)

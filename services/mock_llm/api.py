@@ -91,8 +91,15 @@ Mock = Annotated[MockLLM, Depends(get_mock)]
 router = APIRouter()
 
 
-@router.get("/v1/models")
-async def list_models(mock: Mock) -> dict[str, Any]:
+def _wrong_key(mock: MockLLM, request: Request) -> bool:
+    expected = f"Bearer {mock.settings.api_key}"
+    return bool(mock.settings.api_key) and request.headers.get("authorization") != expected
+
+
+@router.get("/v1/models", response_model=None)
+async def list_models(request: Request, mock: Mock) -> dict[str, Any] | JSONResponse:
+    if _wrong_key(mock, request):
+        return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
     return {
         "object": "list",
         "data": [
@@ -105,9 +112,7 @@ async def list_models(mock: Mock) -> dict[str, Any]:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request, mock: Mock) -> Response:
     mock.stats.requests += 1
-    if mock.settings.api_key and request.headers.get("authorization") != (
-        f"Bearer {mock.settings.api_key}"
-    ):
+    if _wrong_key(mock, request):
         return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
     messages = [m.model_dump() for m in body.messages]
     prompt = last_user_message(messages)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from services.gateway.models import Conversation, Message, MessageRole
+from services.chat.models import Conversation, Message, MessageRole
 from services.mock_llm.service import expected_reply
 from services.mock_llm.settings import MockLLMSettings
 from shared.db import create_engine, create_session_factory, transaction
@@ -21,7 +21,9 @@ from shared.ids import IdKind, new_id
 from shared.stream import (
     ReplyCancelledFrame,
     ReplyCompletedFrame,
+    ReplyDeltaFrame,
     ReplyFailedFrame,
+    ReplyStartedFrame,
     StreamFrame,
     stream_frame_adapter,
 )
@@ -214,3 +216,12 @@ def worker_metrics(process) -> dict[str, int]:
 def unique(label: str) -> str:
     """Message text that also names the mock_llm fault rules meant for it."""
     return f"{label} [{secrets.token_hex(4)}]"
+
+
+def assert_clean_stream(turn: Turn, attempt: int = 1) -> str:
+    """The frames of `attempt`: started at 0, deltas without gaps, terminal last; its text."""
+    frames = [f for f in turn.received if f.attempt == attempt]
+    assert isinstance(frames[0], ReplyStartedFrame) and frames[0].seq == 0
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert all(isinstance(f, ReplyDeltaFrame) for f in frames[1:-1])
+    return "".join(f.delta for f in frames[1:-1] if isinstance(f, ReplyDeltaFrame))

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
+from services.chat.models import MessageStatus
 from services.chat_worker.prompt import Turn as PromptTurn
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway.models import MessageStatus
 from services.mock_llm.service import count_prompt_tokens
 from shared.stream import (
     CancelCommand,
@@ -18,22 +18,17 @@ from shared.stream import (
     ReplyDeltaFrame,
     ReplyFailedFrame,
     ReplySnapshotFrame,
-    ReplyStartedFrame,
     ResyncCommand,
 )
-from tests.chat_worker.conftest import REPLY_TOKENS, Turn, unique, worker_metrics
+from tests.chat_worker.conftest import (
+    REPLY_TOKENS,
+    assert_clean_stream,
+    unique,
+    worker_metrics,
+)
 from tests.processes import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def assert_clean_stream(turn: Turn, attempt: int = 1) -> str:
-    """The frames of `attempt`: started at 0, deltas without gaps, terminal last; its text."""
-    frames = [f for f in turn.received if f.attempt == attempt]
-    assert isinstance(frames[0], ReplyStartedFrame) and frames[0].seq == 0
-    assert [f.seq for f in frames] == list(range(len(frames)))
-    assert all(isinstance(f, ReplyDeltaFrame) for f in frames[1:-1])
-    return "".join(f.delta for f in frames[1:-1] if isinstance(f, ReplyDeltaFrame))
 
 
 async def test_reply_is_the_models_reply_streamed_in_order_and_stored(probe, worker, mock_settings):

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.chat.models import Conversation, Message, MessageRole, MessageStatus, outbox
 from services.chat_worker import repository
 from services.chat_worker.repository import FinalReply, FinishOutcome
-from services.gateway.models import Conversation, Message, MessageRole, MessageStatus, outbox
 from shared.db import create_engine, create_session_factory, driver_connection, transaction
 from shared.events import ReplyCompleted, ReplyStarted
 from shared.ids import IdKind, new_id

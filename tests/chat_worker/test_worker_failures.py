@@ -10,10 +10,9 @@ import signal
 
 import pytest
 
-from services.gateway.models import MessageStatus
+from services.chat.models import MessageStatus
 from shared.stream import ReplyCompletedFrame, ReplyDeltaFrame, ReplyStartedFrame
-from tests.chat_worker.conftest import unique, worker_metrics
-from tests.chat_worker.test_replies import assert_clean_stream
+from tests.chat_worker.conftest import assert_clean_stream, unique, worker_metrics
 
 pytestmark = pytest.mark.e2e
 

@@ -263,3 +263,34 @@ async def slow_down(mock: ServiceProcess, match: str, tokens_per_second: float) 
             json={"tokens_per_second": tokens_per_second, "match": match, "times": -1},
         )
         response.raise_for_status()
+
+
+def frame(kind: str, cid: str, mid: str, reply_to: str, seq: int, attempt: int = 1, **extra: Any):
+    return {
+        "type": kind,
+        "conversation_id": cid,
+        "message_id": mid,
+        "reply_to": reply_to,
+        "seq": seq,
+        "attempt": attempt,
+        **extra,
+    }
+
+
+def completed(cid: str, mid: str, reply_to: str, seq: int, content: str, attempt: int = 1):
+    return frame(
+        "reply.completed",
+        cid,
+        mid,
+        reply_to,
+        seq,
+        attempt,
+        content=content,
+        model="mock",
+        usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    )
+
+
+def broker_ready(url: str) -> bool:
+    checks = httpx.get(f"{url}/ready", timeout=5).json()["checks"]
+    return checks["broker"] == "ok" and checks["stream"] == "ok"

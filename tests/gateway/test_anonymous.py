@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from services.gateway.models import Conversation
+from services.chat.models import Conversation
 from shared.db import create_engine, create_session_factory, transaction
 from tests.gateway.conftest import GATEWAY_ENV, create_conversation, open_socket
 

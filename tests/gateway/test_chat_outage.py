@@ -13,12 +13,12 @@ import pytest
 from tests.faults import TcpProxy
 from tests.gateway.conftest import (
     GATEWAY_ENV,
+    broker_ready,
     create_conversation,
     expected_reply_text,
     open_socket,
     worker_env,
 )
-from tests.gateway.test_outage import broker_ready
 from tests.processes import ServiceProcess, wait_until
 
 pytestmark = pytest.mark.e2e

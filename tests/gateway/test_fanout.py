@@ -19,11 +19,18 @@ from websockets.frames import Close, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from services.gateway.models import Message
+from services.chat.models import Message
 from shared.db import create_engine, create_session_factory, transaction
 from shared.ids import IdKind, new_id
 from shared.topology import conversation_routing_key
-from tests.gateway.conftest import BrokerLine, create_conversation, next_message, open_socket
+from tests.gateway.conftest import (
+    BrokerLine,
+    completed,
+    create_conversation,
+    frame,
+    next_message,
+    open_socket,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -33,32 +40,6 @@ async def engine(infra) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(infra.database_url, pool_size=2)
     yield engine
     await engine.dispose()
-
-
-def frame(kind: str, cid: str, mid: str, reply_to: str, seq: int, attempt: int = 1, **extra: Any):
-    return {
-        "type": kind,
-        "conversation_id": cid,
-        "message_id": mid,
-        "reply_to": reply_to,
-        "seq": seq,
-        "attempt": attempt,
-        **extra,
-    }
-
-
-def completed(cid: str, mid: str, reply_to: str, seq: int, content: str, attempt: int = 1):
-    return frame(
-        "reply.completed",
-        cid,
-        mid,
-        reply_to,
-        seq,
-        attempt,
-        content=content,
-        model="mock",
-        usage={"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
-    )
 
 
 async def collect_reply(socket, until: str = "reply.completed") -> list[dict[str, Any]]:
@@ -347,11 +328,11 @@ class StalledClient:
         self.protocol.send_request(self.protocol.connect())
         self._flush()
         self._read_until(lambda events: any(isinstance(e, Response) for e in events))
-        for frame in (
+        for client_frame in (
             {"type": "auth", "token": token},
             {"type": "subscribe", "conversation_id": conversation_id},
         ):
-            self.protocol.send_text(json.dumps(frame).encode())
+            self.protocol.send_text(json.dumps(client_frame).encode())
         self._flush()
         self._read_until(
             lambda events: any(b'"snapshot"' in getattr(e, "data", b"") for e in events)

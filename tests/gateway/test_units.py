@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
-from services.gateway.models import Message
-from services.gateway.service import MessageRateLimiter, RateLimited
-from services.gateway.ws import (
-    BadFrame,
-    ConversationWatch,
-    Partial,
-    SendMessageFrame,
-    parse_client_frame,
-)
+from services.chat.models import Message
+from services.gateway.errors import RateLimited
+from services.gateway.protocol import BadFrame, SendMessageFrame, parse_client_frame
+from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.watch import ConversationWatch, Partial
 from shared.stream import stream_frame_adapter
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -314,23 +315,28 @@ async def test_message_rate_limit_and_length_limit_over_ws(gateway, new_user):
 
 async def test_socket_closes_when_its_token_expires_unless_refreshed(gateway, infra, new_user):
     user = new_user()
-    short = mint_token(infra, user.user_id, user.username, ttl_s=2)
-    expiring = await open_socket(gateway)
-    await expiring.request({"type": "auth", "token": short}, "ready")
-    error, _ = await expiring.recv_until("error", timeout_s=6)
-    assert error["code"] == "token_expired"
-    with pytest.raises(ConnectionClosed) as closed:
-        await expiring.recv()
-    assert closed.value.rcvd.code == 1008
-
+    expires_at = int(time.time()) + 3
     refreshed = await open_socket(gateway)
     await refreshed.request(
-        {"type": "auth", "token": mint_token(infra, user.user_id, user.username, ttl_s=2)}, "ready"
+        {"type": "auth", "token": mint_token(infra, user.user_id, user.username, exp=expires_at)},
+        "ready",
     )
     await refreshed.request({"type": "auth", "token": user.token}, "reauthenticated")
     other = new_user()
     mismatch = await refreshed.request({"type": "auth", "token": other.token}, "error")
     assert mismatch["code"] == "user_mismatch"
-    await asyncio.sleep(2.5)  # past the first token's expiry: the timer itself is under test
+
+    # Expires one second after the refreshed socket's first token. The gateway's timers fire in
+    # time order, so once this socket is told its token expired, the refreshed socket's first
+    # expiry is past too: no fixed sleep has to guess how long that takes.
+    later = mint_token(infra, user.user_id, user.username, exp=expires_at + 1)
+    expiring = await open_socket(gateway)
+    await expiring.request({"type": "auth", "token": later}, "ready")
+    error, _ = await expiring.recv_until("error", timeout_s=10)
+    assert error["code"] == "token_expired"
+    with pytest.raises(ConnectionClosed) as closed:
+        await expiring.recv()
+    assert closed.value.rcvd.code == 1008
+
     assert (await refreshed.request({"type": "ping"}, "pong"))["type"] == "pong"
     await refreshed.close()

@@ -134,10 +134,20 @@ async def test_cut_stream_ends_without_finish_reason_or_usage(client, mock_llm, 
 
 async def test_stall_holds_the_connection_until_the_client_gives_up(client, mock_llm):
     _fault(mock_llm, stall_after=2, stall_s=30)
-    started = time.monotonic()
+    before = httpx.get(f"{mock_llm.url}/_stats").json()
+    messages = [{"role": "user", "content": "stall"}]
+    stream = await client.chat.completions.create(
+        model="mock-gpt", messages=messages, stream=True, timeout=0.5
+    )
+    deltas: list[str] = []
     with pytest.raises(openai.APITimeoutError):
-        await _stream(client, [{"role": "user", "content": "stall"}], timeout=0.5)
-    assert time.monotonic() - started < 5
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                deltas.append(chunk.choices[0].delta.content)
+    # The client gave up on a silent read after two tokens, before the stall ended the stream.
+    assert len(deltas) == 2
+    after = httpx.get(f"{mock_llm.url}/_stats").json()
+    assert after["streams_cut"] == before["streams_cut"]
 
 
 async def test_fault_matching_a_prompt_leaves_other_calls_alone(client, mock_llm):

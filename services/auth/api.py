@@ -9,39 +9,38 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response,
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
+from services.auth.errors import (
+    AccountError,
+    DuplicateAccount,
+    LastAdmin,
+    PasswordPolicyViolation,
+    UserNotFound,
+)
+from services.auth.login import (
+    ClientInfo,
+    LoginRefusal,
+    LoginRefused,
+    PasswordChangeRefused,
+    RefreshRefusal,
+    RefreshRefused,
+)
 from services.auth.models import User
-from services.auth.rate_limit import RateLimiter, retry_after_header
 from services.auth.schemas import (
     MeUpdate,
     RefreshRequest,
     RegisterRequest,
     TokenResponse,
     UserOut,
-    UserPage,
     UserUpdate,
 )
-from services.auth.service import (
-    AccountError,
-    AccountsFactory,
-    ClientInfo,
-    DuplicateAccount,
-    LastAdmin,
-    LoginRefusal,
-    LoginRefused,
-    PasswordChangeRefused,
-    PasswordPolicyViolation,
-    RefreshRefusal,
-    RefreshRefused,
-    UserChanges,
-    UserNotFound,
-)
+from services.auth.service import AccountsFactory, UserChanges
+from shared.pagination import Limit, Page, Skip
+from shared.rate_limit import RateLimiter, retry_after_header
 from shared.security import CurrentPrincipal, Role
 
 log = logging.getLogger(__name__)
 
 MAX_USER_AGENT_LENGTH = 300
-MAX_PAGE_SIZE = 100
-MAX_SKIP = 100_000
 LOCKED_DETAIL = "Too many failed login attempts; try again later"
 
 router = APIRouter()
@@ -153,7 +152,7 @@ async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], accounts: AccountsDep, client: Client
 ) -> TokenResponse:
     async with accounts.unit_of_work() as uow:
-        outcome = await uow.login(form.username.strip(), form.password, client)
+        outcome = await uow.logins.login(form.username.strip(), form.password, client)
     if isinstance(outcome, LoginRefused):
         log.info("login refused", extra={"reason": outcome.reason.value, "ip": client.ip})
         if outcome.reason is LoginRefusal.LOCKED:
@@ -172,7 +171,7 @@ async def login(
 @router.post("/auth/refresh", response_model=TokenResponse)
 async def refresh(body: RefreshRequest, accounts: AccountsDep) -> TokenResponse:
     async with accounts.unit_of_work() as uow:
-        outcome = await uow.refresh(body.refresh_token)
+        outcome = await uow.logins.refresh(body.refresh_token)
     if isinstance(outcome, RefreshRefused):
         if outcome.reason is RefreshRefusal.REUSED:
             log.warning("refresh token reused; its family is revoked")
@@ -188,7 +187,7 @@ async def refresh(body: RefreshRequest, accounts: AccountsDep) -> TokenResponse:
 @router.post("/auth/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(body: RefreshRequest, accounts: AccountsDep, client: Client) -> Response:
     async with accounts.unit_of_work() as uow:
-        known = await uow.logout(body.refresh_token, client)
+        known = await uow.logins.logout(body.refresh_token, client)
     if not known:
         raise _unauthorized("Invalid refresh token")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -221,21 +220,21 @@ async def update_me(body: MeUpdate, user: CurrentUser, accounts: AccountsDep) ->
 # --- administration ---------------------------------------------------------------------------
 
 
-@router.get("/users/", response_model=UserPage)
+@router.get("/users/", response_model=Page[UserOut])
 async def list_users(
     _caller: AdminOrManager,
     accounts: AccountsDep,
     q: Annotated[str | None, Query(max_length=100)] = None,
     role: Role | None = None,
     is_active: bool | None = None,
-    skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
-) -> UserPage:
+    skip: Skip = 0,
+    limit: Limit = 20,
+) -> Page[UserOut]:
     async with accounts.unit_of_work() as uow:
         users, total = await uow.search_users(
             q=q, role=role, is_active=is_active, skip=skip, limit=limit
         )
-    return UserPage(
+    return Page(
         items=[UserOut.model_validate(u) for u in users], total=total, skip=skip, limit=limit
     )
 

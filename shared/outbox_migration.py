@@ -1,19 +1,16 @@
-"""chat schema and its transactional outbox
+"""The Alembic steps that create and drop a schema's transactional `outbox` table.
 
-Revision ID: chat_0001
-Revises:
+Every schema that publishes events owns one such table (`shared.outbox.outbox_table` is its
+model); its first migration calls these instead of spelling the columns out again.
 """
+
+from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "chat_0001"
-down_revision = None
-branch_labels = None
-depends_on = None
 
-
-def upgrade() -> None:
+def create_outbox_table(schema: str) -> None:
     op.create_table(
         "outbox",
         sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
@@ -25,10 +22,10 @@ def upgrade() -> None:
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
-        schema="chat",
+        schema=schema,
     )
-    op.create_index("ix_outbox_created_at", "outbox", ["created_at"], schema="chat")
+    op.create_index("ix_outbox_created_at", "outbox", ["created_at"], schema=schema)
 
 
-def downgrade() -> None:
-    op.drop_table("outbox", schema="chat")
+def drop_outbox_table(schema: str) -> None:
+    op.drop_table("outbox", schema=schema)

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 
 from shared.events import Event, MessageSent, ReplyCompleted
-from tests.analytics.conftest import eventually
+from tests.analytics_consumer.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,5 @@
-"""Tables of the `chat` schema (owned by the gateway, shared with the chat workers).
+"""Tables of the `chat` schema, written by the gateway (conversations, user messages) and the
+chat workers (replies); its migrations are in `migrations/` beside this file.
 
 Invariants the database enforces, not the code:
 - exactly one assistant reply per user message: `messages.reply_to` is unique;

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from shared.events import MessageSent, ReplyCompleted
-from tests.analytics.conftest import eventually
+from tests.analytics_consumer.conftest import eventually
 
 pytestmark = pytest.mark.e2e
 

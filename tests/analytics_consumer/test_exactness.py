@@ -8,8 +8,8 @@ from datetime import UTC, datetime, time
 import pytest
 
 from shared.events import Event, ReplyCompleted, ReplyFailed
-from tests.analytics.conftest import AnalyticsStack, eventually
-from tests.analytics.scenario import ALICE, BOB, CAROL, Scenario, build, with_newer_version
+from tests.analytics_consumer.conftest import AnalyticsStack, eventually
+from tests.analytics_consumer.scenario import ALICE, BOB, CAROL, Scenario, build, with_newer_version
 
 pytestmark = pytest.mark.e2e
 

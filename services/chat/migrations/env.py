@@ -1,6 +1,6 @@
 from alembic import context
 
-from services.gateway.models import Base
+from services.chat.models import Base
 from shared.migrations import configure_and_run
 
 configure_and_run(context, Base.metadata)

@@ -1,0 +1,20 @@
+"""chat schema and its transactional outbox
+
+Revision ID: chat_0001
+Revises:
+"""
+
+from shared.outbox_migration import create_outbox_table, drop_outbox_table
+
+revision = "chat_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_outbox_table("chat")
+
+
+def downgrade() -> None:
+    drop_outbox_table("chat")

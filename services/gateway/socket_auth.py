@@ -1,0 +1,127 @@
+"""Who a chat socket belongs to: the authentication handshake (a `?token=`, an `auth` frame,
+or anonymous), a fresh token on the open socket, and closing the socket when its token expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from services.gateway.context import Gateway
+from services.gateway.protocol import (
+    CLOSE_POLICY_VIOLATION,
+    AuthFrame,
+    BadFrame,
+    parse_client_frame,
+)
+from services.gateway.service import new_anonymous_owner_id
+from services.gateway.socket_io import SocketIO
+from shared.security import InvalidToken, Principal, TokenType
+
+BadFrameHandler = Callable[[BadFrame], None]
+
+
+class SocketAuth:
+    """The principal of one socket, from the handshake until the socket closes."""
+
+    def __init__(self, io: SocketIO, gateway: Gateway, on_bad_frame: BadFrameHandler) -> None:
+        self._io = io
+        self._gw = gateway
+        self._settings = gateway.settings
+        self._on_bad_frame = on_bad_frame
+        self.principal: Principal | None = None
+        self.anonymous = False
+        self._expiry: asyncio.TimerHandle | None = None
+
+    async def authenticate(self) -> bool:
+        """Run the handshake; True once the socket has a principal and `ready` was sent."""
+        token: str | None = self._io.websocket.query_params.get("token")
+        while token is None and not self.anonymous:
+            raw = await self._io.receive(self._settings.ws_auth_timeout_s, "authentication timeout")
+            if raw is None:
+                return False
+            try:
+                frame = parse_client_frame(raw, self._settings.max_frame_bytes)
+            except BadFrame as exc:
+                self._on_bad_frame(exc)
+                continue
+            if not isinstance(frame, AuthFrame):
+                self._io.error("unauthenticated", "the first frame must be auth")
+                self._io.close(CLOSE_POLICY_VIOLATION, "not authenticated")
+                return False
+            if frame.anonymous and frame.token is None:
+                if not self._settings.allow_anonymous:
+                    self._io.error("anonymous_disabled", "anonymous chat is not enabled")
+                    self._io.close(CLOSE_POLICY_VIOLATION, "not authenticated")
+                    return False
+                self.anonymous = True
+            elif frame.token is None:
+                self._on_bad_frame(BadFrame("invalid_frame", "token: field required"))
+                continue
+            token = frame.token
+        if self.anonymous:
+            self.principal = Principal(new_anonymous_owner_id(), "anonymous", frozenset(), "")
+        else:
+            assert token is not None
+            try:
+                self.principal = self._gw.verifier.verify_access(token)
+            except InvalidToken:
+                self._io.error("unauthorized", "invalid or expired token")
+                self._io.close(CLOSE_POLICY_VIOLATION, "invalid token")
+                return False
+            self._expire_with(token)
+        self._io.user_id = self.principal.user_id
+        self._io.send(
+            {
+                "type": "ready",
+                "user_id": self.principal.user_id,
+                "username": self.principal.username,
+                "anonymous": self.anonymous,
+                "limits": {
+                    "max_frame_bytes": self._settings.max_frame_bytes,
+                    "max_message_length": self._settings.max_message_length,
+                    "messages_per_minute": (
+                        self._settings.anonymous_messages_per_minute
+                        if self.anonymous
+                        else self._settings.messages_per_minute
+                    ),
+                },
+            }
+        )
+        return True
+
+    def reauthenticate(self, frame: AuthFrame) -> None:
+        """A fresh token for the same user extends the socket's life (no reconnect needed)."""
+        assert self.principal is not None
+        if self.anonymous or frame.token is None:
+            self._io.error("already_authenticated", "this socket is already authenticated")
+            return
+        try:
+            principal = self._gw.verifier.verify_access(frame.token)
+        except InvalidToken:
+            self._io.error("unauthorized", "invalid or expired token")
+            return
+        if principal.user_id != self.principal.user_id:
+            self._io.error("user_mismatch", "a socket stays with the user it authenticated as")
+            return
+        self.principal = principal
+        self._expire_with(frame.token)
+        self._io.send({"type": "reauthenticated", "user_id": principal.user_id})
+
+    def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+
+    def _expire_with(self, token: str) -> None:
+        """Close the socket when its access token expires, unless a fresh one arrives first."""
+        expires_at = float(self._gw.verifier.decode(token, TokenType.ACCESS)["exp"])
+        if self._expiry is not None:
+            self._expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = loop.call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._io.error("token_expired", "access token expired; reconnect with a fresh one")
+        self._io.close(CLOSE_POLICY_VIOLATION, "token expired")

@@ -1,0 +1,72 @@
+"""Unit tests of the worker's frame clock and control commands (no broker, no database)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from services.chat_worker.control import apply_command
+from services.chat_worker.frame_clock import flush_pending, frame_interval_s
+from services.chat_worker.reply import ActiveReply, CoalescingPolicy
+from shared.stream import CancelCommand, ResyncCommand
+
+
+class Frames:
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    def publish(self, frame: Any) -> None:
+        self.published.append(frame)
+
+
+def _reply(conversation: str, message: str, reply_to: str) -> ActiveReply:
+    return ActiveReply(
+        conversation_id=conversation,
+        message_id=message,
+        reply_to=reply_to,
+        model="m",
+        attempt=1,
+        policy=CoalescingPolicy(60.0, 1000),
+    )
+
+
+def test_the_interval_stretches_so_frames_per_second_stay_under_the_cap():
+    assert frame_interval_s(0.05, streaming=10, max_frames_per_second=1000) == 0.05
+    assert frame_interval_s(0.05, streaming=500, max_frames_per_second=1000) == 0.5
+
+
+def test_flush_pending_sends_what_was_coalesced_once():
+    frames = Frames()
+    reply = _reply("c", "r", "u")
+    reply.started_frame()
+    flush_pending(frames, reply)  # nothing pending: nothing sent
+    reply.add_delta("a")
+    reply.add_delta("b")
+    flush_pending(frames, reply)
+    flush_pending(frames, reply)
+    assert [(f.seq, f.delta) for f in frames.published] == [(1, "ab")]
+
+
+async def test_cancel_hits_only_the_named_reply_once_and_resync_answers_per_reply():
+    frames = Frames()
+    one, two, elsewhere = _reply("c", "r1", "u1"), _reply("c", "r2", "u2"), _reply("d", "r3", "u3")
+    for reply in (one, two, elsewhere):
+        reply.task = asyncio.create_task(asyncio.sleep(60))
+    active = [one, two, elsewhere]
+    try:
+        apply_command(
+            CancelCommand(conversation_id="c", message_id="u2", requested_by="x"), active, frames
+        )  # type: ignore[arg-type]
+        apply_command(
+            CancelCommand(conversation_id="c", message_id="r2", requested_by="y"), active, frames
+        )  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert two.cancel_requested_by == "x" and two.task is not None and two.task.cancelled()
+        assert one.cancel_requested_by is None and not one.task.done()  # type: ignore[union-attr]
+        apply_command(ResyncCommand(conversation_id="c", request_id="q"), active, frames)  # type: ignore[arg-type]
+        assert sorted(f.message_id for f in frames.published) == ["r1", "r2"]
+        assert all(f.request_id == "q" for f in frames.published)
+    finally:
+        for reply in active:
+            assert reply.task is not None
+            reply.task.cancel()
