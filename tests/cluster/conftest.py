@@ -18,6 +18,7 @@ from tests.infra import TestInfrastructure, create_database, drop_database, new_
 from tests.processes import ServiceProcess
 
 GATEWAY_INSTANCE = "fo-gw"
+STARTUP_TIMEOUT_S = 120.0
 ALLOWED_ORIGIN = "http://chat.example"
 
 
@@ -66,7 +67,7 @@ async def stack(
     def start(service: str, instance_id: str, **env: str) -> ServiceProcess:
         process = ServiceProcess(service, own.env(**env), instance_id=instance_id)
         processes.append(process)
-        return process.start()
+        return process.start(wait=False)
 
     try:
         mock_llm = start("mock_llm", "fo-mock")
@@ -74,7 +75,7 @@ async def stack(
             "CONVOAI_LLM_BASE_URL": f"{mock_llm.url}/v1",
             "CONVOAI_LLM_RETRY_BASE_S": "0.1",
         }
-        yield ClusterStack(
+        stack = ClusterStack(
             infra=own,
             cluster=cluster,
             mock_llm=mock_llm,
@@ -87,6 +88,10 @@ async def stack(
             ),
             workers=[start("chat_worker", f"fo-worker-{n}", **worker_env) for n in (1, 2)],
         )
+        # Started side by side; a busy machine may take a while to import them all.
+        for process in processes:
+            process.wait_healthy(STARTUP_TIMEOUT_S)
+        yield stack
     finally:
         for process in reversed(processes):
             process.stop()
