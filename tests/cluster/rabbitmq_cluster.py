@@ -191,6 +191,14 @@ class RabbitCluster:
         info = self._api(f"/api/queues/%2F/{queue}")
         return self._number_of(info["leader"])
 
+    def consumers_of(self, queue: str) -> int:
+        """How many consumers `queue` has (0 when it does not exist)."""
+        for info in self._api("/api/queues"):
+            if info["name"] == queue:
+                consumers: int = info.get("consumers", 0)
+                return consumers
+        return 0
+
     def node_of_connection(self, connection_name: str) -> int:
         """The node holding the client connection named `connection_name` (client property)."""
         for connection in self._api("/api/connections"):

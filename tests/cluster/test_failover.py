@@ -32,7 +32,8 @@ from shared.topology import Topology
 from tests.cluster.conftest import GATEWAY_INSTANCE, ClusterStack
 from tests.gateway.conftest import User, expected_reply_text, mint_token, open_socket
 
-pytestmark = pytest.mark.e2e
+# Bounded: the cluster's start, six kills and revivals, and the stack take minutes, not hours.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 USERS = 6
 ROUNDS = 2
@@ -272,6 +273,14 @@ async def test_the_platform_survives_losing_any_one_broker_node(stack: ClusterSt
         assert turn.answered_at is not None
         assert turn.answered_at - turn.sent_at < REPLY_DEADLINE_S
     assert all(m["first_reply_after_kill_s"] is not None for m in measurements)
+
+    # The exclusive queues live on their connection's node: re-created, and consumed again,
+    # wherever each connection landed after its node died.
+    private_queues = [topology.gateway_stream_queue(GATEWAY_INSTANCE).name] + [
+        topology.worker_control_queue(w.instance_id or "").name for w in stack.workers
+    ]
+    for name in private_queues:
+        assert await asyncio.to_thread(cluster.consumers_of, name) == 1, name
 
     # Stored exactly once: one completed reply per acknowledged message, nothing doubled.
     connection = await asyncpg.connect(asyncpg_dsn(stack.infra.database_url))
