@@ -48,6 +48,7 @@ _STAGED_KEY = "convoai.outbox.staged"
 FORGET_BATCH_DELAY_S = 0.25
 """Published rows are deleted together this long after the first: one DELETE per window, not
 per event. Other relays leave them alone meanwhile (they only take rows past the grace period)."""
+RELEASE_BATCH_DELAY_S = 0.1
 RELAY_ATTEMPT_TIMEOUT_S = 30.0
 """Two confirm timeouts and two connects per event fit in it: the publisher's own bounds fire
 first, so a stuck channel is replaced rather than the whole attempt abandoned."""
@@ -126,6 +127,8 @@ class Outbox:
         # overloaded process does not publish its own events twice.
         self._in_flight: set[str] = set()
         self._forgetting: asyncio.Task[None] | None = None
+        self._unpublished: list[str] = []
+        self._releasing: asyncio.Task[None] | None = None
 
     async def stage(self, session: AsyncSession, *events: Event) -> None:
         """Write `events` in `session`'s transaction; they are published only if it commits."""
@@ -183,9 +186,17 @@ class Outbox:
         except Exception as exc:
             log.warning(
                 "outbox fast path failed; the relay will publish later",
-                extra={"error": repr(exc), "pending": len(staged) - len(published)},
+                extra={"error": repr(exc)[:300], "pending": len(staged) - len(published)},
             )
-            self._in_flight.difference_update(s.event_id for s in staged[len(published) :])
+            unpublished = [s.event_id for s in staged[len(published) :]]
+            self._in_flight.difference_update(unpublished)
+            # The publisher already tried a fresh channel: hand the rows to the relay now, not
+            # a grace period after they were written (a dead node must not add to their age).
+            self._unpublished.extend(unpublished)
+            if self._releasing is None or self._releasing.done():
+                self._releasing = asyncio.create_task(self._release_unpublished())
+                self._background.add(self._releasing)
+                self._releasing.add_done_callback(self._background.discard)
         if published:
             # Forgetting the rows is not on the caller's path; a leftover row is only republished.
             # Rows published close together are deleted by one statement: under load that saves
@@ -195,6 +206,22 @@ class Outbox:
                 self._forgetting = asyncio.create_task(self._forget_published())
                 self._background.add(self._forgetting)
                 self._forgetting.add_done_callback(self._background.discard)
+
+    async def _release_unpublished(self) -> None:
+        # Batched like `_forget_published`: when a node dies, many commits fail at once.
+        while self._unpublished:
+            await asyncio.sleep(RELEASE_BATCH_DELAY_S)
+            event_ids, self._unpublished = self._unpublished, []
+            t = self._table
+            try:
+                async with transaction(self._sessions) as session:
+                    await session.execute(
+                        update(t)
+                        .where(t.c.event_id.in_(event_ids))
+                        .values(created_at=t.c.created_at - self._relay_grace)
+                    )
+            except Exception as exc:
+                log.warning("outbox release failed", extra={"error": repr(exc)[:300]})
 
     async def _forget_published(self) -> None:
         while self._published:
