@@ -82,6 +82,7 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
         for queue in topology.event_queues:
             await channel.queue_delete(queue.name)
             await channel.queue_delete(topology.dead_letter_queue(queue).name)
+        await channel.queue_delete(topology.revocations_stream)
         for exchange in topology.durable_exchanges:
             await channel.exchange_delete(exchange.name)
 

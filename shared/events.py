@@ -1,4 +1,5 @@
-"""The event catalogue (DESIGN §3): one pydantic model per domain event, routing key = `type`.
+"""The event catalogue (published as AsyncAPI): one pydantic model per domain event, routing key
+= `type`.
 
 Events are versioned by adding optional fields; consumers ignore fields they do not know, so an
 older consumer keeps working when a producer adds one. A breaking change bumps `version`.
@@ -65,7 +66,8 @@ class UserLoginFailed(Event):
     """Sent when a login attempt is refused (wrong password, unknown user, locked, inactive)."""
 
     type: Literal["user.login_failed"] = "user.login_failed"
-    username_attempted: str
+    username_attempted: str | None = None
+    """The account's username; None for a name no account has (it is never the typed text)."""
     reason: str
     ip: str | None = None
     user_agent: str | None = None
@@ -90,10 +92,49 @@ class UserUpdated(Event):
 
 
 class UserDeleted(Event):
-    """Sent when an account is deleted."""
+    """Sent when an account is deleted; its tokens are void and its chat data is removed."""
 
     type: Literal["user.deleted"] = "user.deleted"
     actor_id: str | None = None
+
+
+class UserDeactivated(Event):
+    """Sent when an admin deactivates an account; every token issued before is void."""
+
+    type: Literal["user.deactivated"] = "user.deactivated"
+    actor_id: str | None = None
+
+
+class UserReactivated(Event):
+    """Sent when an admin reactivates an account (it may log in again; old tokens stay void)."""
+
+    type: Literal["user.reactivated"] = "user.reactivated"
+    actor_id: str | None = None
+
+
+class UserRoleChanged(Event):
+    """Sent when an account's roles change; tokens issued before (old roles) are void."""
+
+    type: Literal["user.role_changed"] = "user.role_changed"
+    roles: list[str]
+    actor_id: str | None = None
+
+
+class UserSessionsRevoked(Event):
+    """Sent when every session of an account ends (password change, "log out everywhere");
+    every token issued before is void."""
+
+    type: Literal["user.sessions_revoked"] = "user.sessions_revoked"
+    reason: Literal["password_changed", "logout_everywhere"]
+
+
+ACCESS_REVOKING_EVENTS: tuple[type[Event], ...] = (
+    UserDeactivated,
+    UserRoleChanged,
+    UserDeleted,
+    UserSessionsRevoked,
+)
+"""After one of these, access tokens of its `user_id` issued before its `occurred_at` are void."""
 
 
 # --- conversations -------------------------------------------------------------------------
@@ -223,6 +264,10 @@ KnownEvent = Annotated[
     | UserLoggedOut
     | UserUpdated
     | UserDeleted
+    | UserDeactivated
+    | UserReactivated
+    | UserRoleChanged
+    | UserSessionsRevoked
     | ConversationCreated
     | ConversationRenamed
     | ConversationEnded
@@ -245,6 +290,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UserLoggedOut,
         UserUpdated,
         UserDeleted,
+        UserDeactivated,
+        UserReactivated,
+        UserRoleChanged,
+        UserSessionsRevoked,
         ConversationCreated,
         ConversationRenamed,
         ConversationEnded,

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.db import is_database_unavailable
+from shared.input_guards import is_unstorable_text, unstorable_text_response
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ def answer_503_while_database_unavailable(app: FastAPI) -> None:
     backing service is refused) gets 503 with Retry-After — the client may simply retry —
     not a 500; other errors stay 500s."""
 
-    async def unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if is_unstorable_text(exc):
+            return unstorable_text_response(request)
         if not is_database_unavailable(exc):
             raise exc
         log.warning("request failed: dependency unavailable", extra={"error": repr(exc)})

@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 
 from shared.health import ReadinessCheck, answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.input_guards import install_input_guards
 from shared.runtime import ServiceRuntime
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -23,6 +24,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 def create_service_app(
     *,
     title: str,
+    description: str = "",
     runtime: ServiceRuntime,
     lifespan: Lifespan,
     state: Mapping[str, Any] | None = None,
@@ -33,9 +35,10 @@ def create_service_app(
     http_metrics: bool = True,
 ) -> FastAPI:
     """An app with `runtime` and its settings in `app.state` (plus `state`), `/health` and
-    `/ready` (broker and database, plus `readiness`), `routers`, then `middleware` inside the
-    HTTP metrics middleware, so every request is measured, refused ones too."""
-    app = FastAPI(title=title, lifespan=lifespan)
+    `/ready` (broker and database, plus `readiness`), `routers`, the input guards (body limit,
+    input-free 422s, unstorable text), then `middleware` inside the HTTP metrics middleware, so
+    every request is measured, refused ones too."""
+    app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = runtime.settings
     for name, value in (state or {}).items():
@@ -50,6 +53,7 @@ def create_service_app(
     app.include_router(health_router(runtime.service, runtime.instance_id, checks))
     for router in routers:
         app.include_router(router)
+    install_input_guards(app, runtime.settings.max_request_bytes)
     for layer in middleware:
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     if http_metrics:

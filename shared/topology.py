@@ -1,4 +1,4 @@
-"""The broker topology (DESIGN §2), declared once; every name starts with the namespace."""
+"""The broker topology (ARCHITECTURE.md), declared once; every name starts with the namespace."""
 
 from __future__ import annotations
 
@@ -91,6 +91,11 @@ class Topology:
             durable=True,
             routing_key=source.name,
         )
+
+    @property
+    def revocations_stream(self) -> str:
+        """RabbitMQ stream of access-revoking events (shared/revocations.py declares it)."""
+        return self.name("revocations")
 
     def gateway_stream_queue(self, instance_id: str) -> RabbitQueue:
         """One exclusive, auto-delete queue per gateway instance; bound per watched conversation."""

@@ -32,7 +32,8 @@ from services.mock_llm.settings import MockLLMSettings
 from services.runner import plan_children
 from tests.processes import wait_until
 
-pytestmark = pytest.mark.e2e
+# The first test also waits for a virtualenv to be created and the project installed.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_AND_START_TIMEOUT_S = 420.0

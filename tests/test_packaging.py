@@ -67,7 +67,7 @@ def test_benchmark_help_shows_every_default(script):
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=300,
     ).stdout
     options = re.findall(r"^  (--[a-z0-9-]+)", out, flags=re.MULTILINE)
     assert options, out

@@ -90,6 +90,7 @@ async def summary(repo: Repository) -> Summary:
     api_calls = int(t["api_calls"])
     return Summary(
         total_users=int(t["total_users"]),
+        anonymous_users=int(t["anonymous_users"]),
         active_users_today=int(t["active_users_today"]),
         total_conversations=int(t["conversations_created"]),
         total_messages=int(t["user_messages"]) + completed + cancelled,

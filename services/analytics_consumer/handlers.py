@@ -2,9 +2,10 @@
 
 Deliveries are gathered for up to `batch_window_ms` or `batch_max_events`, whichever comes
 first, and written in one transaction (see `ingest.py`); the broker's prefetch bounds how many
-are held. This consumer talks to RabbitMQ with aiormq directly rather than through a FastStream
-subscriber: FastStream's per-message pipeline costs about a millisecond per event on this
-hardware, which alone would cap ingestion far below the 5 000 events/s the dashboard needs.
+are held. The queue is read through `shared.queue_consumer` (aiormq, reconnecting by itself)
+rather than a FastStream subscriber: FastStream's per-message pipeline costs about a millisecond
+per event on this hardware, which alone would cap ingestion far below the 5 000 events/s the
+dashboard needs.
 
 Failure handling:
 - a delivery that is not a valid event (bad JSON, missing or mistyped fields) is rejected
@@ -41,10 +42,10 @@ from services.analytics_consumer.upserts import write_system_metrics
 from shared.db import is_database_unavailable, transaction
 from shared.db_retry import DatabaseRetry, describe_database_error
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
+from shared.queue_consumer import QueueConsumer
 
 log = logging.getLogger(__name__)
 
-RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 _json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _known_event: TypeAdapter[KnownEvent] = TypeAdapter(KnownEvent)
 
@@ -110,6 +111,7 @@ class ConsumerConfig:
     batch_window_s: float
     max_backoff_s: float
     monitor_interval_s: float
+    connection_name: str = "analytics-events"
 
 
 class EventConsumer:
@@ -128,62 +130,33 @@ class EventConsumer:
         self._pending: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
-        self._channel: aiormq.abc.AbstractChannel | None = None
-        self._connected = asyncio.Event()
+        self.queue = QueueConsumer(
+            config.amqp_url,
+            config.queue,
+            self._on_message,
+            prefetch=config.prefetch,
+            connection_name=config.connection_name,
+            # Unacknowledged deliveries of a dead channel come back on the next one.
+            on_channel_closed=self._forget_pending,
+        )
         # Counted while no transaction could carry them; written with the next batch.
         self._pending_counters: dict[str, float] = {}
         self._unknown_types_logged: set[str] = set()
 
     @property
     def connected(self) -> bool:
-        return self._channel is not None and not self._channel.is_closed
+        return self.queue.connected
 
     async def check_connected(self) -> None:
-        if not self.connected:
-            raise ConnectionError("not consuming analytics events")
-
-    async def wait_connected(self, timeout_s: float) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout_s)
+        await self.queue.check_connected()
 
     # --- receiving ------------------------------------------------------------------------
-
-    async def consume_forever(self) -> None:
-        """Connect, consume, and reconnect after any broker failure (deliveries are redelivered)."""
-        attempt = 0
-        while True:
-            connection: aiormq.abc.AbstractConnection | None = None
-            try:
-                connection = await aiormq.connect(self._config.amqp_url)
-                channel = await connection.channel()
-                await channel.basic_qos(prefetch_count=self._config.prefetch)
-                await channel.basic_consume(self._config.queue, self._on_message)
-                self._channel = channel
-                self._connected.set()
-                attempt = 0
-                log.info("consuming", extra={"queue": self._config.queue})
-                await channel.closing
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "broker connection lost",
-                    extra={"error": f"{type(exc).__name__}: {exc}", "attempt": attempt},
-                )
-            finally:
-                self._forget_channel()
-                if connection is not None and not connection.is_closed:
-                    await asyncio.shield(connection.close())
-            await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)])
-            attempt += 1
 
     async def _close_channel(self, channel: aiormq.abc.AbstractChannel) -> None:
         with contextlib.suppress(Exception):
             await channel.close()
 
-    def _forget_channel(self) -> None:
-        self._channel = None
-        self._connected.clear()
-        # Unacknowledged deliveries of a dead channel come back on the next one.
+    def _forget_pending(self) -> None:
         self._pending.clear()
         self._full.clear()
 
@@ -361,20 +334,12 @@ class EventConsumer:
                 log.info("queue depth not recorded", extra={"error": type(exc).__name__})
 
     async def record_queue_depths(self) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        if not self.queue.connected:
             return
-        probe = await channel.connection.channel()
-        try:
-            backlog = await probe.queue_declare(self._config.queue, passive=True)
-            dead = await probe.queue_declare(self._config.dead_letter_queue, passive=True)
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        gauges = {
-            "queue_depth": float(backlog.message_count or 0),
-            "dead_letter_queue_depth": float(dead.message_count or 0),
-        }
+        backlog, dead = await self.queue.message_counts(
+            self._config.queue, self._config.dead_letter_queue
+        )
+        gauges = {"queue_depth": float(backlog), "dead_letter_queue_depth": float(dead)}
         async with transaction(self._sessions) as session:
             await write_system_metrics(await session.connection(), {}, gauges)
 

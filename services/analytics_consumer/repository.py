@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models
+from shared.ids import ANONYMOUS_OWNER_PREFIX
 from shared.like_pattern import LIKE_ESCAPE, contains_pattern
 
 UsersRankedBy = Literal["messages", "tokens"]
@@ -113,10 +114,13 @@ class AnalyticsRepository:
         columns = [c for c in d.__table__.columns if c.name not in ("day", "active_users")]
         sums = select(*(func.coalesce(func.sum(c), 0).label(c.name) for c in columns))
         today = select(d.active_users).where(d.day == datetime.now(UTC).date()).scalar_subquery()
-        users = select(func.count()).select_from(u).where(u.deleted_at.is_(None))
+        anonymous = u.user_id.startswith(ANONYMOUS_OWNER_PREFIX, autoescape=True)
+        users = select(func.count()).select_from(u).where(u.deleted_at.is_(None), ~anonymous)
+        anonymous_users = select(func.count()).select_from(u).where(anonymous)
         query = sums.add_columns(
             func.coalesce(today, 0).label("active_users_today"),
             users.scalar_subquery().label("total_users"),
+            anonymous_users.scalar_subquery().label("anonymous_users"),
         )
         row = (await self._session.execute(query)).one()
         return dict(row._mapping)

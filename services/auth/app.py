@@ -52,6 +52,8 @@ def build_accounts(settings: AuthSettings, outbox: Outbox) -> AccountsFactory:
         lockout=LockoutPolicy(
             threshold=settings.login_lockout_threshold,
             window=timedelta(seconds=settings.login_lockout_window_s),
+            account_threshold=settings.login_lockout_account_threshold,
+            refresh_reuse_grace=timedelta(seconds=settings.refresh_reuse_grace_s),
         ),
     )
 

@@ -79,8 +79,26 @@ class ClientInfo:
 
 @dataclass(frozen=True)
 class LockoutPolicy:
+    """Failed logins are counted per account *and* source address: a guesser locks only
+    themselves out, never the owner logging in from elsewhere (issue 11, item 10).
+
+    `threshold` failures from one address within `window` lock that address out of the account.
+    Once the account has `account_threshold` failures from all addresses together (a guesser
+    with many addresses), every address that has failed on it is locked after its first
+    failure; addresses without a failure — the owner's — still log in.
+    """
+
     threshold: int
     window: timedelta
+    account_threshold: int = 50
+    refresh_reuse_grace: timedelta = timedelta(seconds=10)
+    """A rotated refresh token presented again this soon is a concurrent refresh (several tabs),
+    answered with another pair of the same family; later, it is reuse (RFC 9700 §4.14.2)."""
+
+
+def failure_subject(account: str, source: str | None) -> str:
+    """What a failed login is counted against: the account as seen from one source."""
+    return f"{account}@{source or 'unknown'}"
 
 
 class Logins:
@@ -114,11 +132,12 @@ class Logins:
         user = await self._users.find_by_login(identifier)
         # Unknown names lock like accounts do, so a 429 never tells an attacker a name exists.
         # Hashed: bounded length, and a password typed into the name field is not kept.
-        subject = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
+        account = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
         if user is None:
-            await self._users.lock_named(subject)
+            await self._users.lock_named(account)
+        subject = failure_subject(account, client.ip)
         now = _now()
-        locked_for = await self.locked_for(subject, now)
+        locked_for = await self.locked_for(account, subject, now)
         if locked_for:
             await self._refuse(identifier, user, LoginRefusal.LOCKED, client)
             return LoginRefused(LoginRefusal.LOCKED, locked_for)
@@ -152,13 +171,20 @@ class Logins:
         )
         return pair
 
-    async def locked_for(self, subject: str, now: datetime) -> float:
-        """Seconds `subject` stays locked (0 when it is not)."""
-        failures = await self._failures.recent(subject, now - self._lockout.window)
-        if len(failures) < self._lockout.threshold:
+    async def locked_for(self, account: str, subject: str, now: datetime) -> float:
+        """Seconds `subject` (an account seen from one source) stays locked (0 when it is not)."""
+        since = now - self._lockout.window
+        failures = await self._failures.recent(subject, since)
+        if len(failures) >= self._lockout.threshold:
+            # Locked until the oldest of the last `threshold` failures leaves the window.
+            unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
+        elif failures and (
+            await self._failures.count_for_account(account, since)
+            >= self._lockout.account_threshold
+        ):
+            unlock_at = failures[0] + self._lockout.window
+        else:
             return 0.0
-        # Locked until the oldest of the last `threshold` failures leaves the window.
-        unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
         return max((unlock_at - now).total_seconds(), 0.001)
 
     async def record_failure(self, subject: str, now: datetime) -> None:
@@ -171,7 +197,9 @@ class Logins:
             UserLoginFailed(
                 producer=PRODUCER,
                 user_id=user.id if user else None,
-                username_attempted=identifier[:200],
+                # Never the text typed for an unknown name: it is often a password typed into
+                # the wrong field, and analytics shows this event to managers.
+                username_attempted=user.username if user else None,
                 reason=reason.value,
                 ip=client.ip,
                 user_agent=client.user_agent,
@@ -211,17 +239,21 @@ class Logins:
         now = _now()
         if stored.revoked_at is not None:
             return RefreshRefused(RefreshRefusal.REVOKED)
-        if stored.rotated_at is not None:
+        if stored.rotated_at is not None and (
+            now - stored.rotated_at > self._lockout.refresh_reuse_grace
+        ):
             # RFC 9700 refresh token rotation: one of two holders stole it; end both sessions.
             await self._tokens.revoke_family(stored.family_id, now)
             return RefreshRefused(RefreshRefusal.REUSED)
+        # Within the grace window a second use is another tab refreshing at the same moment:
+        # it gets a pair of the same family, which a later revocation ends together.
         if stored.expires_at <= now:
             return RefreshRefused(RefreshRefusal.EXPIRED)
         user = await self._users.get(stored.user_id)
         if user is None or not user.is_active:
             await self._tokens.revoke_family(stored.family_id, now)
             return RefreshRefused(RefreshRefusal.USER_UNAVAILABLE)
-        stored.rotated_at = now
+        stored.rotated_at = stored.rotated_at or now
         return self._issue_pair(user, now, family_id=stored.family_id)
 
     async def logout(self, token: str, client: ClientInfo) -> bool:
@@ -240,6 +272,10 @@ class Logins:
                 )
             )
         return True
+
+    async def unlock(self, user_id: str) -> None:
+        """Forget the account's failed logins from every source (an admin's decision)."""
+        await self._failures.clear_account(f"user:{user_id}")
 
     async def prune(self) -> None:
         """Forget what can no longer matter: failures outside the window, expired tokens."""

@@ -167,3 +167,18 @@ class LoginFailureRepository:
 
     async def clear(self, subject: str) -> None:
         await self._session.execute(delete(LoginFailure).where(LoginFailure.subject == subject))
+
+    async def count_for_account(self, account: str, since: datetime) -> int:
+        """Failures on `account` from every source after `since`."""
+        query = select(func.count()).where(
+            LoginFailure.subject.startswith(f"{account}@", autoescape=True),
+            LoginFailure.failed_at > since,
+        )
+        return int((await self._session.execute(query)).scalar_one())
+
+    async def clear_account(self, account: str) -> None:
+        await self._session.execute(
+            delete(LoginFailure).where(
+                LoginFailure.subject.startswith(f"{account}@", autoescape=True)
+            )
+        )

@@ -17,12 +17,26 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.auth.errors import DuplicateAccount, LastAdmin, PasswordPolicyViolation, UserNotFound
 from services.auth.events import PRODUCER, user_updated
-from services.auth.login import ClientInfo, LockoutPolicy, Logins, PasswordChangeRefused
+from services.auth.login import (
+    ClientInfo,
+    LockoutPolicy,
+    Logins,
+    PasswordChangeRefused,
+    failure_subject,
+)
 from services.auth.models import UNIQUE_EMAIL_INDEX, UNIQUE_USERNAME_INDEX, User
 from services.auth.passwords import PasswordHasher, password_policy_violation
 from services.auth.repository import RefreshTokenRepository, UserRepository
 from services.auth.tokens import TokenIssuer
-from shared.events import Event, UserDeleted, UserRegistered
+from shared.events import (
+    Event,
+    UserDeactivated,
+    UserDeleted,
+    UserReactivated,
+    UserRegistered,
+    UserRoleChanged,
+    UserSessionsRevoked,
+)
 from shared.ids import IdKind, is_valid_id, new_id
 from shared.outbox import Outbox
 from shared.security import Role, TokenVerifier
@@ -161,6 +175,16 @@ class Accounts:
         if "is_active" in changed and not user.is_active:
             await self._tokens.revoke_all_of_user(user.id, now)
         await self._emit(user_updated(user, changed, actor_id))
+        # What the gateways and analytics act on: access tokens issued before are void there.
+        if "roles" in changed:
+            await self._emit(
+                UserRoleChanged(
+                    producer=PRODUCER, user_id=user.id, roles=list(user.roles), actor_id=actor_id
+                )
+            )
+        if "is_active" in changed:
+            kind = UserReactivated if user.is_active else UserDeactivated
+            await self._emit(kind(producer=PRODUCER, user_id=user.id, actor_id=actor_id))
         await self._users.flush()
         # Checked after the change, under the lock taken above; raising rolls back the event.
         if await self._users.count_active_admins() == 0:
@@ -193,8 +217,9 @@ class Accounts:
         changed: list[str] = []
         now = _now()
         if new_password is not None:
-            subject = f"user:{user.id}"
-            locked_for = await self.logins.locked_for(subject, now)
+            account = f"user:{user.id}"
+            subject = failure_subject(account, "password-change")
+            locked_for = await self.logins.locked_for(account, subject, now)
             if locked_for:
                 return PasswordChangeRefused(locked_for)
             matches, _ = await self._passwords.verify(current_password or "", user.password_hash)
@@ -207,8 +232,12 @@ class Accounts:
             if violation:
                 raise PasswordPolicyViolation(violation)
             user.password_hash = await self._passwords.hash(new_password)
-            # Every session started with the old password ends: a thief's refresh token dies.
+            # Every session started with the old password ends: a thief's refresh token dies,
+            # and (through the event) every access token issued before, on every service.
             await self._tokens.revoke_all_of_user(user.id, now)
+            await self._emit(
+                UserSessionsRevoked(producer=PRODUCER, user_id=user.id, reason="password_changed")
+            )
             changed.append("password")
         if full_name is not None and (full_name or None) != user.full_name:
             user.full_name = full_name or None
@@ -217,6 +246,21 @@ class Accounts:
             user.updated_at = now
             await self._emit(user_updated(user, changed, actor_id=user.id))
         return user
+
+    async def log_out_everywhere(self, user_id: str) -> None:
+        """End every session of the account: refresh tokens now, access tokens via the event."""
+        user = await self.active_user(user_id, for_update=True)
+        if user is None:
+            raise UserNotFound()
+        await self._tokens.revoke_all_of_user(user.id, _now())
+        await self._emit(
+            UserSessionsRevoked(producer=PRODUCER, user_id=user.id, reason="logout_everywhere")
+        )
+
+    async def unlock(self, user_id: str) -> None:
+        """Forget the account's failed logins from every source (an admin's decision)."""
+        user = await self.get_user(user_id)
+        await self.logins.unlock(user.id)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from services.chat_worker.llm import create_client
 from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
-from shared.health import health_router
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
+from shared.service_app import create_service_app
 
 SERVICE = "chat_worker"
 DRAIN_TIMEOUT_S = 30.0
@@ -71,21 +71,15 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         await frames.stop()
         await replies.client.close()
 
-    app = FastAPI(title="ConvoAI chat worker", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.replies = replies
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "requests": requests.check_connected,
-                "database": runtime.check_database,
-                "model": model_endpoint.check_ready,
-            },
-        )
+    app = create_service_app(
+        title="ConvoAI chat worker",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={"replies": replies},
+        readiness={"requests": requests.check_connected, "model": model_endpoint.check_ready},
+        # No request of its own touches the database, and it serves only health and metrics.
+        database_outage_is_503=False,
+        http_metrics=False,
     )
 
     @app.get("/metrics")

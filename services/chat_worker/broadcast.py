@@ -45,7 +45,8 @@ BATCH_TIMEOUT_S = 60.0
 connection fails at once instead (the channel raises)."""
 CONTROL_BINDING = "conv.*"
 
-CommandHandler = Callable[[ControlCommand], Awaitable[None]]
+CommandHandler = Callable[[ControlCommand], Awaitable[bool]]
+"""Applies a command; True when this worker acted on it (then a `reply_to` gets an answer)."""
 
 
 class FrameChannel:
@@ -91,7 +92,16 @@ class FrameChannel:
                 log.warning("ignoring a malformed control command")
                 return
             try:
-                await on_command(command)
+                acted = await on_command(command)
+                if acted and message.reply_to:
+                    await control_channel.default_exchange.publish(
+                        aio_pika.Message(
+                            b'{"type":"control.answer"}',
+                            correlation_id=message.correlation_id,
+                            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        ),
+                        routing_key=message.reply_to,
+                    )
             except Exception:
                 log.exception("control command failed", extra={"type": command.type})
 

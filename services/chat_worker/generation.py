@@ -12,7 +12,6 @@ import openai
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim
-from services.chat_worker.db_retry import DatabaseRetry
 from services.chat_worker.frame_clock import flush_pending
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
 from services.chat_worker.prompt import build_prompt
@@ -37,14 +36,12 @@ class ReplyGeneration:
         client: openai.AsyncOpenAI,
         frames: FrameChannel,
         start_over: Callable[[ActiveReply], Awaitable[None]],
-        db_retry: DatabaseRetry,
         metrics: WorkerMetrics,
     ) -> None:
         self._settings = settings
         self._client = client
         self._frames = frames
         self._start_over = start_over
-        self._db_retry = db_retry
         self._metrics = metrics
 
     async def stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
@@ -108,4 +105,4 @@ class ReplyGeneration:
             await asyncio.sleep(delay_s)
             if reply.seq > 0 or reply.has_pending:
                 # Clients saw part of the failed attempt: start the reply over as a new attempt.
-                await self._db_retry.run(lambda: self._start_over(reply))
+                await self._start_over(reply)

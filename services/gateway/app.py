@@ -9,16 +9,18 @@ from fastapi import FastAPI
 
 from services.chat import models
 from services.gateway import api, ws
+from services.gateway.account_erasure import AccountEraser
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
-from shared.health import answer_503_while_database_unavailable, health_router
-from shared.http_metrics import install_http_metrics
 from shared.outbox import Outbox
+from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
+from shared.service_app import create_service_app
 
 SERVICE = "gateway"
 
@@ -27,7 +29,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
-    verifier = TokenVerifier.from_settings(settings)
+    revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
+    revocation_feed = RevocationFeed(
+        settings.amqp_url, runtime.topology, revocations, history_s=MAX_ACCESS_TOKEN_AGE_S
+    )
+    verifier = TokenVerifier.from_settings(settings, revocations)
+    sockets = OpenSockets(settings.max_sockets_per_user, settings.max_anonymous_sockets_per_address)
+    eraser = AccountEraser(outbox)
+    revocation_feed.add_listener(
+        lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
+    )
+    revocation_feed.add_listener(eraser.on_revoked)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     gateway = Gateway(
         settings=settings,
@@ -37,9 +49,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
             anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
+            allowed_models=frozenset(settings.allowed_models),
         ),
         fanout=fanout,
         verifier=verifier,
+        sockets=sockets,
         outbox=outbox,
     )
 
@@ -47,8 +61,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         await fanout.start()
+        await revocation_feed.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         yield
+        await revocation_feed.stop()
+        await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()
         await runtime.stop()
@@ -57,27 +74,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if not fanout.connected:
             raise ConnectionError("stream connection not open")
 
-    app = FastAPI(title="ConvoAI gateway", lifespan=lifespan)
-    app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.outbox = outbox
-    app.state.token_verifier = verifier
-    app.state.gateway = gateway
-    answer_503_while_database_unavailable(app)
-    app.include_router(
-        health_router(
-            SERVICE,
-            runtime.instance_id,
-            {
-                "broker": runtime.check_broker,
-                "database": runtime.check_database,
-                "stream": check_stream,
-            },
-        )
+    app = create_service_app(
+        title="ConvoAI gateway",
+        description="Conversations, messages and assistants over REST; live chat over the "
+        "WebSocket `/ws`, whose frames, error and close codes and reconnect rules are described "
+        "in `docs/websocket-protocol.md` of the ConvoAI repository.",
+        runtime=runtime,
+        lifespan=lifespan,
+        state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
+        readiness={"stream": check_stream, "revocations": revocation_feed.check},
+        routers=[api.router, ws.router],
     )
-    app.add_middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)
     api.install_error_handlers(app)
-    app.include_router(api.router)
-    app.include_router(ws.router)
-    install_http_metrics(app, runtime)
     return app

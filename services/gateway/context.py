@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from shared.outbox import Outbox
@@ -23,6 +24,7 @@ class Gateway:
     chat: ChatService
     fanout: StreamFanout
     verifier: TokenVerifier
+    sockets: OpenSockets
     outbox: Outbox
 
     @asynccontextmanager

@@ -1,4 +1,8 @@
-"""The per-user limit on accepted messages."""
+"""The per-user limit on accepted messages: a strict count per sliding minute.
+
+Not `shared.rate_limit.RateLimiter`: a token bucket of N refills while it is spent, so a user
+could send nearly 2N messages in the first minute, and the documented limit is "N per minute".
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import time
 from collections import deque
 
 from services.gateway.errors import RateLimited
+from shared.rate_limit import Clock
 
 
 class MessageRateLimiter:
@@ -16,11 +21,14 @@ class MessageRateLimiter:
     gateways the effective ceiling is N times the setting.
     """
 
-    def __init__(self, per_minute: int, window_s: float = 60.0) -> None:
+    def __init__(
+        self, per_minute: int, window_s: float = 60.0, clock: Clock = time.monotonic
+    ) -> None:
         self._per_minute = per_minute
         self._window_s = window_s
+        self._clock = clock
         self._sent: dict[str, deque[float]] = {}
-        self._pruned_at = time.monotonic()
+        self._pruned_at = clock()
 
     def _prune(self, now: float) -> None:
         """Forget users idle for a whole window, so the table holds only recent senders."""
@@ -29,7 +37,7 @@ class MessageRateLimiter:
 
     def check(self, key: str) -> None:
         """Count one message for `key`, or raise `RateLimited` without counting it."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._pruned_at >= self._window_s:
             self._prune(now)
         sent = self._sent.setdefault(key, deque())

@@ -45,8 +45,29 @@ class GatewaySettings(ServiceSettings):
         le=30,
         description="How long a subscribe waits for the streaming worker's reply.snapshot.",
     )
+    control_answer_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="How long a cancel waits for the worker holding the reply to answer before "
+        "the client is told `nothing_to_cancel`.",
+    )
     wait_reply_timeout_s: float = Field(
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
+    )
+    max_sockets_per_user: int = Field(
+        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4429)."
+    )
+    max_anonymous_sockets_per_address: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Open anonymous chat sockets per client address and gateway (4429).",
+    )
+    allowed_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini"],
+        description="Models a conversation or assistant may name (others: 400 / "
+        "`model_not_allowed`); without a model the chat worker's default is used.",
     )
     allow_anonymous: bool = Field(
         default=False,

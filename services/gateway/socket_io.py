@@ -23,6 +23,7 @@ from services.gateway.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
 )
+from shared.rate_limit import Clock, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,14 @@ class _Closing:
 
 
 class FrameRate:
-    """Token bucket of client frames: `burst` at once, `per_second` sustained."""
+    """The client's frame rate: `burst` at once, `per_second` sustained."""
 
-    def __init__(self, per_second: float, burst: int) -> None:
-        self._per_second = per_second
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._tokens_at = time.monotonic()
+    def __init__(self, per_second: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._bucket = TokenBucket(float(burst), per_second, clock())
 
-    def allow(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._per_second)
-        self._tokens_at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+    def allow(self) -> bool:
+        return self._bucket.take(self._clock()) == 0
 
 
 class SocketIO:

@@ -1,5 +1,5 @@
-"""The chat WebSocket `/ws` (DESIGN §5): one `ChatSocket` per connection — its lifecycle, the
-read loop, the dispatch of client frames, and its conversation subscriptions.
+"""The chat WebSocket `/ws` (docs/websocket-protocol.md): one `ChatSocket` per connection — its
+lifecycle, the read loop, the dispatch of client frames, and its conversation subscriptions.
 
 Its parts live beside it: the frame protocol (`protocol.py`), socket I/O and backpressure
 (`socket_io.py`), authentication and token expiry (`socket_auth.py`), what each frame does
@@ -32,6 +32,7 @@ from services.gateway.socket_auth import SocketAuth
 from services.gateway.socket_io import FrameRate, SocketIO
 from services.gateway.watch import ConversationWatch
 from shared.db import is_database_unavailable
+from shared.security import Principal
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class ChatSocket:
         self.gateway = gateway
         self._settings = gateway.settings
         self.io = SocketIO(websocket, self._settings.ws_send_queue_size)
-        self.auth = SocketAuth(self.io, gateway, self._bad_frame)
+        self.auth = SocketAuth(self.io, gateway, self._bad_frame, self._admit)
+        self._admitted = False
         self._frame_rate = FrameRate(
             self._settings.ws_frames_per_second, self._settings.ws_frame_burst
         )
@@ -57,6 +59,18 @@ class ChatSocket:
         self._errors = 0
         self.ephemeral: list[str] = []
         """Conversations of an anonymous socket, deleted when it closes."""
+
+    def _admit(self, principal: Principal) -> bool:
+        """Count this socket against its user's (or anonymous address's) cap."""
+        address = None
+        if self.auth.anonymous:
+            client = self.io.websocket.client
+            address = client.host if client else "unknown"
+        self._admitted = self.gateway.sockets.admit(self, principal.user_id, address)
+        return self._admitted
+
+    def revoke_access(self, revoked_before: float) -> None:
+        self.auth.revoke_access(revoked_before)
 
     @property
     def user_id(self) -> str:
@@ -71,6 +85,8 @@ class ChatSocket:
             if await self.auth.authenticate():
                 await self._read_loop()
         finally:
+            if self._admitted:
+                self.gateway.sockets.release(self)
             for task in tuple(self._tasks):
                 task.cancel()
             self.auth.stop()
@@ -101,6 +117,11 @@ class ChatSocket:
                 )
 
     def _bad_frame(self, exc: BadFrame) -> None:
+        # One line per bad frame, never its content or a traceback.
+        log.info(
+            "bad websocket frame",
+            extra={"code": exc.code, "user_id": self.io.user_id, "count": self._errors + 1},
+        )
         self._errors += 1
         self.io.error(exc.code, exc.message)
         if self._errors >= self._settings.ws_max_errors:
@@ -160,9 +181,12 @@ class ChatSocket:
     def watches(self, conversation_id: str) -> bool:
         return conversation_id in self._watches
 
-    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+    def check_room_for_watch(self) -> None:
         if len(self._watches) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
             raise ChatError(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
+
+    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+        self.check_room_for_watch()
         return ConversationWatch(conversation_id, self.io.send, self._resync_after_recovery)
 
     async def watch_live(self, conversation_id: str) -> None:
@@ -183,7 +207,7 @@ class ChatSocket:
     async def subscribe(self, conversation_id: str) -> None:
         """Check ownership, bind, read the stored messages (one unit of work), complete a
         streaming reply from its worker, send the snapshot, then forward only what comes after
-        it (the seam of DESIGN §4.5)."""
+        it (the resubscribe seam: ARCHITECTURE.md, "The path of a chat message")."""
         chat = self.gateway.chat
         async with self._subscription_lock:
             watch = None
@@ -225,8 +249,16 @@ class ChatSocket:
                 watch.start_buffering()
                 try:
                     await self._send_snapshot(watch)
-                except (ChatError, StreamUnavailable) as exc:
+                except Exception as exc:
+                    # Any failure (the database may still be down after a broker outage) must
+                    # end the buffering, or frames would pile up unforwarded for ever; the
+                    # client is told to subscribe again for a complete snapshot.
                     watch.go_live([], [])
+                    self.io.error(
+                        "unavailable",
+                        "could not resynchronise after an outage; subscribe again",
+                        conversation_id=watch.conversation_id,
+                    )
                     log.warning(
                         "resync after recovery failed",
                         extra={"conversation_id": watch.conversation_id, "error": repr(exc)},

@@ -7,6 +7,7 @@ settings classes, and the nginx routes are resolved the way nginx chooses a loca
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -614,3 +615,27 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     )
     assert refused.returncode != 0
     assert any(secret in refused.stderr + refused.stdout for secret in REQUIRED_SECRETS)
+
+
+def test_only_the_proxy_address_is_trusted_for_forwarded_headers() -> None:
+    """A trusted `*` lets any peer name its own client address (issue 11, item 9)."""
+    proxy_address = SERVICES_IN_COMPOSE["proxy"]["networks"]["default"]["ipv4_address"]
+    subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(proxy_address) in ipaddress.ip_network(subnet)
+    platform_services = [
+        name
+        for name in APP_SERVICES
+        if "CONVOAI_JWT_SECRET" in environment_of(SERVICES_IN_COMPOSE[name])
+    ]
+    assert {"auth", "gateway", "analytics_consumer"} <= set(platform_services)
+    for name in platform_services:
+        trusted = environment_of(SERVICES_IN_COMPOSE[name]).get("CONVOAI_TRUSTED_PROXIES")
+        assert trusted == proxy_address, f"{name} trusts {trusted!r}"
+
+
+def test_nginx_forwards_the_peer_address_not_the_clients_header() -> None:
+    server = nginx_server()
+    for directive in [server, *server.children("location")]:
+        for args in directive.values("proxy_set_header"):
+            if args[0].lower() == "x-forwarded-for":
+                assert args[1] == "$remote_addr", f"{directive.args}: {args}"

@@ -4,7 +4,6 @@ message rate limiter."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from services.chat.models import Message
 from services.gateway.errors import RateLimited
 from services.gateway.protocol import BadFrame, SendMessageFrame, parse_client_frame
 from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.socket_io import FrameRate
 from services.gateway.watch import ConversationWatch, Partial
 from shared.stream import stream_frame_adapter
 
@@ -130,11 +130,27 @@ def test_rate_limiter_counts_per_key_and_refunds():
 
 
 def test_rate_limiter_window_slides_and_idle_users_are_forgotten():
-    limiter = MessageRateLimiter(1, window_s=0.05)
+    now = [100.0]
+    limiter = MessageRateLimiter(2, window_s=60, clock=lambda: now[0])
     limiter.check("a")
+    now[0] += 30
+    limiter.check("a")
+    with pytest.raises(RateLimited) as limited:
+        limiter.check("a")
+    assert limited.value.retry_after_s == 30  # when the first of the two leaves the window
+    now[0] += 30
+    limiter.check("a")  # the first left the window; the second still counts
     with pytest.raises(RateLimited):
         limiter.check("a")
-    time.sleep(0.06)  # the window itself is under test
+    now[0] += 61
     limiter.check("b")
     assert "a" not in limiter._sent
     limiter.check("a")
+
+
+def test_frame_rate_allows_a_burst_then_the_sustained_rate():
+    now = [0.0]
+    rate = FrameRate(per_second=10, burst=3, clock=lambda: now[0])
+    assert [rate.allow() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.1
+    assert rate.allow() and not rate.allow()

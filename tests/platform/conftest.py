@@ -4,6 +4,7 @@ namespace, so nothing else may share it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
@@ -32,45 +33,55 @@ class Platform:
     analytics: ServiceProcess
 
 
-@pytest.fixture(scope="package")
-async def platform(
-    _server_urls: tuple[str, str], infra: TestInfrastructure
+@contextlib.asynccontextmanager
+async def running_platform(
+    server_url: str, infra: TestInfrastructure, name: str, **auth_env: str
 ) -> AsyncIterator[Platform]:
-    server_url, _ = _server_urls
+    """Every service as a process, on a database and broker namespace named for `name`."""
     run_id = new_run_id()
-    db_name = f"convoai_test_{run_id}_platform"
+    db_name = f"convoai_test_{run_id}_{name}"
     own = dataclasses.replace(
         infra,
         database_url=await create_database(server_url, db_name),
-        namespace=f"{infra.namespace}pf",
+        namespace=f"{infra.namespace}{name}",
         jwt_secret=secrets.token_urlsafe(48),
     )
     await upgrade_to_head(own.database_url, MIGRATED_SCHEMAS)
     processes: list[ServiceProcess] = []
 
     def start(service: str, **env: str) -> ServiceProcess:
-        process = ServiceProcess(service, own.env(**env), instance_id=f"pf-{service}")
+        process = ServiceProcess(service, own.env(**env), instance_id=f"{name}-{service}")
         processes.append(process)
         return process.start()
 
     try:
         mock_llm = start("mock_llm")
-        platform = Platform(
+        yield Platform(
             infra=own,
             mock_llm=mock_llm,
-            auth=start(
-                "auth",
-                CONVOAI_ADMIN_USERNAME=ADMIN_USERNAME,
-                CONVOAI_ADMIN_EMAIL="admin@platform.example",
-                CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
-            ),
+            auth=start("auth", **auth_env),
             analytics=start("analytics_consumer"),
             gateway=start("gateway"),
             worker=start("chat_worker", CONVOAI_LLM_BASE_URL=f"{mock_llm.url}/v1"),
         )
-        yield platform
     finally:
         for process in reversed(processes):
             process.stop()
         await delete_topology(own.amqp_url, Topology(own.namespace))
         await drop_database(server_url, db_name)
+
+
+@pytest.fixture(scope="package")
+async def platform(
+    _server_urls: tuple[str, str], infra: TestInfrastructure
+) -> AsyncIterator[Platform]:
+    server_url, _ = _server_urls
+    async with running_platform(
+        server_url,
+        infra,
+        "pf",
+        CONVOAI_ADMIN_USERNAME=ADMIN_USERNAME,
+        CONVOAI_ADMIN_EMAIL="admin@platform.example",
+        CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
+    ) as platform:
+        yield platform

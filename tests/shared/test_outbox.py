@@ -93,6 +93,8 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
             await outbox.stage(session, marker)
         [next_body] = await _received(event_tap, 1)
         assert next_body["event_id"] == str(marker.event_id)
+        await outbox.drain_background()
+        assert await _outbox_rows(database) == 0
     finally:
         await publisher.close()
         await broker.stop()
