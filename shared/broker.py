@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aio_pika
 from faststream.rabbit import Channel, RabbitBroker
@@ -105,7 +106,12 @@ class EventPublisher:
         )
 
     async def publish_raw(
-        self, routing_key: str, body: bytes, message_id: str, correlation_id: str | None = None
+        self,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         await self._channel.publish(
             aio_pika.Message(
@@ -115,6 +121,7 @@ class EventPublisher:
                 correlation_id=correlation_id,
                 content_type="application/json",
                 app_id="convoai",
+                headers=headers,
             ),
             routing_key,
         )

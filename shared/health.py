@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from shared.db import is_database_unavailable
 from shared.input_guards import is_unstorable_text, unstorable_text_response
+from shared.logging import redact
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,19 @@ def health_router(
 
     @router.get("/ready")
     async def ready() -> JSONResponse:
+        """503 when any dependency this process needs to do its job fails its check; each
+        failure says why (e.g. `unavailable: ConnectionError: broker not connected`)."""
         results: dict[str, str] = {}
         for name, check in checks.items():
             try:
                 await asyncio.wait_for(check(), READY_CHECK_TIMEOUT_S)
                 results[name] = "ok"
+            except TimeoutError:
+                results[name] = f"unavailable: no answer within {READY_CHECK_TIMEOUT_S:g} s"
             except NotReady as exc:
                 results[name] = f"unavailable: {exc}"
             except Exception as exc:
-                results[name] = f"unavailable: {type(exc).__name__}"
+                results[name] = f"unavailable: {_reason(exc)}"
         ok = all(v == "ok" for v in results.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "service": service, "checks": results},
@@ -56,6 +61,13 @@ def health_router(
         )
 
     return router
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception's type and first line, URLs' passwords redacted, bounded in length."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return redact(text)[:300]
 
 
 DATABASE_RETRY_AFTER_S = 1

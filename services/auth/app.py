@@ -19,6 +19,7 @@ from services.auth.passwords import PasswordHasher
 from services.auth.service import AccountsFactory
 from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
 from shared.rate_limit import RateLimiter
 from shared.runtime import ServiceRuntime
@@ -104,6 +105,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             ),
         },
         routers=[router],
+        metrics_refresh=[outbox_backlog(outbox, "auth")],
     )
     app.add_exception_handler(AccountError, account_error_handler)
     return app

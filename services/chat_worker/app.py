@@ -15,9 +15,11 @@ from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
 from services.chat_worker.llm import create_client
+from services.chat_worker.metrics import queue_depth_refresh, register_worker_collector
 from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.service_app import create_service_app
@@ -76,14 +78,21 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime=runtime,
         lifespan=lifespan,
         state={"replies": replies},
-        readiness={"requests": requests.check_connected, "model": model_endpoint.check_ready},
+        readiness={
+            "requests": requests.check_connected,
+            "frames": frames.check_connected,
+            "model": model_endpoint.check_ready,
+        },
         # No request of its own touches the database, and it serves only health and metrics.
         database_outage_is_503=False,
         http_metrics=False,
+        metrics_refresh=[outbox_backlog(outbox, "chat"), queue_depth_refresh(requests)],
     )
+    register_worker_collector(replies, frames)
 
-    @app.get("/metrics")
-    async def metrics() -> dict[str, Any]:
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """The counters as JSON, for tests and ad-hoc checks; Prometheus reads `/metrics`."""
         return {
             "instance": runtime.instance_id,
             **asdict(replies.metrics),

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import openai
+from opentelemetry.trace import SpanKind
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim
@@ -18,6 +19,7 @@ from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply
 from services.chat_worker.settings import ChatWorkerSettings
 from services.chat_worker.worker_metrics import WorkerMetrics
+from shared import tracing
 from shared.stream import ReplyError
 
 log = logging.getLogger(__name__)
@@ -56,19 +58,20 @@ class ReplyGeneration:
         while True:
             outcome = StreamOutcome()
             try:
-                async for delta in stream_reply(
-                    self._client,
-                    model=claim.request.model,
-                    messages=messages,
-                    temperature=claim.request.temperature,
-                    max_tokens=self._settings.max_reply_tokens,
-                    outcome=outcome,
-                ):
-                    frame = reply.add_delta(delta)
-                    if frame is not None:
-                        self._frames.publish(frame)
-                    elif reply.needs_first_frame():
-                        asyncio.get_running_loop().call_soon(flush_pending, self._frames, reply)
+                with tracing.span("chat.completions", SpanKind.CLIENT, model=claim.request.model):
+                    async for delta in stream_reply(
+                        self._client,
+                        model=claim.request.model,
+                        messages=messages,
+                        temperature=claim.request.temperature,
+                        max_tokens=self._settings.max_reply_tokens,
+                        outcome=outcome,
+                    ):
+                        frame = reply.add_delta(delta)
+                        if frame is not None:
+                            self._frames.publish(frame)
+                        elif reply.needs_first_frame():
+                            asyncio.get_running_loop().call_soon(flush_pending, self._frames, reply)
                 return outcome
             except Exception as exc:
                 failure = classify(exc)

@@ -133,7 +133,8 @@ async def claim_request(
 
 
 _STAGE_EVENT = f"""
-INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload) VALUES ($1, $2, $3, $4)
+INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload, trace_context)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (event_id) DO NOTHING
 """  # noqa: S608 (only the table name is interpolated; data are $n parameters)
 

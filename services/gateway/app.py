@@ -16,6 +16,8 @@ from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from shared.asyncapi import asyncapi_router
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
 from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
@@ -83,7 +85,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
         readiness={"stream": check_stream, "revocations": revocation_feed.check},
-        routers=[api.router, ws.router],
+        routers=[api.router, ws.router, asyncapi_router(runtime.topology)],
+        metrics_refresh=[outbox_backlog(outbox, "chat")],
     )
     api.install_error_handlers(app)
     return app

@@ -24,7 +24,9 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.logging import redact_url
+from shared.metrics import BROKER_RECONNECTS
 from shared.stream import CancelCommand, ResyncCommand, StreamFrame, stream_frame_adapter
 from shared.topology import Topology, conversation_routing_key
 
@@ -210,15 +212,17 @@ class StreamFanout:
             log.warning("undecodable stream frame dropped", extra={"bytes": len(message.body)})
             return
         self.frames_received += 1
-        for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
-            try:
-                watcher.deliver(frame)
-            except Exception:
-                log.exception(
-                    "frame watcher failed", extra={"conversation_id": frame.conversation_id}
-                )
+        with tracing.consumer_span(f"{frame.type} deliver", message.headers, traced_only=True):
+            for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
+                try:
+                    watcher.deliver(frame)
+                except Exception:
+                    log.exception(
+                        "frame watcher failed", extra={"conversation_id": frame.conversation_id}
+                    )
 
     async def _on_reconnect(self, *_args: object) -> None:
+        BROKER_RECONNECTS.labels("stream").inc()
         log.info(
             "stream connection recovered",
             extra={"url": redact_url(self._amqp_url), "conversations": len(self._watchers)},

@@ -15,6 +15,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
+from services.gateway import metrics
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.errors import ChatError, RateLimited
 from services.gateway.fanout import StreamUnavailable
@@ -31,6 +32,7 @@ from services.gateway.snapshot import SNAPSHOT_MESSAGES, send_snapshot
 from services.gateway.socket_auth import SocketAuth
 from services.gateway.socket_io import FrameRate, SocketIO
 from services.gateway.watch import ConversationWatch
+from shared import tracing
 from shared.db import is_database_unavailable
 from shared.security import Principal
 
@@ -100,6 +102,7 @@ class ChatSocket:
                 await asyncio.wait_for(writer, 5)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+            metrics.SOCKET_CLOSES.labels(str(self.io.close_code)).inc()
 
     async def _forget_ephemeral(self) -> None:
         if self.auth.principal is None:
@@ -141,8 +144,10 @@ class ChatSocket:
             try:
                 frame = parse_client_frame(raw, self._settings.max_frame_bytes)
             except BadFrame as exc:
+                metrics.FRAMES_RECEIVED.labels("invalid").inc()
                 self._bad_frame(exc)
                 continue
+            metrics.FRAMES_RECEIVED.labels(frame.type).inc()
             await self._dispatch(frame)
 
     async def _dispatch(self, frame: ClientFrame) -> None:
@@ -154,7 +159,8 @@ class ChatSocket:
         if conversation_id is not None:
             context["conversation_id"] = conversation_id
         try:
-            await FRAME_HANDLERS[type(frame)](self, frame)
+            with tracing.turn_span(f"ws {frame.type}", context):
+                await FRAME_HANDLERS[type(frame)](self, frame)
         except RateLimited as exc:
             self.io.error(exc.code, exc.message, retry_after=exc.retry_after_s, **context)
         except ChatError as exc:
@@ -276,6 +282,8 @@ async def chat_socket(websocket: WebSocket) -> None:
     if origin is not None and origin not in gateway.settings.allowed_origins:
         log.info("websocket refused: origin not allowed", extra={"origin": origin[:200]})
         await websocket.close(code=CLOSE_POLICY_VIOLATION)
+        metrics.SOCKET_CLOSES.labels(str(CLOSE_POLICY_VIOLATION)).inc()
         return
     await websocket.accept()
-    await ChatSocket(websocket, gateway).run()
+    with metrics.OPEN_SOCKETS.track_inprogress():
+        await ChatSocket(websocket, gateway).run()
