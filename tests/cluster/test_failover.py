@@ -280,7 +280,11 @@ async def test_the_platform_survives_losing_any_one_broker_node(stack: ClusterSt
         topology.worker_control_queue(w.instance_id or "").name for w in stack.workers
     ]
     for name in private_queues:
-        assert await asyncio.to_thread(cluster.consumers_of, name) == 1, name
+        # The management API counts consumers from statistics a few seconds old.
+        deadline = time.monotonic() + 20
+        while (consumers := await asyncio.to_thread(cluster.consumers_of, name)) != 1:
+            assert time.monotonic() < deadline, f"{name}: {consumers} consumers"
+            await asyncio.sleep(0.5)
 
     # Stored exactly once: one completed reply per acknowledged message, nothing doubled.
     connection = await asyncpg.connect(asyncpg_dsn(stack.infra.database_url))
