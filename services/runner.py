@@ -265,6 +265,8 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
     worker_ports = (p for p in range(8003, 8100) if p != 8009)
     for n, port in zip(range(1, workers + 1), worker_ports, strict=False):
         children.append(child(f"chat_worker-{n}", "chat_worker", port, **llm_env))
+    # Extraction and indexing of knowledge files, on the next port after the chat workers.
+    children.append(child("knowledge_worker", "knowledge_worker", next(worker_ports), **llm_env))
     return children
 
 

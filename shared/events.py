@@ -193,6 +193,17 @@ class ReplyStarted(Event):
     attempt: int = 1
 
 
+class SourceRef(BaseModel):
+    """A part of an assistant's knowledge file that a reply's prompt included."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    file_id: str
+    name: str
+    positions: list[int]
+    """Chunk positions (0-based, in file order) used from this file."""
+
+
 class ReplyCompleted(Event):
     """Sent when a reply has been fully generated and stored."""
 
@@ -206,6 +217,8 @@ class ReplyCompleted(Event):
     ttft_ms: float = 0.0
     duration_ms: float = 0.0
     finish_reason: str | None = None
+    sources: list[SourceRef] = Field(default_factory=list)
+    """Knowledge-file chunks the prompt included (empty without an assistant's files)."""
 
 
 class ReplyFailed(Event):
@@ -230,6 +243,43 @@ class ReplyCancelled(Event):
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    duration_ms: float = 0.0
+
+
+# --- knowledge files -----------------------------------------------------------------------
+
+
+class FileUploaded(Event):
+    """Sent when a file has been stored for an assistant; it asks for extraction and indexing."""
+
+    type: Literal["file.uploaded"] = "file.uploaded"
+    file_id: str
+    assistant_id: str
+    name: str
+    content_type: str
+    size_bytes: int
+
+
+class FileProcessed(Event):
+    """Sent when a file's text has been extracted, chunked and indexed; answers may use it."""
+
+    type: Literal["file.processed"] = "file.processed"
+    file_id: str
+    assistant_id: str
+    chunks: int
+    characters: int
+    pages: int | None = None
+    duration_ms: float = 0.0
+
+
+class FileFailed(Event):
+    """Sent when a file could not be indexed; `reason` is a code, `message` says what to do."""
+
+    type: Literal["file.failed"] = "file.failed"
+    file_id: str
+    assistant_id: str
+    reason: str
+    message: str
     duration_ms: float = 0.0
 
 
@@ -277,6 +327,9 @@ KnownEvent = Annotated[
     | ReplyCompleted
     | ReplyFailed
     | ReplyCancelled
+    | FileUploaded
+    | FileProcessed
+    | FileFailed
     | HttpRequestCompleted,
     Field(discriminator="type"),
 ]
@@ -303,6 +356,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReplyCompleted,
         ReplyFailed,
         ReplyCancelled,
+        FileUploaded,
+        FileProcessed,
+        FileFailed,
         HttpRequestCompleted,
     )
 }

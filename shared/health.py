@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, Request
@@ -31,8 +32,12 @@ READY_CHECK_TIMEOUT_S = 3.0
 
 
 def health_router(
-    service: str, instance_id: str, checks: Mapping[str, ReadinessCheck]
+    service: str,
+    instance_id: str,
+    checks: Mapping[str, ReadinessCheck],
+    details: Callable[[], dict[str, Any]] | None = None,
 ) -> APIRouter:
+    """`details` adds what an operator wants to see next to the checks (e.g. a mode)."""
     router = APIRouter(tags=["health"])
 
     @router.get("/health")
@@ -55,10 +60,14 @@ def health_router(
             except Exception as exc:
                 results[name] = f"unavailable: {_reason(exc)}"
         ok = all(v == "ok" for v in results.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "service": service, "checks": results},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, Any] = {
+            "status": "ok" if ok else "unavailable",
+            "service": service,
+            "checks": results,
+        }
+        if details is not None:
+            body["details"] = details()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return router
 

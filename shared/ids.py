@@ -16,6 +16,7 @@ class IdKind(IntEnum):
     CONVERSATION = 12
     ASSISTANT = 12
     MESSAGE = 10
+    FILE = 14
 
 
 ANONYMOUS_OWNER_PREFIX = "~"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -39,9 +39,16 @@ class BodyTooLarge(Exception):
 class BodySizeLimit:
     """Answers 413 to a request body larger than `max_bytes`, counted while it streams."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        exempt: Callable[[str], bool] | None = None,
+    ) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._exempt = exempt
+        """Paths that enforce a (larger) limit of their own while they stream, e.g. uploads."""
 
     def _refusal(self) -> JSONResponse:
         return JSONResponse(
@@ -51,7 +58,7 @@ class BodySizeLimit:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self._exempt is not None and self._exempt(scope["path"])):
             await self._app(scope, receive, send)
             return
         for name, value in scope["headers"]:
@@ -162,11 +169,15 @@ async def _unstorable_text(request: Request, exc: Exception) -> JSONResponse:
     return unstorable_text_response(request)
 
 
-def install_input_guards(app: FastAPI, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+def install_input_guards(
+    app: FastAPI,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    exempt: Callable[[str], bool] | None = None,
+) -> None:
     """Body limit, input-free 422 bodies and unstorable text as 422, on one service's app."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # A lone surrogate failing to encode in a response; the database's refusals of such text
     # arrive through `shared.health.answer_503_while_database_unavailable`, which owns DBAPIError.
     app.add_exception_handler(UnicodeEncodeError, _unstorable_text)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=exempt)

@@ -1,4 +1,4 @@
-"""Revoked access, as every token-accepting service other than auth knows it (DESIGN §8).
+"""Revoked access, as every token-accepting service other than auth knows it (README).
 
 Auth publishes `user.deactivated`, `user.role_changed`, `user.deleted` and
 `user.sessions_revoked` through its outbox. Each means: access tokens of that user issued

@@ -13,6 +13,9 @@ CHAT_REQUEST_DELIVERY_LIMIT = 5
 
 ANALYTICS_DELIVERY_LIMIT = 5
 
+KNOWLEDGE_FILES_DELIVERY_LIMIT = 5
+"""A file whose extraction keeps killing its consumer is dead-lettered after this many tries."""
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -74,6 +77,19 @@ class Topology:
             arguments=self._dead_letter_args(name, ANALYTICS_DELIVERY_LIMIT),
         )
 
+    @cached_property
+    def knowledge_files(self) -> RabbitQueue:
+        """`file.uploaded` for the knowledge workers: extraction and indexing off the request
+        path, one competing consumer per file."""
+        name = self.name("knowledge.files")
+        return RabbitQueue(
+            name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key="file.uploaded",
+            arguments=self._dead_letter_args(name, KNOWLEDGE_FILES_DELIVERY_LIMIT),
+        )
+
     @property
     def durable_exchanges(self) -> tuple[RabbitExchange, ...]:
         return (self.events, self.stream, self.control, self.dead_letters)
@@ -81,7 +97,7 @@ class Topology:
     @property
     def event_queues(self) -> tuple[RabbitQueue, ...]:
         """Durable queues bound to `events`, each with a dead-letter queue of its own."""
-        return (self.chat_requests, self.analytics_events)
+        return (self.chat_requests, self.analytics_events, self.knowledge_files)
 
     def dead_letter_queue(self, source: RabbitQueue) -> RabbitQueue:
         """`<source>.dead`: where `source`'s poison messages wait, visible, for a human."""

@@ -13,14 +13,10 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.auth import repository
 from services.auth.events import PRODUCER
 from services.auth.models import RefreshToken, User
 from services.auth.passwords import PasswordHasher
-from services.auth.repository import (
-    LoginFailureRepository,
-    RefreshTokenRepository,
-    UserRepository,
-)
 from services.auth.tokens import TokenIssuer, token_digest
 from shared.events import Event, UserLoggedIn, UserLoggedOut, UserLoginFailed
 from shared.outbox import Outbox
@@ -119,9 +115,6 @@ class Logins:
         self._issuer = issuer
         self._verifier = verifier
         self._lockout = lockout
-        self._users = UserRepository(session)
-        self._tokens = RefreshTokenRepository(session)
-        self._failures = LoginFailureRepository(session)
 
     async def _emit(self, event: Event) -> None:
         await self._outbox.stage(self._session, event)
@@ -129,12 +122,12 @@ class Logins:
     async def login(
         self, identifier: str, password: str, client: ClientInfo
     ) -> TokenPair | LoginRefused:
-        user = await self._users.find_by_login(identifier)
+        user = await repository.find_user_by_login(self._session, identifier)
         # Unknown names lock like accounts do, so a 429 never tells an attacker a name exists.
         # Hashed: bounded length, and a password typed into the name field is not kept.
         account = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
         if user is None:
-            await self._users.lock_named(account)
+            await repository.lock_named(self._session, account)
         subject = failure_subject(account, client.ip)
         now = _now()
         locked_for = await self.locked_for(account, subject, now)
@@ -154,8 +147,8 @@ class Logins:
             await self._refuse(identifier, user, LoginRefusal.INACTIVE, client)
             return LoginRefused(LoginRefusal.INACTIVE)
 
-        await self._failures.clear(subject)
-        await self._tokens.delete_expired_of_user(user.id, now)
+        await repository.clear_login_failures(self._session, subject)
+        await repository.delete_expired_tokens_of_user(self._session, user.id, now)
         if upgraded_hash:
             user.password_hash = upgraded_hash
         user.last_login_at = now
@@ -174,12 +167,12 @@ class Logins:
     async def locked_for(self, account: str, subject: str, now: datetime) -> float:
         """Seconds `subject` (an account seen from one source) stays locked (0 when it is not)."""
         since = now - self._lockout.window
-        failures = await self._failures.recent(subject, since)
+        failures = await repository.recent_login_failures(self._session, subject, since)
         if len(failures) >= self._lockout.threshold:
             # Locked until the oldest of the last `threshold` failures leaves the window.
             unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
         elif failures and (
-            await self._failures.count_for_account(account, since)
+            await repository.count_login_failures_of_account(self._session, account, since)
             >= self._lockout.account_threshold
         ):
             unlock_at = failures[0] + self._lockout.window
@@ -188,7 +181,9 @@ class Logins:
         return max((unlock_at - now).total_seconds(), 0.001)
 
     async def record_failure(self, subject: str, now: datetime) -> None:
-        await self._failures.record(subject, now, forget_before=now - self._lockout.window)
+        await repository.record_login_failure(
+            self._session, subject, now, forget_before=now - self._lockout.window
+        )
 
     async def _refuse(
         self, identifier: str, user: User | None, reason: LoginRefusal, client: ClientInfo
@@ -208,7 +203,8 @@ class Logins:
 
     def _issue_pair(self, user: User, now: datetime, family_id: str | None) -> TokenPair:
         refresh = self._issuer.refresh_token(user.id, now, family_id)
-        self._tokens.add(
+        repository.add_refresh_token(
+            self._session,
             RefreshToken(
                 id=refresh.token_id,
                 family_id=refresh.family_id,
@@ -216,7 +212,7 @@ class Logins:
                 token_hash=token_digest(refresh.token),
                 created_at=now,
                 expires_at=refresh.expires_at,
-            )
+            ),
         )
         return TokenPair(
             access_token=self._issuer.access_token(user.id, user.username, user.roles, now),
@@ -229,7 +225,7 @@ class Logins:
             self._verifier.decode(token, TokenType.REFRESH)
         except InvalidToken:
             return None
-        return await self._tokens.get_by_digest(token_digest(token))
+        return await repository.get_refresh_token(self._session, token_digest(token))
 
     async def refresh(self, token: str) -> TokenPair | RefreshRefused:
         """Exchange a refresh token for a new pair; a second use revokes the whole family."""
@@ -243,15 +239,15 @@ class Logins:
             now - stored.rotated_at > self._lockout.refresh_reuse_grace
         ):
             # RFC 9700 refresh token rotation: one of two holders stole it; end both sessions.
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.REUSED)
         # Within the grace window a second use is another tab refreshing at the same moment:
         # it gets a pair of the same family, which a later revocation ends together.
         if stored.expires_at <= now:
             return RefreshRefused(RefreshRefusal.EXPIRED)
-        user = await self._users.get(stored.user_id)
+        user = await repository.get_user(self._session, stored.user_id)
         if user is None or not user.is_active:
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.USER_UNAVAILABLE)
         stored.rotated_at = stored.rotated_at or now
         return self._issue_pair(user, now, family_id=stored.family_id)
@@ -261,7 +257,7 @@ class Logins:
         stored = await self._stored_refresh_token(token)
         if stored is None:
             return False
-        revoked = await self._tokens.revoke_family(stored.family_id, _now())
+        revoked = await repository.revoke_token_family(self._session, stored.family_id, _now())
         if revoked:
             await self._emit(
                 UserLoggedOut(
@@ -275,10 +271,10 @@ class Logins:
 
     async def unlock(self, user_id: str) -> None:
         """Forget the account's failed logins from every source (an admin's decision)."""
-        await self._failures.clear_account(f"user:{user_id}")
+        await repository.clear_login_failures_of_account(self._session, f"user:{user_id}")
 
     async def prune(self) -> None:
         """Forget what can no longer matter: failures outside the window, expired tokens."""
         now = _now()
-        await self._failures.delete_before(now - self._lockout.window)
-        await self._tokens.delete_expired(now)
+        await repository.delete_login_failures_before(self._session, now - self._lockout.window)
+        await repository.delete_expired_tokens(self._session, now)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
+from services.chat_worker.knowledge import KnowledgeContext
 from services.chat_worker.llm import create_client
 from services.chat_worker.metrics import queue_depth_refresh, register_worker_collector
 from services.chat_worker.model_endpoint import ModelEndpoint
@@ -43,6 +44,14 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         client=create_client(settings),
     )
     model_endpoint = ModelEndpoint(replies.client, settings)
+    replies.generation.knowledge = KnowledgeContext(
+        engine=runtime.engine,
+        client=replies.client,
+        budget_tokens=settings.knowledge_budget_tokens,
+        max_chunks=settings.knowledge_max_chunks,
+        embedding_model=settings.embedding_model,
+        min_similarity=settings.knowledge_min_similarity,
+    )
     requests = RequestConsumer(
         settings.amqp_url,
         runtime.topology,
@@ -53,6 +62,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        assert replies.generation.knowledge is not None
+        await replies.generation.knowledge.detect_mode()
         # Frames and control first: a request may arrive as soon as the broker starts.
         await frames.start(replies.on_command)
         # Not a runtime background task: replies finishing during shutdown still need it.
@@ -87,6 +98,11 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         database_outage_is_503=False,
         http_metrics=False,
         metrics_refresh=[outbox_backlog(outbox, "chat"), queue_depth_refresh(requests)],
+        readiness_details=lambda: {
+            "knowledge_retrieval": (
+                replies.generation.knowledge.mode if replies.generation.knowledge else "off"
+            )
+        },
     )
     register_worker_collector(replies, frames)
 

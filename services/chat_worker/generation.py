@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim
 from services.chat_worker.frame_clock import flush_pending
+from services.chat_worker.knowledge import NO_KNOWLEDGE, KnowledgeContext
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply
@@ -45,14 +46,23 @@ class ReplyGeneration:
         self._frames = frames
         self._start_over = start_over
         self._metrics = metrics
+        self.knowledge: KnowledgeContext | None = None
+        """Excerpts of the assistant's files for the prompt (set by the composition root)."""
 
     async def stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
         """The model's whole answer, its frames published on the way; `ModelFailed` when the
         model fails for good, `Superseded` when another attempt took the reply."""
+        knowledge = NO_KNOWLEDGE
+        if self.knowledge is not None:
+            knowledge = await self.knowledge.for_reply(
+                claim.request.assistant_id, claim.request.history[-1].content, reply.message_id
+            )
+        reply.sources = knowledge.sources
         messages = build_prompt(
             claim.request.system_prompt,
             claim.request.history,
             self._settings.context_budget_tokens,
+            knowledge.prompt,
         )
         retries = 0
         while True:

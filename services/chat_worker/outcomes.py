@@ -56,6 +56,7 @@ class ReplyOutcomes:
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 finish_reason=outcome.finish_reason,
+                sources=reply.sources,
             ),
         )
 

@@ -46,6 +46,8 @@ class Request:
     temperature: float | None
     system_prompt: str
     history: list[Turn]
+    assistant_id: str | None = None
+    """The assistant the conversation was started from, whose files the prompt may draw on."""
 
 
 _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
@@ -55,7 +57,7 @@ _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
 # `PROMPT_STATUSES`; and create the (streaming) reply `$2` unless the message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
-    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
+    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
            coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
@@ -128,6 +130,7 @@ async def claim_request(
         temperature=row["temperature"],
         system_prompt=row["system_prompt"],
         history=history,
+        assistant_id=row["assistant_id"],
     )
     return request, bool(row["inserted"])
 

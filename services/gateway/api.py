@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from services.chat.models import ConversationStatus, Message
+from services.chat.models import ConversationStatus, Message, MessageRole
 from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
 from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
@@ -217,8 +217,17 @@ async def list_messages(
         items, total = await gw.chat.list_messages(
             session, principal.user_id, conversation_id, skip, limit
         )
+    sources = await gw.knowledge.sources_of_replies(
+        [m.id for m in items if m.role == MessageRole.ASSISTANT]
+    )
     return Page(
-        items=[MessageOut.model_validate(m) for m in items], total=total, skip=skip, limit=limit
+        items=[
+            MessageOut.model_validate(m).model_copy(update={"sources": sources.get(m.id, [])})
+            for m in items
+        ],
+        total=total,
+        skip=skip,
+        limit=limit,
     )
 
 

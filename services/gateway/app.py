@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.chat import models
-from services.gateway import api, ws
+from services.gateway import api, files_api, ws
 from services.gateway.account_erasure import AccountEraser
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
@@ -16,6 +16,8 @@ from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.knowledge import models as knowledge_models
+from services.knowledge.service import KnowledgeFiles, UploadLimits
 from shared.asyncapi import asyncapi_router
 from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
@@ -42,6 +44,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
     )
     revocation_feed.add_listener(eraser.on_revoked)
+    knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     gateway = Gateway(
         settings=settings,
@@ -56,6 +59,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         fanout=fanout,
         verifier=verifier,
         sockets=sockets,
+        knowledge=KnowledgeFiles(
+            runtime.engine,
+            knowledge_outbox,
+            UploadLimits(
+                max_file_bytes=settings.knowledge_max_file_bytes,
+                max_files_per_assistant=settings.knowledge_max_files_per_assistant,
+                max_bytes_per_user=settings.knowledge_max_bytes_per_user,
+            ),
+            producer=SERVICE,
+        ),
         outbox=outbox,
     )
 
@@ -65,11 +78,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await fanout.start()
         await revocation_feed.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
+        runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
         await revocation_feed.stop()
         await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()
+        await knowledge_outbox.drain_background()
         await runtime.stop()
 
     async def check_stream() -> None:
@@ -85,8 +100,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
         readiness={"stream": check_stream, "revocations": revocation_feed.check},
-        routers=[api.router, ws.router, asyncapi_router(runtime.topology)],
-        metrics_refresh=[outbox_backlog(outbox, "chat")],
+        routers=[api.router, files_api.router, ws.router, asyncapi_router(runtime.topology)],
+        metrics_refresh=[
+            outbox_backlog(outbox, "chat"),
+            outbox_backlog(knowledge_outbox, "knowledge"),
+        ],
+        body_limit_exempt=files_api.is_upload_path,
     )
     api.install_error_handlers(app)
+    files_api.install_error_handlers(app)
     return app

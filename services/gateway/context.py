@@ -14,6 +14,7 @@ from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.knowledge.service import KnowledgeFiles
 from shared.outbox import Outbox
 from shared.security import TokenVerifier
 
@@ -25,6 +26,7 @@ class Gateway:
     fanout: StreamFanout
     verifier: TokenVerifier
     sockets: OpenSockets
+    knowledge: KnowledgeFiles
     outbox: Outbox
 
     @asynccontextmanager

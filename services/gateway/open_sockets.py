@@ -2,7 +2,7 @@
 
 Two jobs that need the same index: a cap on sockets per user and per anonymous address (one
 client opening hundreds of sockets costs memory, tasks and broker bindings on every gateway),
-and closing a user's sockets at once when their access is revoked (DESIGN §8).
+and closing a user's sockets at once when their access is revoked (README, "Revoked access").
 """
 
 from __future__ import annotations

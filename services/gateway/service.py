@@ -5,6 +5,9 @@ unit of work: it opens the session (`Gateway.unit_of_work`), every method here w
 stages its events in it, and the edge commits, after which the events are published. Nothing here
 commits. The one exception is the user message itself: a single statement that stores the message
 with its event, run alone in autocommit when the edge's unit has not begun (the hot path).
+
+Over 400 lines on purpose: one small method per operation of the two edges, and `send_message`
+kept whole so its rate-limit, retry and duplicate decisions read in one place.
 """
 
 from __future__ import annotations

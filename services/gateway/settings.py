@@ -77,3 +77,12 @@ class GatewaySettings(ServiceSettings):
     anonymous_messages_per_minute: int = Field(
         default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
     )
+    knowledge_max_file_bytes: int = Field(
+        default=10 * 2**20, ge=1, description="Largest knowledge file an assistant accepts."
+    )
+    knowledge_max_files_per_assistant: int = Field(
+        default=50, ge=1, description="Knowledge files one assistant may hold."
+    )
+    knowledge_max_bytes_per_user: int = Field(
+        default=200 * 2**20, ge=1, description="Total bytes of knowledge files per user."
+    )

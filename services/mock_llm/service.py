@@ -8,6 +8,8 @@ talking to the server. One token is one word (with its leading space), one chunk
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -153,3 +155,31 @@ class MockStats:
     streams_disconnected: int = 0
     errors_injected: int = 0
     active_streams: int = 0
+    embedding_requests: int = 0
+
+
+EMBEDDING_DIMENSIONS = 512
+_EMBEDDING_STOP_WORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for", "from", "has", "have",
+    "how", "i", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was",
+    "what", "when", "where", "which", "who", "why", "will", "with", "you", "your",
+))  # fmt: skip
+_WORD = re.compile(r"\w+")
+
+
+def embed_text(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic, unit-length embedding: the hashed bag of the text's words (stop words
+    left out), so texts sharing words are similar and texts sharing none are nearly orthogonal
+    — enough for tests of vector ranking without a model."""
+    vector = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()):
+        if word in _EMBEDDING_STOP_WORDS:
+            continue
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dimensions
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0:
+        vector[0] = 1.0
+        return vector
+    return [v / norm for v in vector]
