@@ -5,6 +5,7 @@ guarantees need from the broker, the database and the autoscaler is there."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -17,11 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.analytics_consumer.settings import AnalyticsSettings
-from services.auth.settings import AuthSettings
 from services.chat_worker.app import DRAIN_TIMEOUT_S
-from services.chat_worker.settings import ChatWorkerSettings
-from services.gateway.settings import GatewaySettings
+from services.registry import SERVICES
 from shared.settings import ServiceSettings
 from shared.topology import Topology
 
@@ -33,10 +31,10 @@ UVICORN_GRACEFUL_S = 15
 """services/cli.py `timeout_graceful_shutdown`: before the lifespan's own drain begins."""
 
 SETTINGS_BY_SERVICE: dict[str, type[ServiceSettings]] = {
-    "gateway": GatewaySettings,
-    "chat_worker": ChatWorkerSettings,
-    "auth": AuthSettings,
-    "analytics_consumer": AnalyticsSettings,
+    spec.name: getattr(importlib.import_module(f"{spec.package}.settings"), spec.settings_class)
+    for spec in SERVICES.values()
+    # The offline model server is for tests and laptops, not a cluster.
+    if spec.name != "mock_llm"
 }
 
 
