@@ -96,6 +96,28 @@ class UserDeleted(Event):
     actor_id: str | None = None
 
 
+# --- api keys ------------------------------------------------------------------------------
+
+
+class ApiKeyCreated(Event):
+    """Sent when a user (or an admin for them) creates a key for the OpenAI-compatible API."""
+
+    type: Literal["api_key.created"] = "api_key.created"
+    key_id: str
+    name: str
+    prefix: str
+    expires_at: datetime | None = None
+    store_content: bool = False
+
+
+class ApiKeyRevoked(Event):
+    """Sent when a key is revoked; `user_id` is the key's owner, `actor_id` who revoked it."""
+
+    type: Literal["api_key.revoked"] = "api_key.revoked"
+    key_id: str
+    actor_id: str | None = None
+
+
 # --- conversations -------------------------------------------------------------------------
 
 
@@ -223,6 +245,8 @@ KnownEvent = Annotated[
     | UserLoggedOut
     | UserUpdated
     | UserDeleted
+    | ApiKeyCreated
+    | ApiKeyRevoked
     | ConversationCreated
     | ConversationRenamed
     | ConversationEnded
@@ -245,6 +269,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UserLoggedOut,
         UserUpdated,
         UserDeleted,
+        ApiKeyCreated,
+        ApiKeyRevoked,
         ConversationCreated,
         ConversationRenamed,
         ConversationEnded,

@@ -16,6 +16,7 @@ class IdKind(IntEnum):
     CONVERSATION = 12
     ASSISTANT = 12
     MESSAGE = 10
+    API_KEY = 14
 
 
 def new_id(kind: IdKind) -> str:

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from services.chat import models
-from services.gateway import api, ws
+from services.gateway import api, openai_api, ws
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.rate_limit import MessageRateLimiter
@@ -66,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
         readiness={"stream": check_stream},
-        routers=[api.router, ws.router],
+        routers=[api.router, openai_api.router, ws.router],
         middleware=[Middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)],
     )
     api.install_error_handlers(app)

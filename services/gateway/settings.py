@@ -56,3 +56,7 @@ class GatewaySettings(ServiceSettings):
     anonymous_messages_per_minute: int = Field(
         default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
     )
+    api_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini"],
+        description="Models GET /v1/models lists and POST /v1/chat/completions accepts.",
+    )
