@@ -50,6 +50,7 @@ SERVICES: dict[str, ServiceSpec] = {
 MIGRATED_SCHEMAS: dict[str, str] = {
     "auth": "services.auth",
     "chat": "services.chat",
+    "budgets": "services.budgets",
     "analytics": "services.analytics_consumer",
 }
 """Schema → the package whose `migrations/` owns it."""

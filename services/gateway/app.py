@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from services.budgets import api as budgets_api
+from services.budgets.release import release_stale_forever
 from services.chat import models
 from services.gateway import api, openai_api, ws
 from services.gateway.context import Gateway
@@ -48,6 +50,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await runtime.start()
         await fanout.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
+        runtime.run_in_background(
+            release_stale_forever(runtime.sessions, settings.reservation_ttl_s), "budget-release"
+        )
         yield
         await fanout.stop()
         await outbox.drain_background()
@@ -66,7 +71,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
         readiness={"stream": check_stream},
-        routers=[api.router, openai_api.router, ws.router],
+        routers=[api.router, openai_api.router, budgets_api.router, ws.router],
         middleware=[Middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)],
     )
     api.install_error_handlers(app)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 from sqlalchemy import update
 
 from services.auth.key_lookup import KeyOwner
+from services.budgets import ledger
 from services.chat.models import (
     ORIGIN_API,
     Conversation,
@@ -241,10 +243,22 @@ class _Completion:
                     self.watching = True
                 except StreamUnavailable:
                     pass  # the database poll alone still finds the reply
+                await ledger.check_rate(session, owner, self.gw.settings.api_requests_per_minute)
                 accepted = await self.gw.chat.send_message(
                     session, owner, self.conversation_id, last, None
                 )
                 self.message_id = accepted.message.id
+                # In the message's own transaction: refused, nothing is stored or sent.
+                await ledger.reserve(session, owner, self.message_id, self._worst_case())
+        except ledger.OverLimit as exc:
+            await self._unwatch()
+            raise ApiError(
+                429,
+                exc.message,
+                "rate_limit_exceeded" if exc.reason == "rate_limited" else "insufficient_quota",
+                exc.reason,
+                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
+            ) from None
         except RateLimited as exc:
             await self._unwatch()
             raise ApiError(
@@ -260,6 +274,11 @@ class _Completion:
         except BaseException:
             await self._unwatch()
             raise
+
+    def _worst_case(self) -> int:
+        chars = sum(len(m.text) for m in self.body.messages)
+        limit = self.body.reply_limit or self.gw.settings.api_default_max_tokens
+        return ledger.worst_case_tokens(chars, len(self.body.messages), limit)
 
     def _add_history(self, session: Any, turns: list[tuple[str, str]]) -> None:
         # Earlier than the message being answered (stored with the transaction's now()), in order.

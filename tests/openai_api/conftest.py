@@ -30,6 +30,7 @@ class Stack:
     mock_llm: ServiceProcess
     admin_username: str
     database_url: str
+    namespace: str
 
 
 @pytest.fixture(scope="package")
@@ -70,7 +71,7 @@ def stack(
         CONVOAI_LLM_RETRY_BASE_S="0.1",
         **common,
     )
-    yield Stack(auth, gateway_a, gateway_b, worker, mock, admin, api_db)
+    yield Stack(auth, gateway_a, gateway_b, worker, mock, admin, api_db, namespace)
     import asyncio
 
     asyncio.run(delete_topology(infra.amqp_url, Topology(namespace)))
