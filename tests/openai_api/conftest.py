@@ -18,6 +18,7 @@ from shared.topology import Topology
 from tests.infra import TestInfrastructure, create_database, drop_database, new_run_id
 from tests.processes import ServiceProcess
 
+STARTUP_TIMEOUT_S = 120.0
 ADMIN_PASSWORD = f"Adm1n-{secrets.token_hex(8)}"
 
 
@@ -50,10 +51,11 @@ def stack(
     namespace = f"{infra.namespace}oai"
     common = {"CONVOAI_DATABASE_URL": api_db, "CONVOAI_NAMESPACE": namespace}
     admin = f"root_{secrets.token_hex(4)}"
-    mock = start_service("mock_llm", instance_id="mock-llm-oai")
+    mock = start_service("mock_llm", instance_id="mock-llm-oai", wait=False)
     auth = start_service(
         "auth",
         instance_id="auth-oai",
+        wait=False,
         CONVOAI_ADMIN_USERNAME=admin,
         CONVOAI_ADMIN_EMAIL=f"{admin}@example.com",
         CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
@@ -62,15 +64,19 @@ def stack(
         **common,
     )
     gateway_env = {"CONVOAI_API_MODELS": '["gpt-4o-mini","mock-model"]', **common}
-    gateway_a = start_service("gateway", instance_id="gw-oai-a", **gateway_env)
-    gateway_b = start_service("gateway", instance_id="gw-oai-b", **gateway_env)
+    gateway_a = start_service("gateway", instance_id="gw-oai-a", wait=False, **gateway_env)
+    gateway_b = start_service("gateway", instance_id="gw-oai-b", wait=False, **gateway_env)
     worker = start_service(
         "chat_worker",
         instance_id="worker-oai",
+        wait=False,
         CONVOAI_LLM_BASE_URL=f"{mock.url}/v1",
         CONVOAI_LLM_RETRY_BASE_S="0.1",
         **common,
     )
+    # Five processes start at once; on a machine shared by many test runs that takes a while.
+    for process in (mock, auth, gateway_a, gateway_b, worker):
+        process.wait_healthy(STARTUP_TIMEOUT_S)
     yield Stack(auth, gateway_a, gateway_b, worker, mock, admin, api_db, namespace)
     import asyncio
 

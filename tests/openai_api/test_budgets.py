@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.openai_api.conftest import Stack, create_key
+from tests.openai_api.conftest import STARTUP_TIMEOUT_S, Stack, create_key
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,9 @@ async def test_worker_kill_leaves_nothing_reserved(stack, auth_http, new_api_use
             CONVOAI_LLM_RETRY_BASE_S="0.1",
             CONVOAI_DATABASE_URL=stack.database_url,
             CONVOAI_NAMESPACE=stack.namespace,
+            wait=False,
         )
+        replacement.wait_healthy(STARTUP_TIMEOUT_S)
         response = await request
     assert response.status_code == 200, response.text
     ledger = await usage(stack, user.headers)
