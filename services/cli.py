@@ -21,6 +21,7 @@ from shared.db import asyncpg_dsn
 from shared.logging import configure_logging, redact_url
 from shared.migrations import upgrade_to_head
 from shared.settings import ServiceSettings
+from shared.tracing import configure_tracing
 
 try:  # not on Windows (pyproject installs it everywhere else)
     import uvloop
@@ -118,6 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = getattr(settings, "log_level", "INFO")
     fmt = getattr(settings, "log_format", "kv")
     configure_logging(spec.name, level, fmt)
+    configure_tracing(spec.name, getattr(settings, "instance_id", None))
     # uvloop: the services spend much of their CPU in socket I/O and event-loop bookkeeping,
     # which uvloop does in C (measured: see README, "Benchmarks").
     with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:

@@ -42,6 +42,13 @@ SERVICES: dict[str, ServiceSpec] = {
         ),
         ServiceSpec("chat_worker", "services.chat_worker", "ChatWorkerSettings", 8003, True),
         ServiceSpec(
+            "knowledge_worker",
+            "services.knowledge_worker",
+            "KnowledgeWorkerSettings",
+            8005,
+            True,
+        ),
+        ServiceSpec(
             "mock_llm", "services.mock_llm", "MockLLMSettings", 8009, False, access_log=False
         ),
     )
@@ -52,5 +59,7 @@ MIGRATED_SCHEMAS: dict[str, str] = {
     "chat": "services.chat",
     "budgets": "services.budgets",
     "analytics": "services.analytics_consumer",
+    # After `chat`: its files and reply sources refer to chat's assistants and messages.
+    "knowledge": "services.knowledge",
 }
-"""Schema → the package whose `migrations/` owns it."""
+"""Schema → the package whose `migrations/` owns it (in migration order)."""

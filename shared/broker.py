@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aio_pika
 from faststream.rabbit import Channel, RabbitBroker
@@ -83,6 +84,7 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
         for queue in topology.event_queues:
             await channel.queue_delete(queue.name)
             await channel.queue_delete(topology.dead_letter_queue(queue).name)
+        await channel.queue_delete(topology.revocations_stream)
         for exchange in topology.durable_exchanges:
             await channel.exchange_delete(exchange.name)
 
@@ -100,7 +102,12 @@ class EventPublisher:
         )
 
     async def publish_raw(
-        self, routing_key: str, body: bytes, message_id: str, correlation_id: str | None = None
+        self,
+        routing_key: str,
+        body: bytes,
+        message_id: str,
+        correlation_id: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         await self._broker.publish(
             body,
@@ -110,5 +117,6 @@ class EventPublisher:
             message_id=message_id,
             correlation_id=correlation_id,
             content_type="application/json",
+            headers=headers,
             timeout=PUBLISH_TIMEOUT_S,
         )

@@ -53,6 +53,9 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=0,
         pool_recycle=1800,
+        # A failed statement's error (logged with its traceback) must not carry its parameters:
+        # they are emails, search terms, message text — or a password typed into a name field.
+        hide_parameters=True,
     )
 
 

@@ -1,4 +1,5 @@
-"""The event catalogue (DESIGN §3): one pydantic model per domain event, routing key = `type`.
+"""The event catalogue (published as AsyncAPI): one pydantic model per domain event, routing key
+= `type`.
 
 Events are versioned by adding optional fields; consumers ignore fields they do not know, so an
 older consumer keeps working when a producer adds one. A breaking change bumps `version`.
@@ -65,7 +66,8 @@ class UserLoginFailed(Event):
     """Sent when a login attempt is refused (wrong password, unknown user, locked, inactive)."""
 
     type: Literal["user.login_failed"] = "user.login_failed"
-    username_attempted: str
+    username_attempted: str | None = None
+    """The account's username; None for a name no account has (it is never the typed text)."""
     reason: str
     ip: str | None = None
     user_agent: str | None = None
@@ -90,10 +92,49 @@ class UserUpdated(Event):
 
 
 class UserDeleted(Event):
-    """Sent when an account is deleted."""
+    """Sent when an account is deleted; its tokens are void and its chat data is removed."""
 
     type: Literal["user.deleted"] = "user.deleted"
     actor_id: str | None = None
+
+
+class UserDeactivated(Event):
+    """Sent when an admin deactivates an account; every token issued before is void."""
+
+    type: Literal["user.deactivated"] = "user.deactivated"
+    actor_id: str | None = None
+
+
+class UserReactivated(Event):
+    """Sent when an admin reactivates an account (it may log in again; old tokens stay void)."""
+
+    type: Literal["user.reactivated"] = "user.reactivated"
+    actor_id: str | None = None
+
+
+class UserRoleChanged(Event):
+    """Sent when an account's roles change; tokens issued before (old roles) are void."""
+
+    type: Literal["user.role_changed"] = "user.role_changed"
+    roles: list[str]
+    actor_id: str | None = None
+
+
+class UserSessionsRevoked(Event):
+    """Sent when every session of an account ends (password change, "log out everywhere");
+    every token issued before is void."""
+
+    type: Literal["user.sessions_revoked"] = "user.sessions_revoked"
+    reason: Literal["password_changed", "logout_everywhere"]
+
+
+ACCESS_REVOKING_EVENTS: tuple[type[Event], ...] = (
+    UserDeactivated,
+    UserRoleChanged,
+    UserDeleted,
+    UserSessionsRevoked,
+)
+"""After one of these, access tokens of its `user_id` issued before its `occurred_at` are void."""
 
 
 # --- api keys ------------------------------------------------------------------------------
@@ -174,6 +215,17 @@ class ReplyStarted(Event):
     attempt: int = 1
 
 
+class SourceRef(BaseModel):
+    """A part of an assistant's knowledge file that a reply's prompt included."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    file_id: str
+    name: str
+    positions: list[int]
+    """Chunk positions (0-based, in file order) used from this file."""
+
+
 class ReplyCompleted(Event):
     """Sent when a reply has been fully generated and stored."""
 
@@ -187,6 +239,8 @@ class ReplyCompleted(Event):
     ttft_ms: float = 0.0
     duration_ms: float = 0.0
     finish_reason: str | None = None
+    sources: list[SourceRef] = Field(default_factory=list)
+    """Knowledge-file chunks the prompt included (empty without an assistant's files)."""
 
 
 class ReplyFailed(Event):
@@ -211,6 +265,43 @@ class ReplyCancelled(Event):
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    duration_ms: float = 0.0
+
+
+# --- knowledge files -----------------------------------------------------------------------
+
+
+class FileUploaded(Event):
+    """Sent when a file has been stored for an assistant; it asks for extraction and indexing."""
+
+    type: Literal["file.uploaded"] = "file.uploaded"
+    file_id: str
+    assistant_id: str
+    name: str
+    content_type: str
+    size_bytes: int
+
+
+class FileProcessed(Event):
+    """Sent when a file's text has been extracted, chunked and indexed; answers may use it."""
+
+    type: Literal["file.processed"] = "file.processed"
+    file_id: str
+    assistant_id: str
+    chunks: int
+    characters: int
+    pages: int | None = None
+    duration_ms: float = 0.0
+
+
+class FileFailed(Event):
+    """Sent when a file could not be indexed; `reason` is a code, `message` says what to do."""
+
+    type: Literal["file.failed"] = "file.failed"
+    file_id: str
+    assistant_id: str
+    reason: str
+    message: str
     duration_ms: float = 0.0
 
 
@@ -245,6 +336,10 @@ KnownEvent = Annotated[
     | UserLoggedOut
     | UserUpdated
     | UserDeleted
+    | UserDeactivated
+    | UserReactivated
+    | UserRoleChanged
+    | UserSessionsRevoked
     | ApiKeyCreated
     | ApiKeyRevoked
     | ConversationCreated
@@ -256,6 +351,9 @@ KnownEvent = Annotated[
     | ReplyCompleted
     | ReplyFailed
     | ReplyCancelled
+    | FileUploaded
+    | FileProcessed
+    | FileFailed
     | HttpRequestCompleted,
     Field(discriminator="type"),
 ]
@@ -269,6 +367,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UserLoggedOut,
         UserUpdated,
         UserDeleted,
+        UserDeactivated,
+        UserReactivated,
+        UserRoleChanged,
+        UserSessionsRevoked,
         ApiKeyCreated,
         ApiKeyRevoked,
         ConversationCreated,
@@ -280,6 +382,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReplyCompleted,
         ReplyFailed,
         ReplyCancelled,
+        FileUploaded,
+        FileProcessed,
+        FileFailed,
         HttpRequestCompleted,
     )
 }

@@ -22,14 +22,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.events import HttpRequestCompleted, HttpRequestRecord
+from shared.metrics import observe_http_request
 from shared.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
 UNMATCHED_ROUTE = "<unmatched>"
 """Route of a request no route matched (404s): raw paths would let clients flood the metrics."""
-DEFAULT_EXCLUDED_ROUTES = frozenset({"/health", "/ready"})
-"""Probes poll every second or so; counting them would drown real traffic."""
+DEFAULT_EXCLUDED_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+"""Probes and scrapes poll every few seconds; counting them would drown real traffic."""
 
 
 class HttpMetricsRecorder:
@@ -116,12 +117,15 @@ def route_template(scope: Scope) -> str:
 
 
 class HttpMetricsMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware): adds no task or copy to the request path."""
+    """Pure ASGI (no BaseHTTPMiddleware): adds no task or copy to the request path.
+
+    Every request is counted for Prometheus; `recorder` (None when the events are disabled)
+    also turns it into an `http.request.completed` record."""
 
     def __init__(
         self,
         app: ASGIApp,
-        recorder: HttpMetricsRecorder,
+        recorder: HttpMetricsRecorder | None,
         excluded_routes: frozenset[str] = DEFAULT_EXCLUDED_ROUTES,
     ) -> None:
         self.app = app
@@ -146,13 +150,17 @@ class HttpMetricsMiddleware:
         finally:
             route = route_template(scope)
             if route not in self.excluded_routes:
+                duration_s = time.perf_counter() - started
+                method = scope.get("method", "GET")
+                observe_http_request(route, method, status_code, duration_s)
+            if route not in self.excluded_routes and self.recorder is not None:
                 state = scope.get("state") or {}
                 user_id = state.get("user_id") if isinstance(state, dict) else None
                 self.recorder.record(
                     route,
-                    scope.get("method", "GET"),
+                    method,
                     status_code,
-                    (time.perf_counter() - started) * 1000,
+                    duration_s * 1000,
                     user_id if isinstance(user_id, str) else None,
                 )
 
@@ -162,9 +170,11 @@ def install_http_metrics(app: FastAPI, runtime: ServiceRuntime) -> HttpMetricsRe
 
     Call it in `create_app`, after the app (with its lifespan) exists and before it serves. The
     flusher starts once the app's own lifespan has started the runtime, and makes a last flush
-    at shutdown before the runtime disconnects. Disabled by `CONVOAI_HTTP_METRICS_ENABLED=false`.
+    at shutdown before the runtime disconnects. The events are disabled by
+    `CONVOAI_HTTP_METRICS_ENABLED=false`; the Prometheus counts at `/metrics` stay.
     """
     if not runtime.settings.http_metrics_enabled:
+        app.add_middleware(HttpMetricsMiddleware, recorder=None)
         return None
     recorder = HttpMetricsRecorder(runtime.service, runtime.publisher.publish)
     app.add_middleware(HttpMetricsMiddleware, recorder=recorder)

@@ -10,13 +10,22 @@ _ALPHABET = string.ascii_letters + string.digits + "-_"
 
 
 class IdKind(IntEnum):
-    """Length of the id of each entity (DESIGN §5)."""
+    """Length of the id of each entity (docs/websocket-protocol.md: ids)."""
 
     USER = 16
     CONVERSATION = 12
     ASSISTANT = 12
     MESSAGE = 10
-    API_KEY = 14
+    FILE = 14
+    API_KEY = 15
+
+
+ANONYMOUS_OWNER_PREFIX = "~"
+"""Starts the owner id of an anonymous socket's conversations (never a user id's character)."""
+
+
+def is_anonymous_owner(owner_id: str) -> bool:
+    return owner_id.startswith(ANONYMOUS_OWNER_PREFIX)
 
 
 def new_id(kind: IdKind) -> str:

@@ -9,6 +9,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.tracing import log_fields
+
 _SECRET_PATTERNS = (
     # ?token=... / &access_token=... in URLs (uvicorn access log of the WebSocket route)
     (re.compile(r"((?:access_|refresh_)?token=)[^&\s\"']+", re.IGNORECASE), r"\1[REDACTED]"),
@@ -57,6 +59,7 @@ class _StructuredFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 fields[key] = value
+        fields.update(log_fields())
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         if self.fmt == "json":

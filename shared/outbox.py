@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared import tracing
 from shared.broker import EventPublisher
 from shared.db import transaction
 from shared.events import Event
@@ -60,6 +61,9 @@ def outbox_table(metadata: MetaData) -> Table:
         Column("routing_key", String(64), nullable=False),
         Column("correlation_id", String(64), nullable=True),
         Column("payload", LargeBinary, nullable=False),
+        # The W3C `traceparent` of the span that wrote the row, so its publisher (fast path or
+        # relay) continues that trace; NULL while tracing is off.
+        Column("trace_context", String(128), nullable=True),
         # When the row was written, or last leased by a relay: it is due for the relay a grace
         # period after this.
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -74,16 +78,27 @@ class StagedEvent:
     routing_key: str
     correlation_id: str | None
     payload: bytes
+    trace_context: str | None = None
 
     @classmethod
     def of(cls, event: Event) -> StagedEvent:
         return cls(
-            str(event.event_id), event.type, event.correlation_id, event.model_dump_json().encode()
+            str(event.event_id),
+            event.type,
+            event.correlation_id,
+            event.model_dump_json().encode(),
+            tracing.current_traceparent(),
         )
 
-    def parameters(self) -> tuple[str, str, str | None, bytes]:
+    def parameters(self) -> tuple[str, str, str | None, bytes, str | None]:
         """The values `outbox_rows_for` takes, in its parameter order."""
-        return self.event_id, self.routing_key, self.correlation_id, self.payload
+        return (
+            self.event_id,
+            self.routing_key,
+            self.correlation_id,
+            self.payload,
+            self.trace_context,
+        )
 
 
 def outbox_rows_for(outbox: str, source: str, first_parameter: int) -> str:
@@ -92,8 +107,8 @@ def outbox_rows_for(outbox: str, source: str, first_parameter: int) -> str:
     a hot-path statement stages its event in the same statement as its change."""
     n = first_parameter
     # Names come from code, never from input; the values are $n parameters.
-    columns = "event_id, routing_key, correlation_id, payload"
-    values = f"${n}, ${n + 1}, ${n + 2}, ${n + 3}"
+    columns = "event_id, routing_key, correlation_id, payload, trace_context"
+    values = f"${n}, ${n + 1}, ${n + 2}, ${n + 3}, ${n + 4}"
     return f"staged AS (INSERT INTO {outbox} ({columns}) SELECT {values} FROM {source})"  # noqa: S608
 
 
@@ -132,6 +147,7 @@ class Outbox:
                     "routing_key": s.routing_key,
                     "correlation_id": s.correlation_id,
                     "payload": s.payload,
+                    "trace_context": s.trace_context,
                 }
                 for s in staged
             ],
@@ -170,8 +186,8 @@ class Outbox:
         published: list[str] = []
         try:
             for s in staged:
-                await self._publisher.publish_raw(
-                    s.routing_key, s.payload, s.event_id, s.correlation_id
+                await self._publish(
+                    s.routing_key, s.payload, s.event_id, s.correlation_id, s.trace_context
                 )
                 published.append(s.event_id)
         except Exception as exc:
@@ -230,19 +246,37 @@ class Outbox:
                     .where(t.c.id.in_(due.scalar_subquery()))
                     .values(created_at=func.now())
                     .returning(
-                        t.c.id, t.c.event_id, t.c.routing_key, t.c.correlation_id, t.c.payload
+                        t.c.id,
+                        t.c.event_id,
+                        t.c.routing_key,
+                        t.c.correlation_id,
+                        t.c.payload,
+                        t.c.trace_context,
                     )
                 )
             ).all()
         if not rows:
             return 0
         for row in sorted(rows, key=lambda r: r.id):
-            await self._publisher.publish_raw(
-                row.routing_key, row.payload, row.event_id, row.correlation_id
+            await self._publish(
+                row.routing_key, row.payload, row.event_id, row.correlation_id, row.trace_context
             )
         async with transaction(self._sessions) as session:
             await session.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
         return len(rows)
+
+    async def _publish(
+        self,
+        routing_key: str,
+        payload: bytes,
+        event_id: str,
+        correlation_id: str | None,
+        trace_context: str | None,
+    ) -> None:
+        with tracing.producer_span(f"{routing_key} publish", trace_context) as headers:
+            await self._publisher.publish_raw(
+                routing_key, payload, event_id, correlation_id, headers
+            )
 
     async def relay_forever(self) -> None:
         """Background loop: drain leftovers, back off while the broker or database is down."""
@@ -265,6 +299,22 @@ class Outbox:
                 log.info("outbox relayed", extra={"count": sent})
                 continue
             await asyncio.sleep(self._poll_interval_s)
+
+    async def backlog(self) -> tuple[int, float]:
+        """Rows waiting to be published and the age in seconds of the oldest (0 when none)."""
+        t = self._table
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(
+                            func.extract("epoch", func.now() - func.min(t.c.created_at)), 0
+                        ),
+                    )
+                )
+            ).one()
+        return int(row[0]), float(row[1])
 
     async def drain_background(self) -> None:
         """Wait for pending cleanups (graceful shutdown)."""

@@ -18,6 +18,7 @@ def create_outbox_table(schema: str) -> None:
         sa.Column("routing_key", sa.String(64), nullable=False),
         sa.Column("correlation_id", sa.String(64), nullable=True),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("trace_context", sa.String(128), nullable=True),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
@@ -25,6 +26,16 @@ def create_outbox_table(schema: str) -> None:
         schema=schema,
     )
     op.create_index("ix_outbox_created_at", "outbox", ["created_at"], schema=schema)
+
+
+def add_trace_context_column(schema: str) -> None:
+    """For an outbox created before rows kept their `traceparent`; a no-op on a table that
+    `create_outbox_table` made with it."""
+    op.execute(f'ALTER TABLE "{schema}".outbox ADD COLUMN IF NOT EXISTS trace_context VARCHAR(128)')
+
+
+def drop_trace_context_column(schema: str) -> None:
+    op.execute(f'ALTER TABLE "{schema}".outbox DROP COLUMN IF EXISTS trace_context')
 
 
 def drop_outbox_table(schema: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from shared.settings import ServiceSettings
 
 MAX_TOKEN_LENGTH = 4096
+REVOCATIONS_WAIT_S = 2.0
 
 
 class Role(StrEnum):
@@ -34,6 +35,7 @@ class Principal:
     username: str
     roles: frozenset[str]
     token_id: str
+    issued_at: float = 0.0
 
     @property
     def is_admin(self) -> bool:
@@ -47,19 +49,49 @@ class InvalidToken(Exception):
     """The token is missing, malformed, forged, expired or of the wrong type."""
 
 
+class RevokedToken(InvalidToken):
+    """The token is well-formed but its user's access was revoked after it was issued."""
+
+
+class RevocationStateBehind(Exception):
+    """This process may have missed revocations (broker reconnect) and is catching up."""
+
+
+class RevocationCheck(Protocol):
+    def check(self, principal: Principal) -> None:
+        """Raise `RevokedToken`, or `RevocationStateBehind` while the state is catching up."""
+
+    async def wait_current(self, timeout_s: float) -> bool:
+        """Whether the state caught up within `timeout_s`."""
+
+
 class TokenVerifier:
     """Checks signature, pinned algorithm, `exp`/`nbf`/`iss`/`aud`/`sub` and the token type."""
 
-    def __init__(self, secret: str, algorithm: str, issuer: str, audience: str) -> None:
+    def __init__(
+        self,
+        secret: str,
+        algorithm: str,
+        issuer: str,
+        audience: str,
+        revocations: RevocationCheck | None = None,
+    ) -> None:
         self._secret = secret
         self._algorithms = [algorithm]
         self._issuer = issuer
         self._audience = audience
+        self._revocations = revocations
 
     @classmethod
-    def from_settings(cls, settings: ServiceSettings) -> TokenVerifier:
+    def from_settings(
+        cls, settings: ServiceSettings, revocations: RevocationCheck | None = None
+    ) -> TokenVerifier:
         return cls(
-            settings.jwt_secret, settings.jwt_algorithm, settings.jwt_issuer, settings.jwt_audience
+            settings.jwt_secret,
+            settings.jwt_algorithm,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            revocations,
         )
 
     def decode(self, token: str, expected_type: TokenType) -> dict[str, Any]:
@@ -81,17 +113,33 @@ class TokenVerifier:
             raise InvalidToken("wrong token type")
         return claims
 
+    async def verify_access_when_current(self, token: str) -> Principal:
+        """`verify_access`, waiting briefly while the revocation state catches up (just after a
+        broker reconnect, for milliseconds) instead of refusing at once."""
+        try:
+            return self.verify_access(token)
+        except RevocationStateBehind:
+            if self._revocations is None or not await self._revocations.wait_current(
+                REVOCATIONS_WAIT_S
+            ):
+                raise
+        return self.verify_access(token)
+
     def verify_access(self, token: str) -> Principal:
         claims = self.decode(token, TokenType.ACCESS)
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken("malformed roles claim")
-        return Principal(
+        principal = Principal(
             user_id=str(claims["sub"]),
             username=str(claims.get("username", "")),
             roles=frozenset(roles),
             token_id=str(claims["jti"]),
+            issued_at=float(claims["iat"]),
         )
+        if self._revocations is not None:
+            self._revocations.check(principal)
+        return principal
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -118,9 +166,17 @@ async def get_principal(
     if credentials is None:
         raise _unauthorized("Not authenticated")
     try:
-        principal = verifier.verify_access(credentials.credentials)
+        principal = await verifier.verify_access_when_current(credentials.credentials)
+    except RevokedToken:
+        raise _unauthorized("Access revoked; log in again") from None
     except InvalidToken:
         raise _unauthorized("Invalid or expired token") from None
+    except RevocationStateBehind:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="catching up on revoked sessions; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
     request.state.user_id = principal.user_id
     return principal
 

@@ -15,6 +15,8 @@ from starlette.middleware import Middleware
 
 from shared.health import ReadinessCheck, answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
+from shared.input_guards import install_input_guards
+from shared.metrics import Refresh
 from shared.runtime import ServiceRuntime
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -30,12 +32,17 @@ def create_service_app(
     readiness: Mapping[str, ReadinessCheck] | None = None,
     routers: Sequence[APIRouter] = (),
     middleware: Sequence[Middleware] = (),
+    body_limit_exempt: Callable[[str], bool] | None = None,
     database_outage_is_503: bool = True,
     http_metrics: bool = True,
+    metrics_refresh: Sequence[Refresh] = (),
+    readiness_details: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """An app with `runtime` and its settings in `app.state` (plus `state`), `/health` and
-    `/ready` (broker and database, plus `readiness`), `routers`, then `middleware` inside the
-    HTTP metrics middleware, so every request is measured, refused ones too."""
+    `/ready` (broker and database, plus `readiness`), Prometheus `/metrics` (after running
+    `metrics_refresh`), `routers`, the input guards (body limit, input-free 422s, unstorable
+    text), then `middleware` inside the HTTP metrics middleware, so every request is measured,
+    refused ones too."""
     app = FastAPI(title=title, description=description, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = runtime.settings
@@ -48,9 +55,12 @@ def create_service_app(
         "database": runtime.check_database,
     }
     checks.update(readiness or {})
-    app.include_router(health_router(runtime.service, runtime.instance_id, checks))
+    app.include_router(
+        health_router(runtime.service, runtime.instance_id, checks, readiness_details)
+    )
     for router in routers:
         app.include_router(router)
+    install_input_guards(app, runtime.settings.max_request_bytes, body_limit_exempt)
     for layer in middleware:
         app.add_middleware(layer.cls, *layer.args, **layer.kwargs)
     if http_metrics:

@@ -40,19 +40,26 @@ class ServiceSettings(BaseSettings):
     )
     broker_connect_timeout_s: float = Field(default=30.0, ge=0, le=3600)
     http_metrics_enabled: bool = True
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest HTTP request body; larger ones get 413 while they stream in.",
+    )
     trusted_proxies: str = Field(
         default="127.0.0.1",
         description=(
-            "Comma-separated addresses (or *) whose X-Forwarded-For is believed: the client "
-            "address behind them drives rate limits, lockouts and logged IPs."
+            "Comma-separated addresses or networks of the reverse proxies whose X-Forwarded-For "
+            "is believed: the client address behind them drives rate limits, lockouts and "
+            "logged IPs. Never `*` where clients can reach a service directly."
         ),
     )
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> ServiceSettings:
-        if self.environment == "production" and self.jwt_secret == PLACEHOLDER_SECRET:
+        if self.environment != "development" and self.jwt_secret == PLACEHOLDER_SECRET:
             raise ValueError(
                 "CONVOAI_JWT_SECRET still holds the development placeholder; "
-                "set a random secret of at least 32 bytes before running in production"
+                f"set a random secret of at least 32 bytes (environment={self.environment})"
             )
         return self

@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.events import SourceRef
+
 
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -60,6 +62,8 @@ class ReplyCompletedFrame(_Frame):
     usage: Usage
     finish_reason: str | None = None
     model: str
+    sources: list[SourceRef] = Field(default_factory=list)
+    """Knowledge-file chunks the prompt included."""
 
 
 class ReplyFailedFrame(_Frame):

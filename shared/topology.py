@@ -1,4 +1,4 @@
-"""The broker topology (DESIGN §2), declared once; every name starts with the namespace."""
+"""The broker topology (ARCHITECTURE.md), declared once; every name starts with the namespace."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ CHAT_REQUEST_DELIVERY_LIMIT = 5
 """After this many deliveries a `message.sent` request is dead-lettered instead of retried."""
 
 ANALYTICS_DELIVERY_LIMIT = 5
+
+KNOWLEDGE_FILES_DELIVERY_LIMIT = 5
+"""A file whose extraction keeps killing its consumer is dead-lettered after this many tries."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,19 @@ class Topology:
             arguments=self._dead_letter_args(name, ANALYTICS_DELIVERY_LIMIT),
         )
 
+    @cached_property
+    def knowledge_files(self) -> RabbitQueue:
+        """`file.uploaded` for the knowledge workers: extraction and indexing off the request
+        path, one competing consumer per file."""
+        name = self.name("knowledge.files")
+        return RabbitQueue(
+            name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key="file.uploaded",
+            arguments=self._dead_letter_args(name, KNOWLEDGE_FILES_DELIVERY_LIMIT),
+        )
+
     @property
     def durable_exchanges(self) -> tuple[RabbitExchange, ...]:
         return (self.events, self.stream, self.control, self.dead_letters)
@@ -81,7 +97,7 @@ class Topology:
     @property
     def event_queues(self) -> tuple[RabbitQueue, ...]:
         """Durable queues bound to `events`, each with a dead-letter queue of its own."""
-        return (self.chat_requests, self.analytics_events)
+        return (self.chat_requests, self.analytics_events, self.knowledge_files)
 
     def dead_letter_queue(self, source: RabbitQueue) -> RabbitQueue:
         """`<source>.dead`: where `source`'s poison messages wait, visible, for a human."""
@@ -91,6 +107,11 @@ class Topology:
             durable=True,
             routing_key=source.name,
         )
+
+    @property
+    def revocations_stream(self) -> str:
+        """RabbitMQ stream of access-revoking events (shared/revocations.py declares it)."""
+        return self.name("revocations")
 
     def gateway_stream_queue(self, instance_id: str) -> RabbitQueue:
         """One exclusive, auto-delete queue per gateway instance; bound per watched conversation."""

@@ -74,6 +74,7 @@ def test_up_starts_every_process_and_sigint_stops_them_all(infra, tmp_path):
             "gateway",
             "chat_worker-1",
             "chat_worker-2",
+            "knowledge_worker",
         }
         marker = f"--port {children[0].port}"
         assert _processes_with(marker), "mock_llm child not found"

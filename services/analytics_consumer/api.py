@@ -7,11 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics_consumer import models
+from services.analytics_consumer import models, repository
 from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.repository import (
-    AnalyticsRepository,
     DateRange,
     UsersRankedBy,
     money,
@@ -26,6 +26,7 @@ from services.analytics_consumer.schemas import (
     Summary,
     TopUser,
     TrackActivity,
+    TtftDay,
     UserRow,
 )
 from shared.db import transaction
@@ -35,12 +36,12 @@ from shared.security import Role, require_roles
 MAX_DAYS = 366
 
 
-async def _repository(request: Request) -> AsyncIterator[AnalyticsRepository]:
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     async with transaction(request.app.state.runtime.sessions) as session:
-        yield AnalyticsRepository(session)
+        yield session
 
 
-Repository = Annotated[AnalyticsRepository, Depends(_repository)]
+DbSession = Annotated[AsyncSession, Depends(_session)]
 StartDay = Annotated[date | None, Query(description="First UTC day, inclusive (YYYY-MM-DD).")]
 EndDay = Annotated[date | None, Query(description="Last UTC day, inclusive (YYYY-MM-DD).")]
 
@@ -79,17 +80,18 @@ async def analytics_health(request: Request) -> AnalyticsHealth:
 
 
 @readers.get("/summary")
-async def summary(repo: Repository) -> Summary:
-    t = await repo.totals()
+async def summary(session: DbSession) -> Summary:
+    t = await repository.totals(session)
     completed, failed, cancelled = (
         int(t["replies_completed"]),
         int(t["replies_failed"]),
         int(t["replies_cancelled"]),
     )
-    ttft = (await repo.ttft_percentiles(models.ALL_MODELS)).get(models.ALL_MODELS)
+    ttft = (await repository.ttft_percentiles(session, models.ALL_MODELS)).get(models.ALL_MODELS)
     api_calls = int(t["api_calls"])
     return Summary(
         total_users=int(t["total_users"]),
+        anonymous_users=int(t["anonymous_users"]),
         active_users_today=int(t["active_users_today"]),
         total_conversations=int(t["conversations_created"]),
         total_messages=int(t["user_messages"]) + completed + cancelled,
@@ -112,13 +114,13 @@ async def summary(repo: Repository) -> Summary:
         ttft_p95_ms=ttft.p95 if ttft else None,
         logins=int(t["logins"]),
         failed_logins=int(t["failed_logins"]),
-        system=await repo.system_metrics(),
+        system=await repository.system_metrics(session),
     )
 
 
 @readers.get("/users/activities")
 async def user_activities(
-    repo: Repository,
+    session: DbSession,
     skip: Skip = 0,
     limit: ReportLimit = 50,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -126,7 +128,8 @@ async def user_activities(
     start: StartDay = None,
     end: EndDay = None,
 ) -> Page[Activity]:
-    rows, total = await repo.activities(
+    rows, total = await repository.list_activities(
+        session,
         user_id=user_id,
         activity_type=activity_type,
         days=_date_range(start, end),
@@ -139,7 +142,7 @@ async def user_activities(
 
 @readers.get("/users/top")
 async def top_users(
-    repo: Repository,
+    session: DbSession,
     by: UsersRankedBy = "messages",
     limit: Limit = 10,
     skip: Skip = 0,
@@ -148,7 +151,7 @@ async def top_users(
     ] = None,
 ) -> Page[TopUser]:
     since = None if days is None else datetime.now(UTC).date() - timedelta(days=days - 1)
-    rows, total = await repo.top_users(by=by, since=since, skip=skip, limit=limit)
+    rows, total = await repository.top_users(session, by=by, since=since, skip=skip, limit=limit)
     items = [
         TopUser(
             user_id=r["user_id"],
@@ -167,13 +170,15 @@ async def top_users(
 
 @readers.get("/users/list")
 async def users_list(
-    repo: Repository,
+    session: DbSession,
     active_only: bool = False,
     q: Annotated[str | None, Query(max_length=150, description="Username contains.")] = None,
     skip: Skip = 0,
     limit: ReportLimit = 50,
 ) -> Page[UserRow]:
-    rows, total = await repo.users(active_only=active_only, q=q, skip=skip, limit=limit)
+    rows, total = await repository.list_users(
+        session, active_only=active_only, q=q, skip=skip, limit=limit
+    )
     items = [
         UserRow(
             user_id=u.user_id,
@@ -198,15 +203,15 @@ async def users_list(
 
 @readers.get("/conversations")
 async def conversations(
-    repo: Repository,
+    session: DbSession,
     start: StartDay = None,
     end: EndDay = None,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
     skip: Skip = 0,
     limit: ReportLimit = 50,
 ) -> Page[ConversationRow]:
-    rows, total = await repo.conversations(
-        user_id=user_id, days=_date_range(start, end), skip=skip, limit=limit
+    rows, total = await repository.list_conversations(
+        session, user_id=user_id, days=_date_range(start, end), skip=skip, limit=limit
     )
     items = [
         ConversationRow(
@@ -235,15 +240,15 @@ async def conversations(
 
 @readers.get("/api-usage")
 async def api_usage(
-    repo: Repository,
+    session: DbSession,
     start: StartDay = None,
     end: EndDay = None,
     service: Annotated[str | None, Query(max_length=64)] = None,
     skip: Skip = 0,
     limit: ReportLimit = 50,
 ) -> Page[ApiUsageRow]:
-    rows, total = await repo.api_usage(
-        service=service, days=_date_range(start, end), skip=skip, limit=limit
+    rows, total = await repository.api_usage(
+        session, service=service, days=_date_range(start, end), skip=skip, limit=limit
     )
     items = []
     for r in rows:
@@ -267,7 +272,7 @@ async def api_usage(
 
 @readers.get("/daily-stats")
 async def daily_stats(
-    repo: Repository,
+    session: DbSession,
     days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
     end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
     skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
@@ -276,7 +281,7 @@ async def daily_stats(
     """One row per day, newest first, zero-filled where nothing happened."""
     last = end or datetime.now(UTC).date()
     first = last - timedelta(days=days - 1)
-    stored = await repo.days(first, last)
+    stored = await repository.daily_stats(session, first, last)
     wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
     return Page(
         items=[_daily_row(day, stored.get(day)) for day in wanted],
@@ -284,6 +289,33 @@ async def daily_stats(
         skip=skip,
         limit=limit,
     )
+
+
+@readers.get("/ttft-daily")
+async def ttft_daily(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
+    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
+    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
+) -> Page[TtftDay]:
+    """Time-to-first-token p50/p95 per day, newest first (null where no reply completed)."""
+    last = end or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    stored = await repository.ttft_by_day(session, DateRange(first, last))
+    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
+    items = []
+    for day in wanted:
+        row = stored.get(day)
+        items.append(
+            TtftDay(
+                date=day,
+                replies=row["replies"] if row else 0,
+                ttft_p50_ms=row["p50"] if row else None,
+                ttft_p95_ms=row["p95"] if row else None,
+            )
+        )
+    return Page(items=items, total=days, skip=skip, limit=limit)
 
 
 def _daily_row(day: date, row: Any) -> DailyRow:
@@ -335,7 +367,7 @@ def _daily_row(day: date, row: Any) -> DailyRow:
 
 @readers.get("/models")
 async def model_stats(
-    repo: Repository,
+    session: DbSession,
     prices: Annotated[PriceTable, Depends(_prices)],
     start: StartDay = None,
     end: EndDay = None,
@@ -343,8 +375,8 @@ async def model_stats(
     limit: ReportLimit = 50,
 ) -> Page[ModelRow]:
     """Per model over the date range; time-to-first-token percentiles are lifetime."""
-    rows = await repo.models(_date_range(start, end))
-    percentiles = await repo.ttft_percentiles()
+    rows = await repository.model_usage(session, _date_range(start, end))
+    percentiles = await repository.ttft_percentiles(session)
     items = []
     for r in rows:
         price = prices.price_of(r["model"])
@@ -379,8 +411,8 @@ async def model_stats(
     status_code=status.HTTP_201_CREATED,
     dependencies=[require_roles(Role.ADMIN)],
 )
-async def track_activity(body: TrackActivity, repo: Repository) -> Activity:
+async def track_activity(body: TrackActivity, session: DbSession) -> Activity:
     values: dict[str, Any] = body.model_dump()
     values["occurred_at"] = body.occurred_at or datetime.now(UTC)
-    activity = await repo.add_activity(values)
+    activity = await repository.add_activity(session, values)
     return Activity.model_validate(activity, from_attributes=True)

@@ -12,6 +12,7 @@ from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
 from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
+from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 from shared.service_app import create_service_app
@@ -24,6 +25,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     runtime = ServiceRuntime.build(SERVICE, settings)
     prices = PriceTable(settings.price_table())
     topology = runtime.topology
+    # A deactivated or demoted admin's token stops reading and writing analytics at once.
+    revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
+    revocation_feed = RevocationFeed(
+        settings.amqp_url, topology, revocations, history_s=MAX_ACCESS_TOKEN_AGE_S
+    )
     consumer = EventConsumer(
         ConsumerConfig(
             amqp_url=settings.amqp_url,
@@ -47,7 +53,9 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         runtime.run_in_background(consumer.write_forever(), "analytics-writer")
         runtime.run_in_background(consumer.monitor_forever(), "analytics-queue-monitor")
         await consumer.queue.start(settings.broker_connect_timeout_s)
+        await revocation_feed.start()
         yield
+        await revocation_feed.stop()
         # Unacknowledged deliveries go back to the queue; event ids keep a redelivery harmless.
         await consumer.queue.stop()
         await runtime.stop()
@@ -59,8 +67,8 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         state={
             "consumer": consumer,
             "prices": prices,
-            "token_verifier": TokenVerifier.from_settings(settings),
+            "token_verifier": TokenVerifier.from_settings(settings, revocations),
         },
-        readiness={"consumer": consumer.check_connected},
+        readiness={"consumer": consumer.check_connected, "revocations": revocation_feed.check},
         routers=[api.public, api.readers],
     )

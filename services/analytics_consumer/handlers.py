@@ -37,11 +37,14 @@ import aiormq.abc
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.analytics_consumer import metrics
 from services.analytics_consumer.ingest import EventIngestor, Incoming, UnknownEvent
 from services.analytics_consumer.upserts import write_system_metrics
+from shared import tracing
 from shared.db import is_database_unavailable, transaction
 from shared.db_retry import DatabaseRetry, describe_database_error
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
+from shared.metrics import BROKER_RECONNECTS
 from shared.queue_consumer import QueueConsumer
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class Delivery:
     tag: int
     body: bytes
     received_at: float
+    headers: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class EventConsumer:
             await channel.close()
 
     def _forget_pending(self) -> None:
+        BROKER_RECONNECTS.labels("analytics.events").inc()
         self._pending.clear()
         self._full.clear()
 
@@ -164,7 +169,15 @@ class EventConsumer:
         tag = message.delivery_tag
         if tag is None:
             return
-        self._pending.append(Delivery(message.channel, tag, message.body, time.monotonic()))
+        self._pending.append(
+            Delivery(
+                message.channel,
+                tag,
+                message.body,
+                time.monotonic(),
+                message.header.properties.headers,
+            )
+        )
         self._arrived.set()
         if len(self._pending) >= self._config.batch_max_events:
             self._full.set()
@@ -211,12 +224,14 @@ class EventConsumer:
                     extra={"reason": str(exc), "bytes": len(delivery.body)},
                 )
                 await self._settle(delivery, accept=False)
+                metrics.DEAD_LETTERED.labels("malformed").inc()
                 self._count("malformed_events", "dead_lettered")
         if not good:
             return
         events = [event for _, event in good]
         try:
-            await self._commit_with_retry(events)
+            with tracing.linked_span("analytics.events ingest", (d.headers for d, _ in good)):
+                await self._commit_with_retry(events)
         except Exception as exc:
             log.warning(
                 "batch failed, isolating the bad event",
@@ -225,6 +240,9 @@ class EventConsumer:
             await self._write_one_by_one(good)
             return
         await self._ack_all([delivery for delivery, _ in good])
+        metrics.observe_committed(
+            [e.type for e in events], _lag_gauge(events)["consumer_lag_ms"] / 1000
+        )
         self._log_unknown(events)
 
     async def _commit_with_retry(self, events: Sequence[Incoming]) -> None:
@@ -255,10 +273,14 @@ class EventConsumer:
                     },
                 )
                 await self._settle(delivery, accept=False)
+                metrics.DEAD_LETTERED.labels("poison").inc()
                 self._count("poison_events", "dead_lettered")
                 await self._flush_counters()
             else:
                 await self._settle(delivery, accept=True)
+                metrics.observe_committed(
+                    [event.type], _lag_gauge([event])["consumer_lag_ms"] / 1000
+                )
                 self._log_unknown([event])
 
     def _forget_counters(self, written: dict[str, float]) -> None:
@@ -340,6 +362,7 @@ class EventConsumer:
             self._config.queue, self._config.dead_letter_queue
         )
         gauges = {"queue_depth": float(backlog), "dead_letter_queue_depth": float(dead)}
+        metrics.observe_queue_depths(gauges["queue_depth"], gauges["dead_letter_queue_depth"])
         async with transaction(self._sessions) as session:
             await write_system_metrics(await session.connection(), {}, gauges)
 

@@ -32,6 +32,9 @@ from shared.events import (
     ConversationEnded,
     ConversationRenamed,
     Event,
+    FileFailed,
+    FileProcessed,
+    FileUploaded,
     HttpRequestCompleted,
     MessageSent,
     ReplyCancelled,
@@ -322,6 +325,14 @@ class BatchEffects:
                 user.counters[name] += value
                 active.add(name, value)
 
+    def _count_file_event(self, event: FileUploaded | FileProcessed | FileFailed) -> None:
+        """Knowledge files: how many were uploaded, indexed and refused (by reason)."""
+        self.counters[event.type] += 1
+        if isinstance(event, FileFailed):
+            self.counters[f"file.failed.{event.reason[:64]}"] += 1
+        elif isinstance(event, FileProcessed):
+            self.counters["file.chunks_indexed"] += event.chunks
+
     def _add_http(self, event: HttpRequestCompleted) -> None:
         service = event.service[:64]
         for request in event.requests:
@@ -366,5 +377,8 @@ EVENT_HANDLERS: dict[str, Callable[[BatchEffects, Any], None]] = {
     ReplyFailed.routing_key: BatchEffects._stage_reply,
     ReplyCancelled.routing_key: BatchEffects._stage_reply,
     HttpRequestCompleted.routing_key: BatchEffects._add_http,
+    FileUploaded.routing_key: BatchEffects._count_file_event,
+    FileProcessed.routing_key: BatchEffects._count_file_event,
+    FileFailed.routing_key: BatchEffects._count_file_event,
 }
 """What each event type changes; types not listed (`reply.started`) carry nothing kept here."""

@@ -9,7 +9,12 @@ from pydantic import BaseModel, Field
 
 
 class Summary(BaseModel):
-    total_users: int = Field(description="Users known from events and not deleted.")
+    total_users: int = Field(
+        description="Accounts known from events and not deleted (anonymous owners excluded)."
+    )
+    anonymous_users: int = Field(
+        default=0, description="Anonymous sockets that started a conversation (one per socket)."
+    )
     active_users_today: int = Field(description="Users with any own activity today (UTC).")
     total_conversations: int
     total_messages: int = Field(
@@ -144,6 +149,13 @@ class DailyRow(BaseModel):
     avg_response_time_ms: float | None
     api_calls: int
     api_server_errors: int
+
+
+class TtftDay(BaseModel):
+    date: date
+    replies: int = Field(description="Completed replies with a time to first token.")
+    ttft_p50_ms: float | None = Field(description="Nearest-rank, over that day's replies.")
+    ttft_p95_ms: float | None
 
 
 class ModelRow(BaseModel):

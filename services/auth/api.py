@@ -34,6 +34,7 @@ from services.auth.schemas import (
     UserUpdate,
 )
 from services.auth.service import AccountsFactory, UserChanges
+from shared.input_guards import unprocessable
 from shared.pagination import Limit, Page, Skip
 from shared.rate_limit import RateLimiter, retry_after_header
 from shared.security import CurrentPrincipal, Role
@@ -193,6 +194,15 @@ async def logout(body: RefreshRequest, accounts: AccountsDep, client: Client) ->
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
+async def logout_everywhere(user: CurrentUser, accounts: AccountsDep) -> Response:
+    """End every session of the caller, this one included, on every service within a second."""
+    async with accounts.unit_of_work() as uow:
+        await uow.log_out_everywhere(user.id)
+    log.info("logged out everywhere", extra={"user_id": user.id})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 # --- the caller's own account -----------------------------------------------------------------
 
 
@@ -254,6 +264,15 @@ async def update_user(user_id: str, body: UserUpdate, caller: Admin, accounts: A
     return user
 
 
+@router.post("/users/{user_id}/unlock", status_code=status.HTTP_204_NO_CONTENT)
+async def unlock_user(user_id: str, caller: Admin, accounts: AccountsDep) -> Response:
+    """Forget the account's failed logins, so every address may try again at once."""
+    async with accounts.unit_of_work() as uow:
+        await uow.unlock(user_id)
+    log.info("user unlocked", extra={"user_id": user_id, "actor_id": caller.id})
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_user(user_id: str, caller: Admin, accounts: AccountsDep) -> Response:
     async with accounts.unit_of_work() as uow:
@@ -276,4 +295,6 @@ async def account_error_handler(_request: Request, exc: Exception) -> JSONRespon
         (c for kind, c in _ERROR_STATUS.items() if isinstance(exc, kind)),
         status.HTTP_400_BAD_REQUEST,
     )
+    if code == status.HTTP_422_UNPROCESSABLE_CONTENT:
+        return unprocessable(str(exc))
     return JSONResponse({"detail": str(exc)}, status_code=code)

@@ -19,6 +19,7 @@ from services.auth.passwords import PasswordHasher
 from services.auth.service import AccountsFactory
 from services.auth.settings import AuthSettings
 from services.auth.tokens import TokenIssuer
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
 from shared.rate_limit import RateLimiter
 from shared.runtime import ServiceRuntime
@@ -52,6 +53,8 @@ def build_accounts(settings: AuthSettings, outbox: Outbox) -> AccountsFactory:
         lockout=LockoutPolicy(
             threshold=settings.login_lockout_threshold,
             window=timedelta(seconds=settings.login_lockout_window_s),
+            account_threshold=settings.login_lockout_account_threshold,
+            refresh_reuse_grace=timedelta(seconds=settings.refresh_reuse_grace_s),
         ),
     )
 
@@ -102,6 +105,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
             ),
         },
         routers=[router, api_keys.router],
+        metrics_refresh=[outbox_backlog(outbox, "auth")],
     )
     app.add_exception_handler(AccountError, account_error_handler)
     return app

@@ -1,7 +1,8 @@
 """The first admin: from settings at start-up (when no admin exists) or from `convoai create-admin`.
 
-Never by editing the database by hand (DESIGN §5). Both paths go through `Accounts.register`, so
-the admin obeys the same username/email/password rules and `user.registered` is published.
+Never by editing the database by hand (README, quick start). Both paths go through
+`Accounts.register`, so the admin obeys the same username/email/password rules and
+`user.registered` is published.
 """
 
 from __future__ import annotations

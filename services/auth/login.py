@@ -13,14 +13,10 @@ from enum import StrEnum
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.auth import repository
 from services.auth.events import PRODUCER
 from services.auth.models import RefreshToken, User
 from services.auth.passwords import PasswordHasher
-from services.auth.repository import (
-    LoginFailureRepository,
-    RefreshTokenRepository,
-    UserRepository,
-)
 from services.auth.tokens import TokenIssuer, token_digest
 from shared.events import Event, UserLoggedIn, UserLoggedOut, UserLoginFailed
 from shared.outbox import Outbox
@@ -79,8 +75,26 @@ class ClientInfo:
 
 @dataclass(frozen=True)
 class LockoutPolicy:
+    """Failed logins are counted per account *and* source address: a guesser locks only
+    themselves out, never the owner logging in from elsewhere (issue 11, item 10).
+
+    `threshold` failures from one address within `window` lock that address out of the account.
+    Once the account has `account_threshold` failures from all addresses together (a guesser
+    with many addresses), every address that has failed on it is locked after its first
+    failure; addresses without a failure — the owner's — still log in.
+    """
+
     threshold: int
     window: timedelta
+    account_threshold: int = 50
+    refresh_reuse_grace: timedelta = timedelta(seconds=10)
+    """A rotated refresh token presented again this soon is a concurrent refresh (several tabs),
+    answered with another pair of the same family; later, it is reuse (RFC 9700 §4.14.2)."""
+
+
+def failure_subject(account: str, source: str | None) -> str:
+    """What a failed login is counted against: the account as seen from one source."""
+    return f"{account}@{source or 'unknown'}"
 
 
 class Logins:
@@ -101,9 +115,6 @@ class Logins:
         self._issuer = issuer
         self._verifier = verifier
         self._lockout = lockout
-        self._users = UserRepository(session)
-        self._tokens = RefreshTokenRepository(session)
-        self._failures = LoginFailureRepository(session)
 
     async def _emit(self, event: Event) -> None:
         await self._outbox.stage(self._session, event)
@@ -111,14 +122,15 @@ class Logins:
     async def login(
         self, identifier: str, password: str, client: ClientInfo
     ) -> TokenPair | LoginRefused:
-        user = await self._users.find_by_login(identifier)
+        user = await repository.find_user_by_login(self._session, identifier)
         # Unknown names lock like accounts do, so a 429 never tells an attacker a name exists.
         # Hashed: bounded length, and a password typed into the name field is not kept.
-        subject = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
+        account = f"user:{user.id}" if user else f"name:{token_digest(identifier.casefold())}"
         if user is None:
-            await self._users.lock_named(subject)
+            await repository.lock_named(self._session, account)
+        subject = failure_subject(account, client.ip)
         now = _now()
-        locked_for = await self.locked_for(subject, now)
+        locked_for = await self.locked_for(account, subject, now)
         if locked_for:
             await self._refuse(identifier, user, LoginRefusal.LOCKED, client)
             return LoginRefused(LoginRefusal.LOCKED, locked_for)
@@ -135,8 +147,8 @@ class Logins:
             await self._refuse(identifier, user, LoginRefusal.INACTIVE, client)
             return LoginRefused(LoginRefusal.INACTIVE)
 
-        await self._failures.clear(subject)
-        await self._tokens.delete_expired_of_user(user.id, now)
+        await repository.clear_login_failures(self._session, subject)
+        await repository.delete_expired_tokens_of_user(self._session, user.id, now)
         if upgraded_hash:
             user.password_hash = upgraded_hash
         user.last_login_at = now
@@ -152,17 +164,26 @@ class Logins:
         )
         return pair
 
-    async def locked_for(self, subject: str, now: datetime) -> float:
-        """Seconds `subject` stays locked (0 when it is not)."""
-        failures = await self._failures.recent(subject, now - self._lockout.window)
-        if len(failures) < self._lockout.threshold:
+    async def locked_for(self, account: str, subject: str, now: datetime) -> float:
+        """Seconds `subject` (an account seen from one source) stays locked (0 when it is not)."""
+        since = now - self._lockout.window
+        failures = await repository.recent_login_failures(self._session, subject, since)
+        if len(failures) >= self._lockout.threshold:
+            # Locked until the oldest of the last `threshold` failures leaves the window.
+            unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
+        elif failures and (
+            await repository.count_login_failures_of_account(self._session, account, since)
+            >= self._lockout.account_threshold
+        ):
+            unlock_at = failures[0] + self._lockout.window
+        else:
             return 0.0
-        # Locked until the oldest of the last `threshold` failures leaves the window.
-        unlock_at = failures[self._lockout.threshold - 1] + self._lockout.window
         return max((unlock_at - now).total_seconds(), 0.001)
 
     async def record_failure(self, subject: str, now: datetime) -> None:
-        await self._failures.record(subject, now, forget_before=now - self._lockout.window)
+        await repository.record_login_failure(
+            self._session, subject, now, forget_before=now - self._lockout.window
+        )
 
     async def _refuse(
         self, identifier: str, user: User | None, reason: LoginRefusal, client: ClientInfo
@@ -171,7 +192,9 @@ class Logins:
             UserLoginFailed(
                 producer=PRODUCER,
                 user_id=user.id if user else None,
-                username_attempted=identifier[:200],
+                # Never the text typed for an unknown name: it is often a password typed into
+                # the wrong field, and analytics shows this event to managers.
+                username_attempted=user.username if user else None,
                 reason=reason.value,
                 ip=client.ip,
                 user_agent=client.user_agent,
@@ -180,7 +203,8 @@ class Logins:
 
     def _issue_pair(self, user: User, now: datetime, family_id: str | None) -> TokenPair:
         refresh = self._issuer.refresh_token(user.id, now, family_id)
-        self._tokens.add(
+        repository.add_refresh_token(
+            self._session,
             RefreshToken(
                 id=refresh.token_id,
                 family_id=refresh.family_id,
@@ -188,7 +212,7 @@ class Logins:
                 token_hash=token_digest(refresh.token),
                 created_at=now,
                 expires_at=refresh.expires_at,
-            )
+            ),
         )
         return TokenPair(
             access_token=self._issuer.access_token(user.id, user.username, user.roles, now),
@@ -201,7 +225,7 @@ class Logins:
             self._verifier.decode(token, TokenType.REFRESH)
         except InvalidToken:
             return None
-        return await self._tokens.get_by_digest(token_digest(token))
+        return await repository.get_refresh_token(self._session, token_digest(token))
 
     async def refresh(self, token: str) -> TokenPair | RefreshRefused:
         """Exchange a refresh token for a new pair; a second use revokes the whole family."""
@@ -211,17 +235,21 @@ class Logins:
         now = _now()
         if stored.revoked_at is not None:
             return RefreshRefused(RefreshRefusal.REVOKED)
-        if stored.rotated_at is not None:
+        if stored.rotated_at is not None and (
+            now - stored.rotated_at > self._lockout.refresh_reuse_grace
+        ):
             # RFC 9700 refresh token rotation: one of two holders stole it; end both sessions.
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.REUSED)
+        # Within the grace window a second use is another tab refreshing at the same moment:
+        # it gets a pair of the same family, which a later revocation ends together.
         if stored.expires_at <= now:
             return RefreshRefused(RefreshRefusal.EXPIRED)
-        user = await self._users.get(stored.user_id)
+        user = await repository.get_user(self._session, stored.user_id)
         if user is None or not user.is_active:
-            await self._tokens.revoke_family(stored.family_id, now)
+            await repository.revoke_token_family(self._session, stored.family_id, now)
             return RefreshRefused(RefreshRefusal.USER_UNAVAILABLE)
-        stored.rotated_at = now
+        stored.rotated_at = stored.rotated_at or now
         return self._issue_pair(user, now, family_id=stored.family_id)
 
     async def logout(self, token: str, client: ClientInfo) -> bool:
@@ -229,7 +257,7 @@ class Logins:
         stored = await self._stored_refresh_token(token)
         if stored is None:
             return False
-        revoked = await self._tokens.revoke_family(stored.family_id, _now())
+        revoked = await repository.revoke_token_family(self._session, stored.family_id, _now())
         if revoked:
             await self._emit(
                 UserLoggedOut(
@@ -241,8 +269,12 @@ class Logins:
             )
         return True
 
+    async def unlock(self, user_id: str) -> None:
+        """Forget the account's failed logins from every source (an admin's decision)."""
+        await repository.clear_login_failures_of_account(self._session, f"user:{user_id}")
+
     async def prune(self) -> None:
         """Forget what can no longer matter: failures outside the window, expired tokens."""
         now = _now()
-        await self._failures.delete_before(now - self._lockout.window)
-        await self._tokens.delete_expired(now)
+        await repository.delete_login_failures_before(self._session, now - self._lockout.window)
+        await repository.delete_expired_tokens(self._session, now)

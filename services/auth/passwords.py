@@ -1,4 +1,4 @@
-"""Password policy and argon2id hashing (passlib, the `libpass` distribution)."""
+"""Password policy (zxcvbn strength estimate) and argon2id hashing (passlib, `libpass`)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import re
 import secrets
 
 from passlib.context import CryptContext
+from zxcvbn import zxcvbn
 
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
+
+MIN_STRENGTH_SCORE = 2
+"""zxcvbn's 0-4 scale; below 2 a password falls to an online guessing attack (under 10^6
+guesses), which is what common passwords such as `password1` do."""
+ZXCVBN_MAX_LENGTH = 72
+"""zxcvbn refuses longer input; a prefix this long decides the score of any real password."""
 
 _LETTER = re.compile(r"[^\W\d_]")
 _DIGIT = re.compile(r"\d")
@@ -24,6 +31,12 @@ def password_policy_violation(password: str, *, username: str, email: str) -> st
     lowered = password.casefold()
     if lowered in (username.casefold(), email.casefold()):
         return "password must not be the same as the username or email"
+    estimate = zxcvbn(password[:ZXCVBN_MAX_LENGTH], user_inputs=[username, email])
+    if estimate["score"] < MIN_STRENGTH_SCORE:
+        feedback = estimate["feedback"]
+        reason = feedback.get("warning") or "It would be found quickly by guessing."
+        tip = " ".join(feedback.get("suggestions") or [])
+        return f"password is too easy to guess: {reason} {tip}".strip()
     return None
 
 

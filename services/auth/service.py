@@ -15,14 +15,28 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.auth import repository
 from services.auth.errors import DuplicateAccount, LastAdmin, PasswordPolicyViolation, UserNotFound
 from services.auth.events import PRODUCER, user_updated
-from services.auth.login import ClientInfo, LockoutPolicy, Logins, PasswordChangeRefused
+from services.auth.login import (
+    ClientInfo,
+    LockoutPolicy,
+    Logins,
+    PasswordChangeRefused,
+    failure_subject,
+)
 from services.auth.models import UNIQUE_EMAIL_INDEX, UNIQUE_USERNAME_INDEX, User
 from services.auth.passwords import PasswordHasher, password_policy_violation
-from services.auth.repository import RefreshTokenRepository, UserRepository
 from services.auth.tokens import TokenIssuer
-from shared.events import Event, UserDeleted, UserRegistered
+from shared.events import (
+    Event,
+    UserDeactivated,
+    UserDeleted,
+    UserReactivated,
+    UserRegistered,
+    UserRoleChanged,
+    UserSessionsRevoked,
+)
 from shared.ids import IdKind, is_valid_id, new_id
 from shared.outbox import Outbox
 from shared.security import Role, TokenVerifier
@@ -48,8 +62,6 @@ class Accounts:
         self._session = session
         self._outbox = rules.outbox
         self._passwords = rules.passwords
-        self._users = UserRepository(session)
-        self._tokens = RefreshTokenRepository(session)
         self.logins = Logins(
             session, rules.outbox, rules.passwords, rules.issuer, rules.verifier, rules.lockout
         )
@@ -84,7 +96,7 @@ class Accounts:
             created_at=now,
             updated_at=now,
         )
-        self._users.add(user)
+        repository.add_user(self._session, user)
         await self._emit(
             UserRegistered(
                 producer=PRODUCER,
@@ -97,7 +109,7 @@ class Accounts:
         )
         # The unique indexes decide (no check-then-insert race); the staged event rolls back too.
         try:
-            await self._users.flush()
+            await self._session.flush()
         except IntegrityError as exc:
             message = str(exc.orig)
             if UNIQUE_USERNAME_INDEX in message:
@@ -108,18 +120,18 @@ class Accounts:
         return user
 
     async def any_active_admin(self) -> bool:
-        return await self._users.count_active_admins() > 0
+        return await repository.count_active_admins(self._session) > 0
 
     async def lock_named(self, name: str) -> None:
         """Serialise this unit of work with every other one taking the same named lock."""
-        await self._users.lock_named(name)
+        await repository.lock_named(self._session, name)
 
     # --- reading and changing accounts ----------------------------------------------------
 
     async def get_user(self, user_id: str, *, for_update: bool = False) -> User:
         user = None
         if is_valid_id(user_id, IdKind.USER):
-            user = await self._users.get(user_id, for_update=for_update)
+            user = await repository.get_user(self._session, user_id, for_update=for_update)
         if user is None:
             raise UserNotFound()
         return user
@@ -128,19 +140,19 @@ class Accounts:
         """The account behind an access token, when it still exists and may act."""
         if not is_valid_id(user_id, IdKind.USER):
             return None
-        user = await self._users.get(user_id, for_update=for_update)
+        user = await repository.get_user(self._session, user_id, for_update=for_update)
         return user if user is not None and user.is_active else None
 
     async def search_users(
         self, *, q: str | None, role: Role | None, is_active: bool | None, skip: int, limit: int
     ) -> tuple[list[User], int]:
-        users, total = await self._users.search(
-            q=q, role=role, is_active=is_active, skip=skip, limit=limit
+        users, total = await repository.search_users(
+            self._session, q=q, role=role, is_active=is_active, skip=skip, limit=limit
         )
         return list(users), total
 
     async def update_user(self, user_id: str, changes: UserChanges, actor_id: str) -> User:
-        await self._users.lock_active_admins()
+        await repository.lock_active_admins(self._session)
         user = await self.get_user(user_id, for_update=True)
         changed: list[str] = []
         if changes.full_name is not None and (changes.full_name or None) != user.full_name:
@@ -159,20 +171,30 @@ class Accounts:
         now = _now()
         user.updated_at = now
         if "is_active" in changed and not user.is_active:
-            await self._tokens.revoke_all_of_user(user.id, now)
+            await repository.revoke_tokens_of_user(self._session, user.id, now)
         await self._emit(user_updated(user, changed, actor_id))
-        await self._users.flush()
+        # What the gateways and analytics act on: access tokens issued before are void there.
+        if "roles" in changed:
+            await self._emit(
+                UserRoleChanged(
+                    producer=PRODUCER, user_id=user.id, roles=list(user.roles), actor_id=actor_id
+                )
+            )
+        if "is_active" in changed:
+            kind = UserReactivated if user.is_active else UserDeactivated
+            await self._emit(kind(producer=PRODUCER, user_id=user.id, actor_id=actor_id))
+        await self._session.flush()
         # Checked after the change, under the lock taken above; raising rolls back the event.
-        if await self._users.count_active_admins() == 0:
+        if await repository.count_active_admins(self._session) == 0:
             raise LastAdmin()
         return user
 
     async def delete_user(self, user_id: str, actor_id: str) -> None:
-        await self._users.lock_active_admins()
+        await repository.lock_active_admins(self._session)
         user = await self.get_user(user_id, for_update=True)
         await self._emit(UserDeleted(producer=PRODUCER, user_id=user.id, actor_id=actor_id))
-        await self._users.delete(user)
-        if await self._users.count_active_admins() == 0:
+        await repository.delete_user(self._session, user)
+        if await repository.count_active_admins(self._session) == 0:
             raise LastAdmin()
 
     async def update_me(
@@ -193,8 +215,9 @@ class Accounts:
         changed: list[str] = []
         now = _now()
         if new_password is not None:
-            subject = f"user:{user.id}"
-            locked_for = await self.logins.locked_for(subject, now)
+            account = f"user:{user.id}"
+            subject = failure_subject(account, "password-change")
+            locked_for = await self.logins.locked_for(account, subject, now)
             if locked_for:
                 return PasswordChangeRefused(locked_for)
             matches, _ = await self._passwords.verify(current_password or "", user.password_hash)
@@ -207,8 +230,12 @@ class Accounts:
             if violation:
                 raise PasswordPolicyViolation(violation)
             user.password_hash = await self._passwords.hash(new_password)
-            # Every session started with the old password ends: a thief's refresh token dies.
-            await self._tokens.revoke_all_of_user(user.id, now)
+            # Every session started with the old password ends: a thief's refresh token dies,
+            # and (through the event) every access token issued before, on every service.
+            await repository.revoke_tokens_of_user(self._session, user.id, now)
+            await self._emit(
+                UserSessionsRevoked(producer=PRODUCER, user_id=user.id, reason="password_changed")
+            )
             changed.append("password")
         if full_name is not None and (full_name or None) != user.full_name:
             user.full_name = full_name or None
@@ -217,6 +244,21 @@ class Accounts:
             user.updated_at = now
             await self._emit(user_updated(user, changed, actor_id=user.id))
         return user
+
+    async def log_out_everywhere(self, user_id: str) -> None:
+        """End every session of the account: refresh tokens now, access tokens via the event."""
+        user = await self.active_user(user_id, for_update=True)
+        if user is None:
+            raise UserNotFound()
+        await repository.revoke_tokens_of_user(self._session, user.id, _now())
+        await self._emit(
+            UserSessionsRevoked(producer=PRODUCER, user_id=user.id, reason="logout_everywhere")
+        )
+
+    async def unlock(self, user_id: str) -> None:
+        """Forget the account's failed logins from every source (an admin's decision)."""
+        user = await self.get_user(user_id)
+        await self.logins.unlock(user.id)
 
 
 @dataclass(frozen=True)

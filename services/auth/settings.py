@@ -20,7 +20,14 @@ class AuthSettings(ServiceSettings):
     login_lockout_threshold: int = Field(default=5, ge=1, le=100)
     """Failed logins for one account (or one unknown name) that lock it ..."""
     login_lockout_window_s: float = Field(default=15 * 60, gt=0, le=24 * 3600)
-    """... when they happen within this many seconds; the lock lasts until they age out."""
+    """... when they happen within this many seconds; the lock lasts until they age out.
+    Counted per account *and* client address: a guesser locks only their own address."""
+    login_lockout_account_threshold: int = Field(default=50, ge=1, le=100_000)
+    """Failures on one account from all addresses together within the window after which every
+    address that has failed on it is locked after one failure (a guesser with many addresses)."""
+    refresh_reuse_grace_s: float = Field(default=10, ge=0, le=300)
+    """A rotated refresh token used again within this many seconds is a concurrent refresh
+    (several tabs), not theft: it gets a new pair of the same family (RFC 9700 §4.14.2)."""
 
     login_rate_limit: int = Field(default=20, ge=1)
     """Login attempts per client IP per `login_rate_window_s` (in-process, per replica)."""

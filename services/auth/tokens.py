@@ -60,7 +60,9 @@ class TokenIssuer:
             "sub": user_id,
             "iss": self._issuer,
             "aud": self._audience,
-            "iat": issued_at,
+            # Sub-second (a NumericDate may have a fraction): a revocation voids tokens issued
+            # before its instant, and a token issued just after it, in the same second, is valid.
+            "iat": round(now.timestamp(), 6),
             "nbf": issued_at,
             "exp": issued_at + int(ttl.total_seconds()),
             "jti": jti,

@@ -14,10 +14,13 @@ from fastapi import FastAPI
 from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.handlers import RequestConsumer
+from services.chat_worker.knowledge import KnowledgeContext
 from services.chat_worker.llm import create_client
+from services.chat_worker.metrics import queue_depth_refresh, register_worker_collector
 from services.chat_worker.model_endpoint import ModelEndpoint
 from services.chat_worker.service import ChatReplies
 from services.chat_worker.settings import ChatWorkerSettings
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
 from shared.runtime import ServiceRuntime
 from shared.service_app import create_service_app
@@ -41,6 +44,14 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         client=create_client(settings),
     )
     model_endpoint = ModelEndpoint(replies.client, settings)
+    replies.generation.knowledge = KnowledgeContext(
+        engine=runtime.engine,
+        client=replies.client,
+        budget_tokens=settings.knowledge_budget_tokens,
+        max_chunks=settings.knowledge_max_chunks,
+        embedding_model=settings.embedding_model,
+        min_similarity=settings.knowledge_min_similarity,
+    )
     requests = RequestConsumer(
         settings.amqp_url,
         runtime.topology,
@@ -51,6 +62,8 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        assert replies.generation.knowledge is not None
+        await replies.generation.knowledge.detect_mode()
         # Frames and control first: a request may arrive as soon as the broker starts.
         await frames.start(replies.on_command)
         # Not a runtime background task: replies finishing during shutdown still need it.
@@ -76,14 +89,26 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         runtime=runtime,
         lifespan=lifespan,
         state={"replies": replies},
-        readiness={"requests": requests.check_connected, "model": model_endpoint.check_ready},
+        readiness={
+            "requests": requests.check_connected,
+            "frames": frames.check_connected,
+            "model": model_endpoint.check_ready,
+        },
         # No request of its own touches the database, and it serves only health and metrics.
         database_outage_is_503=False,
         http_metrics=False,
+        metrics_refresh=[outbox_backlog(outbox, "chat"), queue_depth_refresh(requests)],
+        readiness_details=lambda: {
+            "knowledge_retrieval": (
+                replies.generation.knowledge.mode if replies.generation.knowledge else "off"
+            )
+        },
     )
+    register_worker_collector(replies, frames)
 
-    @app.get("/metrics")
-    async def metrics() -> dict[str, Any]:
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        """The counters as JSON, for tests and ad-hoc checks; Prometheus reads `/metrics`."""
         return {
             "instance": runtime.instance_id,
             **asdict(replies.metrics),

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from typing import cast
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -33,6 +33,7 @@ from aio_pika.abc import (
 from aiormq.channel import Channel as AmqpChannel
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.stream import ControlCommand, StreamFrame, control_command_adapter
 from shared.topology import Topology, conversation_routing_key
 
@@ -45,7 +46,8 @@ BATCH_TIMEOUT_S = 60.0
 connection fails at once instead (the channel raises)."""
 CONTROL_BINDING = "conv.*"
 
-CommandHandler = Callable[[ControlCommand], Awaitable[None]]
+CommandHandler = Callable[[ControlCommand], Awaitable[bool]]
+"""Applies a command; True when this worker acted on it (then a `reply_to` gets an answer)."""
 
 
 class FrameChannel:
@@ -58,7 +60,7 @@ class FrameChannel:
         self._stream: AbstractRobustExchange | None = None
         self._control: AbstractRobustExchange | None = None
         self._control_queue: AbstractQueue | None = None
-        self._outgoing: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._outgoing: asyncio.Queue[tuple[str, bytes, dict[str, Any] | None]] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
         self.frames_published = 0
         self.frames_dropped = 0
@@ -91,7 +93,16 @@ class FrameChannel:
                 log.warning("ignoring a malformed control command")
                 return
             try:
-                await on_command(command)
+                acted = await on_command(command)
+                if acted and message.reply_to:
+                    await control_channel.default_exchange.publish(
+                        aio_pika.Message(
+                            b'{"type":"control.answer"}',
+                            correlation_id=message.correlation_id,
+                            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                        ),
+                        routing_key=message.reply_to,
+                    )
             except Exception:
                 log.exception("control command failed", extra={"type": command.type})
 
@@ -115,8 +126,15 @@ class FrameChannel:
 
     def publish(self, frame: StreamFrame) -> None:
         """Queue `frame` for `conv.<id>`; frames leave in the order they were queued."""
+        # A reply's start and end carry its trace to the gateways; deltas do not (one span
+        # per delta would bury the turn in spans).
+        headers = tracing.inject_headers() if frame.type != "reply.delta" else None
         self._outgoing.put_nowait(
-            (conversation_routing_key(frame.conversation_id), frame.model_dump_json().encode())
+            (
+                conversation_routing_key(frame.conversation_id),
+                frame.model_dump_json().encode(),
+                headers,
+            )
         )
 
     async def _publish_forever(self) -> None:
@@ -135,7 +153,7 @@ class FrameChannel:
             try:
                 channel = cast(AmqpChannel, await self._publish_channel.get_underlay_channel())
                 async with asyncio.timeout(BATCH_TIMEOUT_S):
-                    for routing_key, body in batch:
+                    for routing_key, body, headers in batch:
                         # Not mandatory: a conversation nobody watches just drops its frames (a
                         # returned message would cost a round of handling each). `wait=False`
                         # hands the frame to the connection's writer without waiting for the
@@ -145,7 +163,9 @@ class FrameChannel:
                             body,
                             exchange=self._stream.name,
                             routing_key=routing_key,
-                            properties=properties,
+                            properties=properties
+                            if headers is None
+                            else _with_headers(properties, headers),
                             mandatory=False,
                             wait=False,
                         )
@@ -162,6 +182,23 @@ class FrameChannel:
                 for _ in batch:
                     self._outgoing.task_done()
 
+    async def check_connected(self) -> None:
+        """For `/ready`: frames and commands travel on this connection."""
+        if self._connection is None or not self._connection.connected.is_set():
+            raise ConnectionError("frame connection not connected")
+        if self._publish_channel is None or self._publish_channel.is_closed:
+            raise ConnectionError("frame channel closed")
+
     @property
     def pending_frames(self) -> int:
         return self._outgoing.qsize()
+
+
+def _with_headers(
+    properties: aiormq.spec.Basic.Properties, headers: dict[str, Any]
+) -> aiormq.spec.Basic.Properties:
+    return aiormq.spec.Basic.Properties(
+        content_type=properties.content_type,
+        delivery_mode=properties.delivery_mode,
+        headers=headers,
+    )

@@ -9,15 +9,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import openai
+from opentelemetry.trace import SpanKind
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim
 from services.chat_worker.frame_clock import flush_pending
+from services.chat_worker.knowledge import NO_KNOWLEDGE, KnowledgeContext
 from services.chat_worker.llm import ModelFailure, StreamOutcome, backoff_s, classify, stream_reply
 from services.chat_worker.prompt import build_prompt
 from services.chat_worker.reply import ActiveReply
 from services.chat_worker.settings import ChatWorkerSettings
 from services.chat_worker.worker_metrics import WorkerMetrics
+from shared import tracing
 from shared.stream import ReplyError
 
 log = logging.getLogger(__name__)
@@ -43,32 +46,42 @@ class ReplyGeneration:
         self._frames = frames
         self._start_over = start_over
         self._metrics = metrics
+        self.knowledge: KnowledgeContext | None = None
+        """Excerpts of the assistant's files for the prompt (set by the composition root)."""
 
     async def stream_with_retries(self, reply: ActiveReply, claim: Claim) -> StreamOutcome:
         """The model's whole answer, its frames published on the way; `ModelFailed` when the
         model fails for good, `Superseded` when another attempt took the reply."""
+        knowledge = NO_KNOWLEDGE
+        if self.knowledge is not None:
+            knowledge = await self.knowledge.for_reply(
+                claim.request.assistant_id, claim.request.history[-1].content, reply.message_id
+            )
+        reply.sources = knowledge.sources
         messages = build_prompt(
             claim.request.system_prompt,
             claim.request.history,
             self._settings.context_budget_tokens,
+            knowledge.prompt,
         )
         retries = 0
         while True:
             outcome = StreamOutcome()
             try:
-                async for delta in stream_reply(
-                    self._client,
-                    model=claim.request.model,
-                    messages=messages,
-                    temperature=claim.request.temperature,
-                    max_tokens=self._settings.max_reply_tokens,
-                    outcome=outcome,
-                ):
-                    frame = reply.add_delta(delta)
-                    if frame is not None:
-                        self._frames.publish(frame)
-                    elif reply.needs_first_frame():
-                        asyncio.get_running_loop().call_soon(flush_pending, self._frames, reply)
+                with tracing.span("chat.completions", SpanKind.CLIENT, model=claim.request.model):
+                    async for delta in stream_reply(
+                        self._client,
+                        model=claim.request.model,
+                        messages=messages,
+                        temperature=claim.request.temperature,
+                        max_tokens=self._settings.max_reply_tokens,
+                        outcome=outcome,
+                    ):
+                        frame = reply.add_delta(delta)
+                        if frame is not None:
+                            self._frames.publish(frame)
+                        elif reply.needs_first_frame():
+                            asyncio.get_running_loop().call_soon(flush_pending, self._frames, reply)
                 return outcome
             except Exception as exc:
                 failure = classify(exc)

@@ -21,6 +21,7 @@ from aio_pika.abc import (
 from pydantic import ValidationError
 
 from services.chat_worker.service import ChatReplies, Disposition
+from shared import tracing
 from shared.events import MessageSent, UnknownEventType, parse_event
 from shared.topology import Topology
 
@@ -69,6 +70,17 @@ class RequestConsumer:
         if self._connection is None or not self._connection.connected.is_set():
             raise ConnectionError("request consumer not connected")
 
+    async def queue_depth(self) -> int:
+        """Requests waiting in `chat.requests` (a passive declare: one round trip)."""
+        if self._connection is None or not self._connection.connected.is_set():
+            raise ConnectionError("request consumer not connected")
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.declare_queue(self._topology.chat_requests.name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop taking requests, let those in flight finish (or time out and go back)."""
         if self._queue is not None and self._consumer_tag is not None:
@@ -85,7 +97,8 @@ class RequestConsumer:
         if task is not None:
             self._in_flight.add(task)
         try:
-            await self._handle(message)
+            with tracing.consumer_span("chat.requests process", message.headers):
+                await self._handle(message)
         finally:
             if task is not None:
                 self._in_flight.discard(task)

@@ -12,6 +12,7 @@ import httpx2
 import openai
 
 from services.chat_worker.settings import ChatWorkerSettings
+from shared import tracing
 from shared.stream import Usage
 
 
@@ -125,6 +126,7 @@ async def stream_reply(
         stream_options={"include_usage": True},
         temperature=openai.omit if temperature is None else temperature,
         max_tokens=openai.omit if max_tokens is None else max_tokens,
+        extra_headers=tracing.inject_headers(),
     ) as response:
         done = False
         try:

@@ -13,6 +13,7 @@ from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import PRODUCER, Claim, Superseded
 from services.chat_worker.frame_clock import flush_pending
 from services.chat_worker.llm import ModelFailure, StreamOutcome
+from services.chat_worker.metrics import observe_reply_outcome
 from services.chat_worker.reply import ActiveReply
 from shared.db import driver_connection
 from shared.events import ReplyCancelled, ReplyCompleted, ReplyFailed
@@ -55,6 +56,7 @@ class ReplyOutcomes:
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 finish_reason=outcome.finish_reason,
+                sources=reply.sources,
             ),
         )
 
@@ -121,6 +123,7 @@ class ReplyOutcomes:
             raise Superseded
         if outcome is repository.FinishOutcome.STORED:
             await self._outbox.publish_committed([staged], wait=False)
+            observe_reply_outcome(event)
         # ALREADY_STORED: a retry after a commit whose answer was lost with the connection.
         # Its event row (another event id) is in the outbox; the relay publishes that one.
         self._frames.publish(frame)

@@ -22,14 +22,21 @@ def estimate_tokens(text: str) -> int:
 
 
 def build_prompt(
-    system_prompt: str, history: Sequence[Turn], budget_tokens: int
+    system_prompt: str,
+    history: Sequence[Turn],
+    budget_tokens: int,
+    knowledge: str | None = None,
 ) -> list[dict[str, str]]:
     """System prompt, then the newest turns of `history` (oldest first) within `budget_tokens`.
 
     The last turn (the message being answered) is always included, even over budget: a reply to
     a long message is better than no reply; the model reports it if the context is too long.
+    `knowledge` (excerpts of an assistant's files, sized by their own budget) follows the system
+    prompt as a second system message and is paid for by dropping older history.
     """
     remaining = budget_tokens - estimate_tokens(system_prompt)
+    if knowledge is not None:
+        remaining -= estimate_tokens(knowledge)
     kept: list[Turn] = []
     for index, turn in enumerate(reversed(history)):
         cost = estimate_tokens(turn.content)
@@ -41,5 +48,7 @@ def build_prompt(
     while len(kept) > 1 and kept[-1].role == "assistant":
         kept.pop()
     messages = [{"role": "system", "content": system_prompt}]
+    if knowledge is not None:
+        messages.append({"role": "system", "content": knowledge})
     messages.extend({"role": t.role, "content": t.content} for t in reversed(kept))
     return messages

@@ -6,6 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from shared.events import SourceRef
 from shared.stream import (
     ReplyCancelledFrame,
     ReplyCompletedFrame,
@@ -47,6 +48,8 @@ class ActiveReply:
     first_token_at: float | None = None
     last_frame_at: float = 0.0
     cancel_requested_by: str | None = None
+    sources: list[SourceRef] = field(default_factory=list)
+    """Knowledge-file chunks this attempt's prompt included."""
     task: asyncio.Task[object] | None = None
     _sent: list[str] = field(default_factory=list)
     _pending: list[str] = field(default_factory=list)
@@ -132,6 +135,7 @@ class ActiveReply:
             usage=usage,
             finish_reason=finish_reason,
             model=self.model,
+            sources=self.sources,
         )
 
     def failed_frame(self, code: str, message: str) -> ReplyFailedFrame:

@@ -47,6 +47,8 @@ class Request:
     temperature: float | None
     system_prompt: str
     history: list[Turn]
+    assistant_id: str | None = None
+    """The assistant the conversation was started from, whose files the prompt may draw on."""
 
 
 _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
@@ -56,7 +58,7 @@ _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
 # `PROMPT_STATUSES`; and create the (streaming) reply `$2` unless the message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
-    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id,
+    SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
            coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
@@ -129,12 +131,14 @@ async def claim_request(
         temperature=row["temperature"],
         system_prompt=row["system_prompt"],
         history=history,
+        assistant_id=row["assistant_id"],
     )
     return request, bool(row["inserted"])
 
 
 _STAGE_EVENT = f"""
-INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload) VALUES ($1, $2, $3, $4)
+INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload, trace_context)
+VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (event_id) DO NOTHING
 """  # noqa: S608 (only the table name is interpolated; data are $n parameters)
 

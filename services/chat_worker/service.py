@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import Claim, ReplyClaims, Superseded
-from services.chat_worker.control import apply_command
+from services.chat_worker.control import EarlyCancels, apply_command, cancel_reply
 from services.chat_worker.frame_clock import FrameClock
 from services.chat_worker.generation import ModelFailed, ReplyGeneration
 from services.chat_worker.llm import StreamOutcome
@@ -59,6 +59,7 @@ class ChatReplies:
     client: openai.AsyncOpenAI
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     active: dict[str, ActiveReply] = field(default_factory=dict)
+    early_cancels: EarlyCancels = field(default_factory=EarlyCancels)
     policy: CoalescingPolicy = field(init=False)
     db_retry: DatabaseRetry = field(init=False)
     db_slots: asyncio.Semaphore = field(init=False)
@@ -100,6 +101,13 @@ class ChatReplies:
             self.metrics.in_flight -= 1
 
     async def _handle(self, event: MessageSent, redelivered: bool) -> Disposition:
+        self.early_cancels.claim_started(event.conversation_id)
+        try:
+            return await self._claim_and_generate(event, redelivered)
+        finally:
+            self.early_cancels.claim_ended(event.conversation_id)
+
+    async def _claim_and_generate(self, event: MessageSent, redelivered: bool) -> Disposition:
         # Chosen once: a claim retried after a lost connection recognises its own reply row.
         reply_id = new_id(IdKind.MESSAGE)
         try:
@@ -168,6 +176,9 @@ class ChatReplies:
 
     async def _generate(self, reply: ActiveReply, claim: Claim) -> Disposition:
         reply.task = asyncio.create_task(self.generation.stream_with_retries(reply, claim))
+        early = self.early_cancels.take(reply)
+        if early is not None:
+            cancel_reply(reply, early.requested_by)
         try:
             outcome = await reply.task
             assert isinstance(outcome, StreamOutcome)
@@ -198,8 +209,8 @@ class ChatReplies:
 
     # --- what acts on the replies in flight ---------------------------------------------
 
-    async def on_command(self, command: ControlCommand) -> None:
-        apply_command(command, list(self.active.values()), self.frames)
+    async def on_command(self, command: ControlCommand) -> bool:
+        return apply_command(command, list(self.active.values()), self.frames, self.early_cancels)
 
     async def tick_forever(self) -> None:
         await self.clock.tick_forever()

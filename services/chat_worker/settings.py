@@ -69,3 +69,24 @@ class ChatWorkerSettings(ServiceSettings):
         le=200,
         description="Database connections kept open; replies beyond it wait for one.",
     )
+    knowledge_budget_tokens: int = Field(
+        default=1200,
+        ge=0,
+        description="Approximate tokens of an assistant's file excerpts put into a prompt "
+        "(0: none).",
+    )
+    knowledge_max_chunks: int = Field(
+        default=6, ge=1, le=50, description="File excerpts put into one prompt at most."
+    )
+    embedding_model: str = Field(
+        default="",
+        description="Embeddings model for hybrid retrieval (needs pgvector); empty: full text "
+        "only. Must match the knowledge workers' setting.",
+    )
+    knowledge_min_similarity: float = Field(
+        default=0.3,
+        ge=-1,
+        le=1,
+        description="Hybrid retrieval: a chunk found only by vector search must be at least "
+        "this similar (cosine) to the question.",
+    )

@@ -1,4 +1,4 @@
-"""Counters of one chat worker, shown by its `/metrics` endpoint."""
+"""Counters of one chat worker, shown by `/stats` and (as Prometheus metrics) `/metrics`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""REST routes of the gateway: conversations, messages, assistants (DESIGN §5)."""
+"""REST routes of the gateway: conversations, messages, assistants (README, quick start)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.chat.models import ConversationStatus, Message
+from services.chat.models import ConversationStatus, Message, MessageRole
 from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
 from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
@@ -29,6 +28,7 @@ from services.gateway.schemas import (
     MessageCreate,
     MessageOut,
 )
+from shared.input_guards import unprocessable
 from shared.pagination import Limit, Page, Skip
 from shared.security import CurrentPrincipal
 from shared.stream import (
@@ -39,7 +39,6 @@ from shared.stream import (
 )
 
 DEFAULT_PAGE_SIZE = 20
-MAX_REQUEST_BYTES = 1024 * 1024
 REPLY_POLL_INTERVAL_S = 0.5
 """`?wait=true` re-reads the database this often in case the live frame was missed."""
 
@@ -55,32 +54,11 @@ _STATUS_OF_ERROR: dict[type[ChatError], int] = {
 }
 
 
-class RequestBodyLimit:
-    """Answers 413 to a request that declares a body larger than `max_bytes`, before reading it.
-
-    Every JSON body this API accepts is small; a huge one is refused without parsing it.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self._app = app
-        self._max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self._max_bytes:
-                    response = JSONResponse(
-                        {"detail": f"Request body larger than {self._max_bytes} bytes"},
-                        status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self._app(scope, receive, send)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def chat_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ChatError)
+        if isinstance(exc, InvalidInput):
+            return unprocessable(exc.message)
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(int(exc.retry_after_s))
@@ -239,8 +217,17 @@ async def list_messages(
         items, total = await gw.chat.list_messages(
             session, principal.user_id, conversation_id, skip, limit
         )
+    sources = await gw.knowledge.sources_of_replies(
+        [m.id for m in items if m.role == MessageRole.ASSISTANT]
+    )
     return Page(
-        items=[MessageOut.model_validate(m) for m in items], total=total, skip=skip, limit=limit
+        items=[
+            MessageOut.model_validate(m).model_copy(update={"sources": sources.get(m.id, [])})
+            for m in items
+        ],
+        total=total,
+        skip=skip,
+        limit=limit,
     )
 
 

@@ -6,18 +6,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from services.budgets import api as budgets_api
 from services.budgets.release import release_stale_forever
 from services.chat import models
-from services.gateway import api, openai_api, ws
+from services.gateway import api, files_api, openai_api, ws
+from services.gateway.account_erasure import AccountEraser
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.gateway.webapp import install_webapp
+from services.knowledge import models as knowledge_models
+from services.knowledge.service import KnowledgeFiles, UploadLimits
+from shared.asyncapi import asyncapi_router
+from shared.metrics import outbox_backlog
 from shared.outbox import Outbox
+from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
 from shared.security import TokenVerifier
 from shared.service_app import create_service_app
@@ -29,7 +36,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
     outbox = Outbox(models.outbox, runtime.sessions, runtime.publisher)
-    verifier = TokenVerifier.from_settings(settings)
+    revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
+    revocation_feed = RevocationFeed(
+        settings.amqp_url, runtime.topology, revocations, history_s=MAX_ACCESS_TOKEN_AGE_S
+    )
+    verifier = TokenVerifier.from_settings(settings, revocations)
+    sockets = OpenSockets(settings.max_sockets_per_user, settings.max_anonymous_sockets_per_address)
+    eraser = AccountEraser(outbox)
+    revocation_feed.add_listener(
+        lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
+    )
+    revocation_feed.add_listener(eraser.on_revoked)
+    knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     gateway = Gateway(
         settings=settings,
@@ -39,9 +57,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             max_message_length=settings.max_message_length,
             rate_limiter=MessageRateLimiter(settings.messages_per_minute),
             anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
+            allowed_models=frozenset(settings.allowed_models),
         ),
         fanout=fanout,
         verifier=verifier,
+        sockets=sockets,
+        knowledge=KnowledgeFiles(
+            runtime.engine,
+            knowledge_outbox,
+            UploadLimits(
+                max_file_bytes=settings.knowledge_max_file_bytes,
+                max_files_per_assistant=settings.knowledge_max_files_per_assistant,
+                max_bytes_per_user=settings.knowledge_max_bytes_per_user,
+            ),
+            producer=SERVICE,
+        ),
         outbox=outbox,
     )
 
@@ -49,13 +79,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         await fanout.start()
+        await revocation_feed.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         runtime.run_in_background(
             release_stale_forever(runtime.sessions, settings.reservation_ttl_s), "budget-release"
         )
+        runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
+        await revocation_feed.stop()
+        await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()
+        await knowledge_outbox.drain_background()
         await runtime.stop()
 
     async def check_stream() -> None:
@@ -70,9 +105,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         runtime=runtime,
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
-        readiness={"stream": check_stream},
-        routers=[api.router, openai_api.router, budgets_api.router, ws.router],
-        middleware=[Middleware(api.RequestBodyLimit, max_bytes=api.MAX_REQUEST_BYTES)],
+        readiness={"stream": check_stream, "revocations": revocation_feed.check},
+        routers=[
+            api.router,
+            files_api.router,
+            openai_api.router,
+            budgets_api.router,
+            ws.router,
+            asyncapi_router(runtime.topology),
+        ],
+        metrics_refresh=[
+            outbox_backlog(outbox, "chat"),
+            outbox_backlog(knowledge_outbox, "knowledge"),
+        ],
+        body_limit_exempt=files_api.is_upload_path,
     )
     api.install_error_handlers(app)
+    files_api.install_error_handlers(app)
+    install_webapp(app, settings)
     return app

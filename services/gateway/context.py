@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from services.gateway.fanout import StreamFanout
+from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.knowledge.service import KnowledgeFiles
 from shared.outbox import Outbox
 from shared.security import TokenVerifier
 
@@ -23,6 +25,8 @@ class Gateway:
     chat: ChatService
     fanout: StreamFanout
     verifier: TokenVerifier
+    sockets: OpenSockets
+    knowledge: KnowledgeFiles
     outbox: Outbox
 
     @asynccontextmanager

@@ -26,6 +26,13 @@ class InvalidInput(ChatError):
     code = "invalid_input"
 
 
+class ModelNotAllowed(ChatError):
+    code = "model_not_allowed"
+
+    def __init__(self, model: str, allowed: frozenset[str]) -> None:
+        super().__init__(f"model {model[:64]!r} is not allowed; use one of {sorted(allowed)}")
+
+
 class RateLimited(ChatError):
     code = "rate_limited"
 

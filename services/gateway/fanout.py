@@ -1,4 +1,4 @@
-"""Live reply frames from `<ns>.stream` to the sockets of this gateway instance (DESIGN §2).
+"""Live reply frames from `<ns>.stream` to the sockets of this gateway instance (ARCHITECTURE.md).
 
 One exclusive, auto-delete queue per instance, bound to `conv.<id>` while at least one local
 watcher (a socket, or a `?wait=true` request) looks at that conversation; the binding is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Protocol
 
 import aio_pika
@@ -23,7 +24,9 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from shared import tracing
 from shared.logging import redact_url
+from shared.metrics import BROKER_RECONNECTS
 from shared.stream import CancelCommand, ResyncCommand, StreamFrame, stream_frame_adapter
 from shared.topology import Topology, conversation_routing_key
 
@@ -51,6 +54,7 @@ class StreamFanout:
         self._unbound: set[str] = set()
         """Watched conversations whose binding failed during an outage (made on recovery)."""
         self._binding_lock = asyncio.Lock()
+        self._answers: dict[str, asyncio.Future[None]] = {}
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
         self._stream: AbstractExchange | None = None
@@ -146,7 +150,31 @@ class StreamFanout:
         except Exception as exc:
             raise StreamUnavailable(f"cannot bind: {type(exc).__name__}") from exc
 
-    async def publish_control(self, command: CancelCommand | ResyncCommand) -> bool:
+    async def request_control(self, command: CancelCommand, answer_timeout_s: float) -> bool:
+        """Send `command` and wait for the worker that acts on it to say so: True when one did
+        within `answer_timeout_s`. Every worker hears every command (`conv.*`), so only an
+        answer tells "a reply was there to cancel" from "nothing is being generated"."""
+        if self._queue is None:
+            raise StreamUnavailable("stream connection is not open")
+        correlation_id = secrets.token_urlsafe(12)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._answers[correlation_id] = answered
+        try:
+            await self.publish_control(
+                command, reply_to=self._queue.name, correlation_id=correlation_id
+            )
+            done, _ = await asyncio.wait({answered}, timeout=answer_timeout_s)
+            return bool(done)
+        finally:
+            self._answers.pop(correlation_id, None)
+
+    async def publish_control(
+        self,
+        command: CancelCommand | ResyncCommand,
+        *,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+    ) -> bool:
         """Send a command to whichever worker holds the conversation's reply (transient).
 
         False when no worker's control queue took it, i.e. no worker is running (each binds
@@ -161,6 +189,8 @@ class StreamFanout:
                     command.model_dump_json().encode(),
                     content_type="application/json",
                     delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                    reply_to=reply_to,
+                    correlation_id=correlation_id,
                 ),
                 routing_key=conversation_routing_key(command.conversation_id),
                 mandatory=True,
@@ -171,21 +201,28 @@ class StreamFanout:
         return not isinstance(getattr(confirmation, "delivery", None), Basic.Return)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        answered = self._answers.get(message.correlation_id or "")
+        if answered is not None:
+            if not answered.done():
+                answered.set_result(None)
+            return
         try:
             frame = stream_frame_adapter.validate_json(message.body)
         except ValidationError:
             log.warning("undecodable stream frame dropped", extra={"bytes": len(message.body)})
             return
         self.frames_received += 1
-        for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
-            try:
-                watcher.deliver(frame)
-            except Exception:
-                log.exception(
-                    "frame watcher failed", extra={"conversation_id": frame.conversation_id}
-                )
+        with tracing.consumer_span(f"{frame.type} deliver", message.headers, traced_only=True):
+            for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
+                try:
+                    watcher.deliver(frame)
+                except Exception:
+                    log.exception(
+                        "frame watcher failed", extra={"conversation_id": frame.conversation_id}
+                    )
 
     async def _on_reconnect(self, *_args: object) -> None:
+        BROKER_RECONNECTS.labels("stream").inc()
         log.info(
             "stream connection recovered",
             extra={"url": redact_url(self._amqp_url), "conversations": len(self._watchers)},

@@ -31,7 +31,7 @@ async def on_ping(socket: ChatSocket, frame: PingFrame) -> None:
 
 
 async def on_auth(socket: ChatSocket, frame: AuthFrame) -> None:
-    socket.auth.reauthenticate(frame)
+    await socket.auth.reauthenticate(frame)
 
 
 async def on_subscribe(socket: ChatSocket, frame: SubscribeFrame) -> None:
@@ -75,6 +75,8 @@ async def on_send_message(socket: ChatSocket, frame: SendMessageFrame) -> None:
 async def on_start_conversation(socket: ChatSocket, frame: StartConversationFrame) -> None:
     if socket.auth.anonymous and socket.ephemeral:
         raise ChatError("an anonymous socket has one conversation")
+    # Before creating it: a conversation the socket cannot watch must not be made at all.
+    socket.check_room_for_watch()
     async with socket.gateway.unit_of_work() as session:
         conversation = await socket.gateway.chat.create_conversation(
             session,
@@ -115,14 +117,15 @@ async def on_end_conversation(socket: ChatSocket, frame: EndConversationFrame) -
 async def on_cancel(socket: ChatSocket, frame: CancelFrame) -> None:
     async with socket.gateway.unit_of_work() as session:
         await socket.gateway.chat.get_conversation(session, socket.user_id, frame.conversation_id)
-    routed = await socket.gateway.fanout.publish_control(
+    acted = await socket.gateway.fanout.request_control(
         CancelCommand(
             conversation_id=frame.conversation_id,
             message_id=frame.message_id,
             requested_by=socket.user_id,
-        )
+        ),
+        socket.gateway.settings.control_answer_timeout_s,
     )
-    if not routed:
+    if not acted:
         socket.io.error(
             "nothing_to_cancel",
             "no reply is being generated in this conversation",

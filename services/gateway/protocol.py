@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from services.chat.models import MAX_TITLE_LENGTH
 from services.gateway.schemas import MAX_CLIENT_MESSAGE_ID_LENGTH
+from shared.input_guards import UNSTORABLE_TEXT, has_unstorable_text
 from shared.security import MAX_TOKEN_LENGTH
 
 # --- close codes ----------------------------------------------------------------------------
@@ -25,10 +26,24 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 """A frame over the server's WebSocket size limit (uvicorn's `ws_max_size`, set in cli.py)."""
 CLOSE_TRY_AGAIN_LATER = 1013
-"""The client reads too slowly: its outgoing queue overflowed."""
+"""The client reads too slowly (its outgoing queue overflowed), or the gateway is catching up
+on revoked sessions after a broker reconnect: reconnect shortly."""
+CLOSE_ACCESS_REVOKED = 4001
+"""The user's access was revoked — deactivated, deleted, roles changed, password changed or
+"log out everywhere" — after the token was issued: log in again."""
+CLOSE_TOO_MANY_SOCKETS = 4029
+"""The user (or the anonymous client address) already has the most sockets allowed open on
+this gateway (`CONVOAI_MAX_SOCKETS_PER_USER`, `CONVOAI_MAX_ANONYMOUS_SOCKETS_PER_ADDRESS`)."""
 
 CLOSE_CODES = frozenset(
-    {CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_MESSAGE_TOO_BIG, CLOSE_TRY_AGAIN_LATER}
+    {
+        CLOSE_NORMAL,
+        CLOSE_POLICY_VIOLATION,
+        CLOSE_MESSAGE_TOO_BIG,
+        CLOSE_TRY_AGAIN_LATER,
+        CLOSE_ACCESS_REVOKED,
+        CLOSE_TOO_MANY_SOCKETS,
+    }
 )
 """Close codes the server sends."""
 
@@ -43,9 +58,13 @@ AUTH_ERROR_CODES = frozenset(
         "user_mismatch",
         "already_authenticated",
         "anonymous_disabled",
+        "access_revoked",
+        "too_many_sockets",
     }
 )
-CHAT_ERROR_CODES = frozenset({"bad_request", "not_found", "conflict", "invalid_input"})
+CHAT_ERROR_CODES = frozenset(
+    {"bad_request", "not_found", "conflict", "invalid_input", "model_not_allowed"}
+)
 """The codes of `services.gateway.service.ChatError` and its subclasses."""
 ERROR_CODES = (
     BAD_FRAME_CODES
@@ -82,6 +101,9 @@ SERVER_FRAME_TYPES = REPLY_FRAME_TYPES | frozenset(
 )
 
 # --- client frames --------------------------------------------------------------------------
+
+MAX_FRAME_DEPTH = 32
+"""Deepest nesting of arrays and objects a client frame may have (real frames have 2)."""
 
 ConversationId = Annotated[str, Field(min_length=1, max_length=64)]
 
@@ -182,16 +204,35 @@ def validation_summary(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _check_values(data: object) -> None:
+    """Bound the nesting and refuse text the database cannot store, walking without recursion
+    (a hostile frame must not cost a `RecursionError` and a traceback)."""
+    pending: list[tuple[object, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if has_unstorable_text(value):
+                raise BadFrame("invalid_input", UNSTORABLE_TEXT)
+        elif isinstance(value, dict | list):
+            if depth > MAX_FRAME_DEPTH:
+                raise BadFrame("invalid_frame", f"frame nested deeper than {MAX_FRAME_DEPTH}")
+            children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            pending.extend((child, depth + 1) for child in children)
+
+
 def parse_client_frame(raw: str | bytes, max_bytes: int) -> ClientFrame:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode())
     if size > max_bytes:
         raise BadFrame("frame_too_large", f"frame of {size} bytes exceeds {max_bytes}")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise BadFrame("invalid_frame", f"frame nested deeper than {MAX_FRAME_DEPTH}") from None
     except ValueError:
         raise BadFrame("invalid_json", "frame is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadFrame("invalid_frame", "frame must be a JSON object")
+    _check_values(data)
     frame_type = data.get("type")
     if not isinstance(frame_type, str) or frame_type not in CLIENT_FRAME_TYPES:
         raise BadFrame("unknown_type", "unknown or missing frame type")

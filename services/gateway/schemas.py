@@ -12,6 +12,7 @@ from services.chat.models import (
     MAX_TITLE_LENGTH,
     ConversationStatus,
 )
+from shared.events import SourceRef
 
 MAX_ASSISTANT_NAME_LENGTH = 100
 MAX_CLIENT_MESSAGE_ID_LENGTH = 64
@@ -117,6 +118,8 @@ class MessageOut(BaseModel):
     finish_reason: str | None
     error_code: str | None
     created_at: datetime
+    sources: list[SourceRef] = Field(default_factory=list)
+    """For a reply: the knowledge-file chunks its prompt included."""
 
 
 class MessageAccepted(BaseModel):

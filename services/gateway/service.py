@@ -5,6 +5,9 @@ unit of work: it opens the session (`Gateway.unit_of_work`), every method here w
 stages its events in it, and the edge commits, after which the events are published. Nothing here
 commits. The one exception is the user message itself: a single statement that stores the message
 with its event, run alone in autocommit when the edge's unit has not begun (the hot path).
+
+Over 400 lines on purpose: one small method per operation of the two edges, and `send_message`
+kept whole so its rate-limit, retry and duplicate decisions read in one place.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from services.chat.models import (
     MessageStatus,
 )
 from services.gateway import repository
-from services.gateway.errors import Conflict, InvalidInput, NotFound, RateLimited
+from services.gateway.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotAllowed,
+    NotFound,
+    RateLimited,
+)
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.schemas import (
     AssistantCreate,
@@ -39,12 +48,12 @@ from shared.events import (
     ConversationRenamed,
     MessageSent,
 )
-from shared.ids import IdKind, is_valid_id, new_id
+from shared.ids import ANONYMOUS_OWNER_PREFIX, IdKind, is_valid_id, new_id
 from shared.outbox import Outbox, StagedEvent
 
 PRODUCER = "gateway"
 DEFAULT_TITLE = "New conversation"
-ANONYMOUS_PREFIX = "~"
+ANONYMOUS_PREFIX = ANONYMOUS_OWNER_PREFIX
 """Owner ids of anonymous sockets start with it; real user ids never contain it."""
 
 
@@ -71,18 +80,26 @@ class ChatService:
         max_message_length: int,
         rate_limiter: MessageRateLimiter,
         anonymous_rate_limiter: MessageRateLimiter | None = None,
+        allowed_models: frozenset[str] = frozenset(),
     ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._max_message_length = max_message_length
         self._rate_limiter = rate_limiter
         self._anonymous_rate_limiter = anonymous_rate_limiter or rate_limiter
+        self._allowed_models = allowed_models
+
+    def _check_model(self, model: str | None) -> None:
+        """Only models the operator allows: a client must not pick the most expensive one."""
+        if model is not None and model not in self._allowed_models:
+            raise ModelNotAllowed(model, self._allowed_models)
 
     # --- assistants ----------------------------------------------------------------------
 
     async def create_assistant(
         self, session: AsyncSession, owner_id: str, data: AssistantCreate
     ) -> Assistant:
+        self._check_model(data.model)
         assistant = Assistant(
             id=new_id(IdKind.ASSISTANT),
             owner_id=owner_id,
@@ -109,6 +126,7 @@ class ChatService:
     async def update_assistant(
         self, session: AsyncSession, owner_id: str, assistant_id: str, data: AssistantUpdate
     ) -> Assistant:
+        self._check_model(data.model)
         assistant = await self._owned_assistant(session, owner_id, assistant_id)
         for field, value in data.model_dump(exclude_unset=True).items():
             if field in ("name", "system_prompt") and value is None:
@@ -139,6 +157,7 @@ class ChatService:
     async def create_conversation(
         self, session: AsyncSession, owner_id: str, data: ConversationCreate
     ) -> Conversation:
+        self._check_model(data.model)
         system_prompt, model, temperature = data.system_prompt, data.model, None
         if data.assistant_id is not None:
             assistant = await self._owned_assistant(session, owner_id, data.assistant_id)

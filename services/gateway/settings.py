@@ -10,6 +10,14 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="Origins a browser WebSocket may connect from.",
     )
+    auth_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="Where the web app's sign-in and /auth, /users calls are forwarded.",
+    )
+    analytics_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="Where the web app's /api/v1/analytics calls are forwarded.",
+    )
     max_message_length: int = Field(
         default=16_000, ge=1, le=1_000_000, description="Characters in one user message."
     )
@@ -45,8 +53,29 @@ class GatewaySettings(ServiceSettings):
         le=30,
         description="How long a subscribe waits for the streaming worker's reply.snapshot.",
     )
+    control_answer_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="How long a cancel waits for the worker holding the reply to answer before "
+        "the client is told `nothing_to_cancel`.",
+    )
     wait_reply_timeout_s: float = Field(
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
+    )
+    max_sockets_per_user: int = Field(
+        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4429)."
+    )
+    max_anonymous_sockets_per_address: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Open anonymous chat sockets per client address and gateway (4429).",
+    )
+    allowed_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini"],
+        description="Models a conversation or assistant may name (others: 400 / "
+        "`model_not_allowed`); without a model the chat worker's default is used.",
     )
     allow_anonymous: bool = Field(
         default=False,
@@ -55,6 +84,15 @@ class GatewaySettings(ServiceSettings):
     )
     anonymous_messages_per_minute: int = Field(
         default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
+    )
+    knowledge_max_file_bytes: int = Field(
+        default=10 * 2**20, ge=1, description="Largest knowledge file an assistant accepts."
+    )
+    knowledge_max_files_per_assistant: int = Field(
+        default=50, ge=1, description="Knowledge files one assistant may hold."
+    )
+    knowledge_max_bytes_per_user: int = Field(
+        default=200 * 2**20, ge=1, description="Total bytes of knowledge files per user."
     )
     api_models: list[str] = Field(
         default_factory=lambda: ["gpt-4o-mini"],

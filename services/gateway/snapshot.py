@@ -1,4 +1,4 @@
-"""The snapshot hand-over of a subscription (the seam of DESIGN §4.5): what is stored, completed
+"""The snapshot hand-over of a subscription (the resubscribe seam): what is stored, completed
 by the workers' memory of replies still streaming, sent as one `snapshot` frame, after which the
 watch forwards only what comes later."""
 

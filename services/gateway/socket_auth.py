@@ -10,14 +10,23 @@ from collections.abc import Callable
 
 from services.gateway.context import Gateway
 from services.gateway.protocol import (
+    CLOSE_ACCESS_REVOKED,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TOO_MANY_SOCKETS,
+    CLOSE_TRY_AGAIN_LATER,
     AuthFrame,
     BadFrame,
     parse_client_frame,
 )
 from services.gateway.service import new_anonymous_owner_id
 from services.gateway.socket_io import SocketIO
-from shared.security import InvalidToken, Principal, TokenType
+from shared.security import (
+    InvalidToken,
+    Principal,
+    RevocationStateBehind,
+    RevokedToken,
+    TokenType,
+)
 
 BadFrameHandler = Callable[[BadFrame], None]
 
@@ -25,7 +34,14 @@ BadFrameHandler = Callable[[BadFrame], None]
 class SocketAuth:
     """The principal of one socket, from the handshake until the socket closes."""
 
-    def __init__(self, io: SocketIO, gateway: Gateway, on_bad_frame: BadFrameHandler) -> None:
+    def __init__(
+        self,
+        io: SocketIO,
+        gateway: Gateway,
+        on_bad_frame: BadFrameHandler,
+        admit: Callable[[Principal], bool],
+    ) -> None:
+        self._admit = admit
         self._io = io
         self._gw = gateway
         self._settings = gateway.settings
@@ -65,13 +81,25 @@ class SocketAuth:
         else:
             assert token is not None
             try:
-                self.principal = self._gw.verifier.verify_access(token)
+                self.principal = await self._gw.verifier.verify_access_when_current(token)
+            except RevokedToken:
+                self._io.error("access_revoked", "access was revoked; log in again")
+                self._io.close(CLOSE_ACCESS_REVOKED, "access revoked")
+                return False
             except InvalidToken:
                 self._io.error("unauthorized", "invalid or expired token")
                 self._io.close(CLOSE_POLICY_VIOLATION, "invalid token")
                 return False
+            except RevocationStateBehind:
+                self._io.error("unavailable", "catching up on revoked sessions; reconnect shortly")
+                self._io.close(CLOSE_TRY_AGAIN_LATER, "revocations catching up")
+                return False
             self._expire_with(token)
         self._io.user_id = self.principal.user_id
+        if not self._admit(self.principal):
+            self._io.error("too_many_sockets", "too many open sockets; close another one first")
+            self._io.close(CLOSE_TOO_MANY_SOCKETS, "too many sockets")
+            return False
         self._io.send(
             {
                 "type": "ready",
@@ -91,15 +119,19 @@ class SocketAuth:
         )
         return True
 
-    def reauthenticate(self, frame: AuthFrame) -> None:
+    async def reauthenticate(self, frame: AuthFrame) -> None:
         """A fresh token for the same user extends the socket's life (no reconnect needed)."""
         assert self.principal is not None
         if self.anonymous or frame.token is None:
             self._io.error("already_authenticated", "this socket is already authenticated")
             return
         try:
-            principal = self._gw.verifier.verify_access(frame.token)
-        except InvalidToken:
+            principal = await self._gw.verifier.verify_access_when_current(frame.token)
+        except RevokedToken:
+            self._io.error("access_revoked", "access was revoked; log in again")
+            self._io.close(CLOSE_ACCESS_REVOKED, "access revoked")
+            return
+        except (InvalidToken, RevocationStateBehind):
             self._io.error("unauthorized", "invalid or expired token")
             return
         if principal.user_id != self.principal.user_id:
@@ -108,6 +140,12 @@ class SocketAuth:
         self.principal = principal
         self._expire_with(frame.token)
         self._io.send({"type": "reauthenticated", "user_id": principal.user_id})
+
+    def revoke_access(self, revoked_before: float) -> None:
+        """Close at once when this socket's token was issued before the user's access ended."""
+        if self.principal is not None and self.principal.issued_at < revoked_before:
+            self._io.error("access_revoked", "access was revoked; log in again")
+            self._io.close(CLOSE_ACCESS_REVOKED, "access revoked")
 
     def stop(self) -> None:
         if self._expiry is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from services.gateway import metrics
 from services.gateway.protocol import (
     CLOSE_GONE,
     CLOSE_NORMAL,
@@ -62,6 +63,10 @@ class SocketIO:
     def closing(self) -> bool:
         return self._closing is not None
 
+    @property
+    def close_code(self) -> int:
+        return self._closing.code if self._closing is not None else CLOSE_GONE
+
     def send(self, frame: dict[str, Any]) -> None:
         if self._closing is not None:
             return
@@ -72,6 +77,7 @@ class SocketIO:
         self._wakeup.set()
 
     def error(self, code: str, message: str, **extra: Any) -> None:
+        metrics.ERROR_FRAMES.labels(code).inc()
         self.send({"type": "error", "code": code, "message": message, **extra})
 
     def close(self, code: int, reason: str, *, flush: bool = True) -> None:
@@ -92,6 +98,7 @@ class SocketIO:
                 self._wakeup.clear()
                 while self._outgoing:
                     await self.websocket.send_text(self._outgoing.popleft())
+                    metrics.FRAMES_SENT.inc()
                 if self._closing is not None:
                     await self.websocket.close(self._closing.code, self._closing.reason)
                     return

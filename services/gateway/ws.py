@@ -1,5 +1,5 @@
-"""The chat WebSocket `/ws` (DESIGN §5): one `ChatSocket` per connection — its lifecycle, the
-read loop, the dispatch of client frames, and its conversation subscriptions.
+"""The chat WebSocket `/ws` (docs/websocket-protocol.md): one `ChatSocket` per connection — its
+lifecycle, the read loop, the dispatch of client frames, and its conversation subscriptions.
 
 Its parts live beside it: the frame protocol (`protocol.py`), socket I/O and backpressure
 (`socket_io.py`), authentication and token expiry (`socket_auth.py`), what each frame does
@@ -15,6 +15,7 @@ import logging
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
 
+from services.gateway import metrics
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.errors import ChatError, RateLimited
 from services.gateway.fanout import StreamUnavailable
@@ -31,7 +32,9 @@ from services.gateway.snapshot import SNAPSHOT_MESSAGES, send_snapshot
 from services.gateway.socket_auth import SocketAuth
 from services.gateway.socket_io import FrameRate, SocketIO
 from services.gateway.watch import ConversationWatch
+from shared import tracing
 from shared.db import is_database_unavailable
+from shared.security import Principal
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,8 @@ class ChatSocket:
         self.gateway = gateway
         self._settings = gateway.settings
         self.io = SocketIO(websocket, self._settings.ws_send_queue_size)
-        self.auth = SocketAuth(self.io, gateway, self._bad_frame)
+        self.auth = SocketAuth(self.io, gateway, self._bad_frame, self._admit)
+        self._admitted = False
         self._frame_rate = FrameRate(
             self._settings.ws_frames_per_second, self._settings.ws_frame_burst
         )
@@ -57,6 +61,18 @@ class ChatSocket:
         self._errors = 0
         self.ephemeral: list[str] = []
         """Conversations of an anonymous socket, deleted when it closes."""
+
+    def _admit(self, principal: Principal) -> bool:
+        """Count this socket against its user's (or anonymous address's) cap."""
+        address = None
+        if self.auth.anonymous:
+            client = self.io.websocket.client
+            address = client.host if client else "unknown"
+        self._admitted = self.gateway.sockets.admit(self, principal.user_id, address)
+        return self._admitted
+
+    def revoke_access(self, revoked_before: float) -> None:
+        self.auth.revoke_access(revoked_before)
 
     @property
     def user_id(self) -> str:
@@ -71,6 +87,8 @@ class ChatSocket:
             if await self.auth.authenticate():
                 await self._read_loop()
         finally:
+            if self._admitted:
+                self.gateway.sockets.release(self)
             for task in tuple(self._tasks):
                 task.cancel()
             self.auth.stop()
@@ -84,6 +102,7 @@ class ChatSocket:
                 await asyncio.wait_for(writer, 5)
             except (TimeoutError, asyncio.CancelledError):
                 writer.cancel()
+            metrics.SOCKET_CLOSES.labels(str(self.io.close_code)).inc()
 
     async def _forget_ephemeral(self) -> None:
         if self.auth.principal is None:
@@ -101,6 +120,11 @@ class ChatSocket:
                 )
 
     def _bad_frame(self, exc: BadFrame) -> None:
+        # One line per bad frame, never its content or a traceback.
+        log.info(
+            "bad websocket frame",
+            extra={"code": exc.code, "user_id": self.io.user_id, "count": self._errors + 1},
+        )
         self._errors += 1
         self.io.error(exc.code, exc.message)
         if self._errors >= self._settings.ws_max_errors:
@@ -120,8 +144,10 @@ class ChatSocket:
             try:
                 frame = parse_client_frame(raw, self._settings.max_frame_bytes)
             except BadFrame as exc:
+                metrics.FRAMES_RECEIVED.labels("invalid").inc()
                 self._bad_frame(exc)
                 continue
+            metrics.FRAMES_RECEIVED.labels(frame.type).inc()
             await self._dispatch(frame)
 
     async def _dispatch(self, frame: ClientFrame) -> None:
@@ -133,7 +159,8 @@ class ChatSocket:
         if conversation_id is not None:
             context["conversation_id"] = conversation_id
         try:
-            await FRAME_HANDLERS[type(frame)](self, frame)
+            with tracing.turn_span(f"ws {frame.type}", context):
+                await FRAME_HANDLERS[type(frame)](self, frame)
         except RateLimited as exc:
             self.io.error(exc.code, exc.message, retry_after=exc.retry_after_s, **context)
         except ChatError as exc:
@@ -160,9 +187,12 @@ class ChatSocket:
     def watches(self, conversation_id: str) -> bool:
         return conversation_id in self._watches
 
-    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+    def check_room_for_watch(self) -> None:
         if len(self._watches) >= MAX_SUBSCRIPTIONS_PER_SOCKET:
             raise ChatError(f"at most {MAX_SUBSCRIPTIONS_PER_SOCKET} subscriptions per socket")
+
+    def _new_watch(self, conversation_id: str) -> ConversationWatch:
+        self.check_room_for_watch()
         return ConversationWatch(conversation_id, self.io.send, self._resync_after_recovery)
 
     async def watch_live(self, conversation_id: str) -> None:
@@ -183,7 +213,7 @@ class ChatSocket:
     async def subscribe(self, conversation_id: str) -> None:
         """Check ownership, bind, read the stored messages (one unit of work), complete a
         streaming reply from its worker, send the snapshot, then forward only what comes after
-        it (the seam of DESIGN §4.5)."""
+        it (the resubscribe seam: ARCHITECTURE.md, "The path of a chat message")."""
         chat = self.gateway.chat
         async with self._subscription_lock:
             watch = None
@@ -225,8 +255,16 @@ class ChatSocket:
                 watch.start_buffering()
                 try:
                     await self._send_snapshot(watch)
-                except (ChatError, StreamUnavailable) as exc:
+                except Exception as exc:
+                    # Any failure (the database may still be down after a broker outage) must
+                    # end the buffering, or frames would pile up unforwarded for ever; the
+                    # client is told to subscribe again for a complete snapshot.
                     watch.go_live([], [])
+                    self.io.error(
+                        "unavailable",
+                        "could not resynchronise after an outage; subscribe again",
+                        conversation_id=watch.conversation_id,
+                    )
                     log.warning(
                         "resync after recovery failed",
                         extra={"conversation_id": watch.conversation_id, "error": repr(exc)},
@@ -244,6 +282,8 @@ async def chat_socket(websocket: WebSocket) -> None:
     if origin is not None and origin not in gateway.settings.allowed_origins:
         log.info("websocket refused: origin not allowed", extra={"origin": origin[:200]})
         await websocket.close(code=CLOSE_POLICY_VIOLATION)
+        metrics.SOCKET_CLOSES.labels(str(CLOSE_POLICY_VIOLATION)).inc()
         return
     await websocket.accept()
-    await ChatSocket(websocket, gateway).run()
+    with metrics.OPEN_SOCKETS.track_inprogress():
+        await ChatSocket(websocket, gateway).run()

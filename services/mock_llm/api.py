@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import secrets
+import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,10 +17,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.mock_llm.service import (
+    EMBEDDING_DIMENSIONS,
     FaultPlan,
     FaultRule,
     MockStats,
     Reply,
+    embed_text,
     expected_reply,
     last_user_message,
 )
@@ -48,6 +53,15 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = None
 
 
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: str = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=4096)
+
+
 class FaultRequest(BaseModel):
     """Body of `POST /_faults`; see `FaultRule`."""
 
@@ -61,6 +75,7 @@ class FaultRequest(BaseModel):
     ttft_ms: float | None = Field(default=None, ge=0)
     reply_tokens: int | None = Field(default=None, ge=1, le=100_000)
     write_window_ms: float | None = Field(default=None, ge=0)
+    content: str | None = Field(default=None, min_length=1, max_length=100_000)
     times: int = Field(default=1, ge=-1)
     match: str | None = None
 
@@ -79,6 +94,8 @@ class MockLLM:
         self.settings = settings
         self.faults = FaultPlan()
         self.stats = MockStats()
+        self.recorded: deque[dict[str, Any]] = deque(maxlen=settings.recorded_requests)
+        """The latest requests as received, so tests can see exactly what reached the model."""
 
 
 async def get_mock(request: Request) -> MockLLM:
@@ -115,6 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
     if _wrong_key(mock, request):
         return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
     messages = [m.model_dump() for m in body.messages]
+    mock.recorded.append({"kind": "chat", "model": body.model, "messages": messages})
     prompt = last_user_message(messages)
     fault = mock.faults.take(prompt)
     if fault is not None and fault.status is not None:
@@ -125,6 +143,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
         mock.settings,
         body.max_completion_tokens or body.max_tokens,
         fault.reply_tokens if fault is not None else None,
+        fault.content if fault is not None else None,
     )
     ttft_s, tps = _pace(mock.settings, fault)
     window_s = (
@@ -265,6 +284,46 @@ async def _stream_chunks(
         stats.active_streams -= 1
         if not finished and not cut:
             stats.streams_disconnected += 1
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request, mock: Mock) -> Response:
+    """Deterministic embeddings (`embed_text`); base64 or float, as the SDK asks."""
+    mock.stats.embedding_requests += 1
+    if mock.settings.api_key and request.headers.get("authorization") != (
+        f"Bearer {mock.settings.api_key}"
+    ):
+        return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    mock.recorded.append({"kind": "embeddings", "model": body.model, "input": texts})
+    dimensions = body.dimensions or EMBEDDING_DIMENSIONS
+    data = []
+    for index, text in enumerate(texts):
+        vector = embed_text(text, dimensions)
+        encoded: Any = vector
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = sum(len(t.split()) for t in texts)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+@router.get("/_requests")
+async def recorded_requests(mock: Mock) -> dict[str, Any]:
+    """The latest requests received, oldest first (tests only)."""
+    return {"requests": list(mock.recorded)}
+
+
+@router.delete("/_requests", status_code=204)
+async def forget_requests(mock: Mock) -> None:
+    mock.recorded.clear()
 
 
 @router.post("/_faults", status_code=201)

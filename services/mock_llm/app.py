@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.mock_llm.api import MockLLM, router
 from services.mock_llm.settings import MockLLMSettings
 from shared.health import health_router
+from shared.metrics import metrics_router
 
 SERVICE = "mock_llm"
 
@@ -17,5 +18,6 @@ def create_app(settings: MockLLMSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.mock = MockLLM(settings)
     app.include_router(health_router(SERVICE, settings.instance_id or SERVICE, {}))
+    app.include_router(metrics_router())
     app.include_router(router)
     return app

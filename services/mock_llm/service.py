@@ -8,6 +8,8 @@ talking to the server. One token is one word (with its leading space), one chunk
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -84,13 +86,18 @@ def expected_reply(
     settings: MockLLMSettings,
     max_tokens: int | None = None,
     reply_tokens: int | None = None,
+    content: str | None = None,
 ) -> Reply:
     """Exactly what mock_llm streams for this request (absent faults that cut it short).
 
-    `reply_tokens` is the length a matching fault rule sets instead of the configured one.
+    `reply_tokens` is the length a matching fault rule sets instead of the configured one;
+    `content` is the text a matching rule makes the reply (one token per word).
     """
-    count = reply_tokens or settings.reply_tokens
-    tokens = reply_tokens_for(last_user_message(messages), count, settings.seed)
+    if content:
+        tokens = tuple(re.findall(r"\s*\S+", content)) or (content,)
+    else:
+        count = reply_tokens or settings.reply_tokens
+        tokens = reply_tokens_for(last_user_message(messages), count, settings.seed)
     finish_reason = "stop"
     if max_tokens is not None and 0 < max_tokens < len(tokens):
         tokens = tokens[:max_tokens]
@@ -114,6 +121,8 @@ class FaultRule:
     reply_tokens: int | None = None
     write_window_ms: float | None = None
     """Pace and length overrides: a rule may also just shape the calls it matches."""
+    content: str | None = None
+    """Reply with this text instead of the hashed words (e.g. hostile Markdown for the web app)."""
     times: int = 1
     match: str | None = None
     """Only calls whose last user message contains this text (so parallel tests do not collide)."""
@@ -153,3 +162,31 @@ class MockStats:
     streams_disconnected: int = 0
     errors_injected: int = 0
     active_streams: int = 0
+    embedding_requests: int = 0
+
+
+EMBEDDING_DIMENSIONS = 512
+_EMBEDDING_STOP_WORDS = frozenset((
+    "a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for", "from", "has", "have",
+    "how", "i", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was",
+    "what", "when", "where", "which", "who", "why", "will", "with", "you", "your",
+))  # fmt: skip
+_WORD = re.compile(r"\w+")
+
+
+def embed_text(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic, unit-length embedding: the hashed bag of the text's words (stop words
+    left out), so texts sharing words are similar and texts sharing none are nearly orthogonal
+    — enough for tests of vector ranking without a model."""
+    vector = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()):
+        if word in _EMBEDDING_STOP_WORDS:
+            continue
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        index = int.from_bytes(digest[:4], "little") % dimensions
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0:
+        vector[0] = 1.0
+        return vector
+    return [v / norm for v in vector]

@@ -29,3 +29,6 @@ class MockLLMSettings(BaseSettings):
         default="", repr=False, description="When set, requests must carry it as a bearer token."
     )
     seed: str = Field(default="convoai", description="Changes every reply while keeping it stable.")
+    recorded_requests: int = Field(
+        default=200, ge=0, le=100_000, description="Latest requests kept for GET /_requests."
+    )

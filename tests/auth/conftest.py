@@ -28,6 +28,9 @@ from tests.processes import ServiceProcess
 LOCKOUT_WINDOW_S = 3
 """Short, so a test can watch a lock expire; the threshold stays at the production 5."""
 ACCESS_TTL_S = 900
+REFRESH_GRACE_S = 3.0
+"""A rotated refresh token used again within this is a concurrent refresh, later reuse (long
+enough for ten serialised refreshes on a busy machine)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ def auth_env(auth_db: AuthDatabase) -> dict[str, str]:
         "CONVOAI_DATABASE_URL": auth_db.url,
         "CONVOAI_LOGIN_LOCKOUT_WINDOW_S": str(LOCKOUT_WINDOW_S),
         "CONVOAI_ACCESS_TOKEN_TTL_S": str(ACCESS_TTL_S),
+        "CONVOAI_REFRESH_REUSE_GRACE_S": str(REFRESH_GRACE_S),
     }
 
 
@@ -127,12 +131,15 @@ class Accounts:
     http: httpx.AsyncClient
     admin: AdminLogin
 
-    async def _post_from_new_ip(self, path: str, **kwargs: Any) -> httpx.Response:
-        return await self.http.post(path, headers={"X-Forwarded-For": new_ip()}, **kwargs)
+    async def _post_from_new_ip(
+        self, path: str, ip: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await self.http.post(path, headers={"X-Forwarded-For": ip or new_ip()}, **kwargs)
 
-    async def login(self, identifier: str, password: str) -> httpx.Response:
+    async def login(self, identifier: str, password: str, ip: str | None = None) -> httpx.Response:
+        """From `ip`, or from a new address each time (then no lockout ever applies)."""
         return await self._post_from_new_ip(
-            "/auth/token", data={"username": identifier, "password": password}
+            "/auth/token", ip, data={"username": identifier, "password": password}
         )
 
     async def tokens(self, identifier: str, password: str) -> dict[str, Any]:
@@ -232,14 +239,14 @@ def marker(client: httpx.AsyncClient, events: EventTap) -> Callable[[], Any]:
     """
 
     async def _marker() -> None:
-        name = unique_name("marker")
+        ip = new_ip()
         response = await client.post(
             "/auth/token",
-            data={"username": name, "password": "whatever1"},
-            headers={"X-Forwarded-For": new_ip()},
+            data={"username": unique_name("marker"), "password": "whatever1"},
+            headers={"X-Forwarded-For": ip},
         )
         assert response.status_code == 401
-        await events.wait_for(type="user.login_failed", username_attempted=name)
+        await events.wait_for(type="user.login_failed", ip=ip)
 
     return _marker
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 
@@ -10,7 +11,7 @@ from sqlalchemy import text
 
 from shared.db import create_engine
 from shared.events import parse_event
-from tests.auth.conftest import unique_name
+from tests.auth.conftest import new_ip, unique_name
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,7 @@ async def test_registration_publishes_user_registered_once(client, events, marke
     username = unique_name()
     response = await client.post(
         "/users/",
-        json={"username": username, "email": f"{username}@example.com", "password": "pa55word!"},
+        json={"username": username, "email": f"{username}@example.com", "password": "pa55-Word-9!"},
     )
     assert response.status_code == 201
     user_id = response.json()["id"]
@@ -57,7 +58,7 @@ async def test_registration_publishes_user_registered_once(client, events, marke
 async def test_rolled_back_registration_publishes_nothing(client, events, marker):
     """The duplicate's event is staged before the insert fails; the rollback takes it away."""
     username = unique_name()
-    body = {"username": username, "email": f"{username}@example.com", "password": "pa55word!"}
+    body = {"username": username, "email": f"{username}@example.com", "password": "pa55-Word-9!"}
     assert (await client.post("/auth/register", json=body)).status_code == 201
     await marker()  # the first registration's own event has arrived before counting starts
     start = len(events.received)
@@ -88,25 +89,35 @@ async def test_login_success_and_failures_publish_their_events(client, accounts,
     failed = await events.wait_for(type="user.login_failed", user_id=account.id)
     _assert_envelope(failed, "user.login_failed")
     assert failed["reason"] == "wrong_password"
-    assert failed["username_attempted"] == account.email
+    # The account's name, not the text typed (here its email).
+    assert failed["username_attempted"] == account.username
     assert failed["ip"] == client.headers["X-Forwarded-For"]
     assert failed["user_agent"] == USER_AGENT
 
-    nobody = unique_name()
-    await client.post("/auth/token", data={"username": nobody, "password": "wrong-pass1"})
-    unknown = await events.wait_for(type="user.login_failed", username_attempted=nobody)
+    # An unknown name is often a password typed into the wrong field: it is never published.
+    nobody = f"Typed-Secret-{unique_name()}"
+    nobody_ip = new_ip()
+    await client.post(
+        "/auth/token",
+        data={"username": nobody, "password": "wrong-pass1"},
+        headers={"X-Forwarded-For": nobody_ip},
+    )
+    unknown = await events.wait_for(type="user.login_failed", ip=nobody_ip)
     assert (unknown["reason"], unknown["user_id"]) == ("unknown_user", None)
+    assert unknown["username_attempted"] is None
+    assert nobody not in json.dumps(unknown)
 
     await marker()
     assert len(_since(events, start, type="user.logged_in", user_id=account.id)) == 1
     assert len(_since(events, start, type="user.login_failed", user_id=account.id)) == 1
-    assert len(_since(events, start, type="user.login_failed", username_attempted=nobody)) == 1
+    assert len(_since(events, start, type="user.login_failed", ip=nobody_ip)) == 1
 
 
 async def test_locked_and_disabled_logins_publish_their_reasons(client, accounts, events):
     locked = await accounts.create(login=False)
+    attacker = new_ip()
     for _ in range(6):
-        await accounts.login(locked.username, "wrong-pass1")
+        await accounts.login(locked.username, "wrong-pass1", ip=attacker)
     event = await events.wait_for(type="user.login_failed", user_id=locked.id, reason="locked")
     assert event["username_attempted"] == locked.username
 

@@ -15,7 +15,13 @@ from sqlalchemy import text
 
 from shared.db import create_engine
 from shared.security import InvalidToken, TokenVerifier
-from tests.auth.conftest import ACCESS_TTL_S, LOCKOUT_WINDOW_S, new_ip, unique_name
+from tests.auth.conftest import (
+    ACCESS_TTL_S,
+    LOCKOUT_WINDOW_S,
+    REFRESH_GRACE_S,
+    new_ip,
+    unique_name,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +88,8 @@ async def test_access_token_carries_the_documented_claims(accounts):
     }
     assert claims["typ"] == "access"
     assert (claims["iss"], claims["aud"], claims["sub"]) == (ISSUER, AUDIENCE, account.id)
-    assert claims["exp"] - claims["iat"] == ACCESS_TTL_S
+    # `iat` has a fraction (a revocation voids tokens issued before its instant); `exp` does not.
+    assert claims["exp"] - int(claims["iat"]) == ACCESS_TTL_S
     assert claims["nbf"] <= time.time() + 1
     refresh_claims = jwt.decode(account.refresh_token, options={"verify_signature": False})
     assert refresh_claims["typ"] == "refresh"
@@ -151,11 +158,11 @@ async def test_weaker_hash_is_upgraded_at_the_next_login(accounts, auth_db):
 # --- lockout ------------------------------------------------------------------------------------
 
 
-async def _poll_login(accounts, identifier: str, password: str, timeout_s: float) -> float:
-    """Seconds until the login succeeds (each poll from a new address, so no rate limit)."""
+async def _poll_login(accounts, identifier: str, password: str, timeout_s: float, ip: str) -> float:
+    """Seconds until the login from `ip` succeeds (4 polls a second: under the rate limit)."""
     started = time.monotonic()
     while True:
-        response = await accounts.login(identifier, password)
+        response = await accounts.login(identifier, password, ip=ip)
         if response.status_code == 200:
             return time.monotonic() - started
         assert response.status_code == 429, response.text
@@ -164,40 +171,85 @@ async def _poll_login(accounts, identifier: str, password: str, timeout_s: float
         await asyncio.sleep(0.2)
 
 
-async def test_five_failures_lock_the_account_until_the_window_passes(accounts):
+async def test_five_failures_lock_the_account_for_that_address_until_the_window_passes(
+    accounts,
+):
     account = await accounts.create(login=False)
+    attacker = new_ip()
     for _ in range(5):
-        assert (await accounts.login(account.username, "wrong-pass1")).status_code == 401
+        assert (await accounts.login(account.username, "wrong-pass1", attacker)).status_code == 401
 
-    locked = await accounts.login(account.username, account.password)
+    locked = await accounts.login(account.username, account.password, attacker)
     assert locked.status_code == 429
     assert locked.json() == {"detail": LOCKED_DETAIL}
     assert 1 <= int(locked.headers["Retry-After"]) <= LOCKOUT_WINDOW_S
     # The lock is on the account, whichever name is used to reach it.
-    assert (await accounts.login(account.email, account.password)).status_code == 429
+    assert (await accounts.login(account.email, account.password, attacker)).status_code == 429
 
-    waited = await _poll_login(accounts, account.username, account.password, LOCKOUT_WINDOW_S + 5)
+    waited = await _poll_login(
+        accounts, account.username, account.password, LOCKOUT_WINDOW_S + 5, attacker
+    )
     assert waited <= LOCKOUT_WINDOW_S + 1
+
+
+async def test_a_guesser_never_locks_the_owner_out_from_another_address(accounts):
+    """Lockout as a weapon (issue 11, item 10): five wrong passwords from anywhere locked even
+    the only admin out for the whole window."""
+    account = await accounts.create(login=False)
+    attacker = new_ip()
+    for _ in range(5):
+        assert (await accounts.login(account.username, "wrong-pass1", attacker)).status_code == 401
+    assert (await accounts.login(account.username, account.password, attacker)).status_code == 429
+    assert (await accounts.login(account.username, account.password, new_ip())).status_code == 200
+
+
+async def test_an_admin_unlocks_an_account_at_once(accounts):
+    account = await accounts.create(login=False)
+    attacker = new_ip()
+    for _ in range(6):
+        await accounts.login(account.username, "wrong-pass1", attacker)
+    assert (await accounts.login(account.username, account.password, attacker)).status_code == 429
+    admin = await accounts.admin_headers()
+    own = await accounts.create()
+    refused = await accounts.http.post(f"/users/{account.id}/unlock", headers=own.headers)
+    assert refused.status_code == 403
+    unlocked = await accounts.http.post(f"/users/{account.id}/unlock", headers=admin)
+    assert unlocked.status_code == 204
+    assert (await accounts.login(account.username, account.password, attacker)).status_code == 200
+
+
+async def test_attempts_an_attacker_gets_from_one_address_are_bounded(accounts):
+    """The brute-force protection, measured: guesses from one address until it is refused."""
+    account = await accounts.create(login=False)
+    attacker = new_ip()
+    guesses = 0
+    while (await accounts.login(account.username, "wrong-pass1", attacker)).status_code == 401:
+        guesses += 1
+        assert guesses <= 5
+    assert guesses == 5
+    # With the production window (15 min): 5 guesses per 15 minutes = 20 per hour and address.
 
 
 async def test_a_successful_login_resets_the_failure_count(accounts):
     account = await accounts.create(login=False)
+    ip = new_ip()
     for _ in range(4):
-        assert (await accounts.login(account.username, "wrong-pass1")).status_code == 401
-    assert (await accounts.login(account.username, account.password)).status_code == 200
+        assert (await accounts.login(account.username, "wrong-pass1", ip)).status_code == 401
+    assert (await accounts.login(account.username, account.password, ip)).status_code == 200
     for _ in range(4):
-        assert (await accounts.login(account.username, "wrong-pass1")).status_code == 401
-    assert (await accounts.login(account.username, account.password)).status_code == 200
+        assert (await accounts.login(account.username, "wrong-pass1", ip)).status_code == 401
+    assert (await accounts.login(account.username, account.password, ip)).status_code == 200
 
 
 async def test_unknown_names_lock_exactly_like_accounts(accounts):
     account = await accounts.create(login=False)
     unknown = unique_name()
     answers = {}
+    ip = new_ip()
     for name in (account.username, unknown):
         for _ in range(5):
-            assert (await accounts.login(name, "wrong-pass1")).status_code == 401
-        answers[name] = await accounts.login(name, "wrong-pass1")
+            assert (await accounts.login(name, "wrong-pass1", ip)).status_code == 401
+        answers[name] = await accounts.login(name, "wrong-pass1", ip)
     for response in answers.values():
         assert response.status_code == 429
         assert response.json() == {"detail": LOCKED_DETAIL}
@@ -217,7 +269,7 @@ async def test_registration_is_rate_limited_per_address(client, accounts):
             json={
                 "username": username,
                 "email": f"{username}@example.com",
-                "password": "pa55word!",
+                "password": "pa55-Word-9!",
             },
             headers={"X-Forwarded-For": ip},
         )
@@ -228,7 +280,7 @@ async def test_registration_is_rate_limited_per_address(client, accounts):
     other = unique_name()
     elsewhere = await client.post(
         "/auth/register",
-        json={"username": other, "email": f"{other}@example.com", "password": "pa55word!"},
+        json={"username": other, "email": f"{other}@example.com", "password": "pa55-Word-9!"},
         headers={"X-Forwarded-For": new_ip()},
     )
     assert elsewhere.status_code == 201
@@ -272,6 +324,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client, accounts):
     me = await client.get("/auth/me", headers={"Authorization": f"Bearer {pair['access_token']}"})
     assert me.status_code == 200
 
+    await asyncio.sleep(REFRESH_GRACE_S + 0.1)  # past the window for concurrent refreshes
     reused = await client.post("/auth/refresh", json={"refresh_token": account.refresh_token})
     assert reused.status_code == 401
     assert reused.json() == {"detail": "Refresh token reuse detected; the session has been revoked"}
@@ -286,17 +339,22 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client, accounts):
     assert untouched.status_code == 200
 
 
-async def test_concurrent_use_of_one_refresh_token_is_reuse(client, accounts):
+async def test_tabs_refreshing_at_once_all_stay_logged_in(client, accounts):
+    """Ten parallel refreshes of one token (ten tabs) logged the user out (issue 11, item 14);
+    within the grace window each gets a pair, and a replay after it still revokes the family."""
     account = await accounts.create()
-    first, second = await asyncio.gather(
-        client.post("/auth/refresh", json={"refresh_token": account.refresh_token}),
-        client.post("/auth/refresh", json={"refresh_token": account.refresh_token}),
+    answers = await asyncio.gather(
+        *(
+            client.post("/auth/refresh", json={"refresh_token": account.refresh_token})
+            for _ in range(10)
+        )
     )
-    assert sorted([first.status_code, second.status_code]) == [200, 401]
-    winner = first if first.status_code == 200 else second
-    revoked = await client.post(
-        "/auth/refresh", json={"refresh_token": winner.json()["refresh_token"]}
-    )
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    newest = answers[-1].json()["refresh_token"]
+    await asyncio.sleep(REFRESH_GRACE_S + 0.1)  # past the window
+    replay = await client.post("/auth/refresh", json={"refresh_token": account.refresh_token})
+    assert replay.status_code == 401
+    revoked = await client.post("/auth/refresh", json={"refresh_token": newest})
     assert revoked.status_code == 401
 
 

@@ -210,7 +210,7 @@ async def probe(infra, worker) -> AsyncIterator[ChatProbe]:
 
 
 def worker_metrics(process) -> dict[str, int]:
-    return httpx.get(f"{process.url}/metrics", timeout=5).json()
+    return httpx.get(f"{process.url}/stats", timeout=5).json()
 
 
 def unique(label: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.chat_worker.control import apply_command
+from services.chat_worker.control import EarlyCancels, apply_command, cancel_reply
 from services.chat_worker.frame_clock import flush_pending, frame_interval_s
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
 from shared.stream import CancelCommand, ResyncCommand
@@ -70,3 +70,25 @@ async def test_cancel_hits_only_the_named_reply_once_and_resync_answers_per_repl
         for reply in active:
             assert reply.task is not None
             reply.task.cancel()
+
+
+async def test_a_cancel_during_the_claim_is_kept_and_applied_to_the_new_reply():
+    """Between the worker's claim and the reply becoming active, a cancel was dropped (item 19)."""
+    frames = Frames()
+    early = EarlyCancels()
+    cancel = CancelCommand(conversation_id="c", message_id="u1", requested_by="x")
+    # No claim under way in the conversation: nothing to keep.
+    apply_command(cancel, [], frames, early)  # type: ignore[arg-type]
+    early.claim_started("c")
+    apply_command(cancel, [], frames, early)  # type: ignore[arg-type]
+    reply = _reply("c", "r1", "u1")
+    other = _reply("c", "r2", "u2")
+    assert early.take(other) is None
+    kept = early.take(reply)
+    assert kept is not None
+    reply.task = asyncio.create_task(asyncio.sleep(60))
+    assert cancel_reply(reply, kept.requested_by)
+    await asyncio.sleep(0)
+    assert reply.cancel_requested_by == "x" and reply.task.cancelled()
+    early.claim_ended("c")
+    assert early.take(reply) is None

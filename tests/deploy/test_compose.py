@@ -7,6 +7,7 @@ settings classes, and the nginx routes are resolved the way nginx chooses a loca
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from opentelemetry.sdk import environment_variables as otel_environment
 from pydantic import ValidationError
 
 from services.registry import SERVICES
@@ -50,6 +52,12 @@ from tests.deploy.compose_model import (
 )
 
 COMPOSE = load_compose()
+OTEL_SDK_VARIABLES = {
+    value
+    for name, value in vars(otel_environment).items()
+    if name.startswith("OTEL_") and isinstance(value, str)
+}
+"""Settings the OpenTelemetry SDK reads itself (shared/tracing.py installs it)."""
 SERVICES_IN_COMPOSE: dict[str, dict[str, Any]] = COMPOSE["services"]
 APP_SERVICES = sorted(name for name, svc in SERVICES_IN_COMPOSE.items() if is_convoai_image(svc))
 REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "CONVOAI_JWT_SECRET")
@@ -128,7 +136,7 @@ def test_the_image_is_built_once_from_the_repository_root() -> None:
 def test_environment_names_are_fields_of_the_services_settings(name: str) -> None:
     known = settings_env_names(command_of(name).settings_class)
     used = environment_of(SERVICES_IN_COMPOSE[name])
-    unknown = sorted(set(used) - set(known))
+    unknown = sorted(set(used) - set(known) - OTEL_SDK_VARIABLES)
     assert not unknown, f"{name}: not read by {command_of(name).settings_class.__name__}: {unknown}"
 
 
@@ -246,9 +254,16 @@ def test_container_ports_match_the_services_default_port(name: str) -> None:
 
 
 def test_only_the_proxy_publishes_a_port() -> None:
+    """Besides the proxy, only the opt-in observability UIs publish, and only on loopback."""
     published = {
-        name: svc["ports"] for name, svc in SERVICES_IN_COMPOSE.items() if svc.get("ports")
+        name: svc["ports"]
+        for name, svc in SERVICES_IN_COMPOSE.items()
+        if svc.get("ports") and "observability" not in svc.get("profiles", [])
     }
+    for name, svc in SERVICES_IN_COMPOSE.items():
+        if "observability" in svc.get("profiles", []):
+            for port in svc.get("ports", []):
+                assert str(interpolate(port, {})).startswith("127.0.0.1:"), (name, port)
     assert list(published) == ["proxy"] and len(published["proxy"]) == 1
     container_port = int(str(interpolate(published["proxy"][0], {})).rsplit(":", 1)[1])
     listen = nginx_server().values("listen")
@@ -603,7 +618,7 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
         "-f",
         str(compose_file),
     ]
-    for profile in ([], ["--profile", "mock"]):
+    for profile in ([], ["--profile", "mock"], ["--profile", "observability"]):
         result = subprocess.run(
             [*base, *profile, "config", "--quiet"], capture_output=True, text=True, timeout=60
         )
@@ -614,3 +629,27 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     )
     assert refused.returncode != 0
     assert any(secret in refused.stderr + refused.stdout for secret in REQUIRED_SECRETS)
+
+
+def test_only_the_proxy_address_is_trusted_for_forwarded_headers() -> None:
+    """A trusted `*` lets any peer name its own client address (issue 11, item 9)."""
+    proxy_address = SERVICES_IN_COMPOSE["proxy"]["networks"]["default"]["ipv4_address"]
+    subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(proxy_address) in ipaddress.ip_network(subnet)
+    platform_services = [
+        name
+        for name in APP_SERVICES
+        if "CONVOAI_JWT_SECRET" in environment_of(SERVICES_IN_COMPOSE[name])
+    ]
+    assert {"auth", "gateway", "analytics_consumer"} <= set(platform_services)
+    for name in platform_services:
+        trusted = environment_of(SERVICES_IN_COMPOSE[name]).get("CONVOAI_TRUSTED_PROXIES")
+        assert trusted == proxy_address, f"{name} trusts {trusted!r}"
+
+
+def test_nginx_forwards_the_peer_address_not_the_clients_header() -> None:
+    server = nginx_server()
+    for directive in [server, *server.children("location")]:
+        for args in directive.values("proxy_set_header"):
+            if args[0].lower() == "x-forwarded-for":
+                assert args[1] == "$remote_addr", f"{directive.args}: {args}"

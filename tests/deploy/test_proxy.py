@@ -167,3 +167,13 @@ def test_access_log_omits_the_token_in_the_query_string(proxy: Proxy) -> None:
 
     log = wait_until(logged, timeout_s=5, message="nginx wrote no access log line")
     assert "secret-token-value" not in log
+
+
+def test_a_forged_forwarded_for_header_does_not_reach_the_services(proxy: Proxy) -> None:
+    """The services trust only the proxy; the proxy must not pass on what the client wrote."""
+    request = urllib.request.Request(
+        f"{proxy.url}/auth/token", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["x_forwarded_for"] == "127.0.0.1"

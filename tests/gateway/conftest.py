@@ -33,6 +33,7 @@ GATEWAY_ENV = {
     "CONVOAI_WS_AUTH_TIMEOUT_S": "2",
     "CONVOAI_RESYNC_TIMEOUT_S": "1.5",
     "CONVOAI_WS_SEND_QUEUE_SIZE": "500",
+    "CONVOAI_ALLOWED_MODELS": json.dumps(["mock-1", "m2", "mock"]),
 }
 
 

@@ -185,6 +185,17 @@ async def test_cancel_mid_reply_stops_it_and_keeps_the_partial(gateway, worker, 
     await socket.close()
 
 
+async def test_cancel_with_nothing_streaming_says_so_while_a_worker_runs(gateway, worker, new_user):
+    """Every worker binds `conv.*`, so a cancel always looked routed and `nothing_to_cancel`
+    never reached a client (issue 11, item 18): the worker holding the reply now answers."""
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    socket = await open_socket(gateway, alice)
+    idle = await socket.request({"type": "cancel", "conversation_id": cid}, "error")
+    assert idle["code"] == "nothing_to_cancel" and idle["conversation_id"] == cid
+    await socket.close()
+
+
 async def test_a_failing_model_gives_the_client_reply_failed_with_a_code(
     gateway, worker, mock_llm, new_user
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 from typing import Any, get_args
@@ -9,7 +10,14 @@ from typing import Any, get_args
 import pytest
 
 from services.gateway import frame_handlers, ws
-from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from services.gateway.errors import (
+    ChatError,
+    Conflict,
+    InvalidInput,
+    ModelNotAllowed,
+    NotFound,
+    RateLimited,
+)
 from services.gateway.frame_handlers import FRAME_HANDLERS
 from services.gateway.protocol import (
     BAD_FRAME_CODES,
@@ -28,7 +36,8 @@ from services.gateway.protocol import (
     parse_client_frame,
 )
 from services.gateway.settings import GatewaySettings
-from shared.stream import StreamFrame
+from services.gateway.watch import ConversationWatch
+from shared.stream import ReplyStartedFrame, StreamFrame
 
 
 def test_every_client_frame_type_parses_to_its_model_and_has_a_handler():
@@ -82,9 +91,11 @@ def test_server_inventory_covers_reply_frames_and_every_refusal_code():
     # The worker's snapshot answer goes to gateways only, never to a client.
     assert reply_types - {"reply.snapshot"} == REPLY_FRAME_TYPES
     assert REPLY_FRAME_TYPES < SERVER_FRAME_TYPES and "error" in SERVER_FRAME_TYPES
-    assert {e.code for e in (ChatError, NotFound, Conflict, InvalidInput)} == CHAT_ERROR_CODES
+    assert {
+        e.code for e in (ChatError, NotFound, Conflict, InvalidInput, ModelNotAllowed)
+    } == CHAT_ERROR_CODES
     assert RateLimited.code in ERROR_CODES and CHAT_ERROR_CODES < ERROR_CODES
-    assert {1000, 1008, 1009, 1013} == CLOSE_CODES
+    assert {1000, 1008, 1009, 1013, 4001, 4029} == CLOSE_CODES
 
 
 def _socket() -> tuple[ws.ChatSocket, list[dict[str, Any]]]:
@@ -136,3 +147,58 @@ async def test_dispatch_turns_refusals_into_error_frames_with_the_frame_context(
             "conversation_id": "c",
         },
     ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # 60 KB of nested arrays: json.loads used to raise RecursionError, dropping the socket
+        # with a traceback (issue 11, item 5).
+        "[" * 30_000 + "]" * 30_000,
+        json.dumps(
+            {
+                "type": "ping",
+                "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+            }
+        ),
+    ],
+)
+def test_deep_nesting_is_a_bad_frame_not_a_crash(raw):
+    with pytest.raises(BadFrame) as bad:
+        parse_client_frame(raw, 100_000)
+    assert bad.value.code == "invalid_frame" and "nested" in bad.value.message
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\ud800b"])
+def test_nul_and_lone_surrogates_are_invalid_input(text):
+    frame = {
+        "type": "send_message",
+        "conversation_id": "c",
+        "content": text,
+        "client_message_id": "k",
+    }
+    with pytest.raises(BadFrame) as bad:
+        parse_client_frame(json.dumps(frame), 1024)
+    assert bad.value.code == "invalid_input" and bad.value.code in ERROR_CODES
+
+
+async def test_a_failed_resync_after_an_outage_still_forwards_frames(monkeypatch):
+    """A database error during the resync left the watch buffering for ever (item 17)."""
+    socket, sent = _socket()
+    forwarded: list[dict[str, Any]] = []
+    watch = ConversationWatch("c", forwarded.append, socket._resync_after_recovery)
+    socket._watches["c"] = watch
+
+    async def database_down(_watch: Any) -> None:
+        raise ConnectionRefusedError("database unavailable")
+
+    monkeypatch.setattr(socket, "_send_snapshot", database_down)
+    watch.broker_recovered()
+    await asyncio.gather(*socket._tasks)
+    watch.deliver(
+        ReplyStartedFrame(
+            conversation_id="c", message_id="r", reply_to="u", seq=0, attempt=1, model="m"
+        )
+    )
+    assert [f["type"] for f in forwarded] == ["reply.started"]
+    assert sent[-1]["code"] == "unavailable" and sent[-1]["conversation_id"] == "c"

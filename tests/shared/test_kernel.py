@@ -63,10 +63,11 @@ def test_parse_event_ignores_unknown_fields_and_rejects_unknown_types():
         parse_event({"type": "user.logged_in", "event_id": str(uuid.uuid4())})
 
 
-def test_placeholder_secret_refused_in_production_only():
+@pytest.mark.parametrize("environment", ["production", "test"])
+def test_placeholder_secret_refused_outside_development(environment):
     ServiceSettings(environment="development")
     with pytest.raises(ValidationError, match="placeholder"):
-        ServiceSettings(environment="production", jwt_secret=PLACEHOLDER_SECRET)
+        ServiceSettings(environment=environment, jwt_secret=PLACEHOLDER_SECRET)
     ServiceSettings(environment="production", jwt_secret="x" * 40)
     with pytest.raises(ValidationError):
         ServiceSettings(jwt_secret="too-short")

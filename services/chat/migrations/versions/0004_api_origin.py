@@ -1,14 +1,14 @@
 """conversations made by the OpenAI-compatible API: origin and key
 
-Revision ID: chat_0003
-Revises: chat_0002
+Revision ID: chat_0004
+Revises: chat_0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "chat_0003"
-down_revision = "chat_0002"
+revision = "chat_0004"
+down_revision = "chat_0003"
 branch_labels = None
 depends_on = None
 

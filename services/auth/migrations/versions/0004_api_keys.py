@@ -1,14 +1,14 @@
 """api keys
 
-Revision ID: auth_0003
-Revises: auth_0002
+Revision ID: auth_0004
+Revises: auth_0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "auth_0003"
-down_revision = "auth_0002"
+revision = "auth_0004"
+down_revision = "auth_0003"
 branch_labels = None
 depends_on = None
 
