@@ -192,6 +192,7 @@ async def main() -> None:
     parser.add_argument("--ledger-samples", type=int, default=300, help="ledger timing samples")
     args = parser.parse_args()
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.infra import create_database, drop_database  # the same throwaway database helpers
 
     run = secrets.token_hex(4)
@@ -209,7 +210,11 @@ async def main() -> None:
                 CONVOAI_ADMIN_EMAIL="benchadmin@example.com",
                 CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
             )
-            gateway = stack.start("gateway", CONVOAI_API_REQUESTS_PER_MINUTE="100000")
+            gateway = stack.start(
+                "gateway",
+                CONVOAI_API_REQUESTS_PER_MINUTE="100000",
+                CONVOAI_MESSAGES_PER_MINUTE="100000",
+            )
             stack.start("chat_worker", CONVOAI_LLM_BASE_URL=f"{mock}/v1")
             stack.wait()
             async with httpx.AsyncClient(base_url=auth, timeout=60) as client:
