@@ -57,6 +57,7 @@ SERVICES: dict[str, ServiceSpec] = {
 MIGRATED_SCHEMAS: dict[str, str] = {
     "auth": "services.auth",
     "chat": "services.chat",
+    "budgets": "services.budgets",
     "analytics": "services.analytics_consumer",
     # After `chat`: its files and reply sources refer to chat's assistants and messages.
     "knowledge": "services.knowledge",

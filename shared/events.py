@@ -137,6 +137,28 @@ ACCESS_REVOKING_EVENTS: tuple[type[Event], ...] = (
 """After one of these, access tokens of its `user_id` issued before its `occurred_at` are void."""
 
 
+# --- api keys ------------------------------------------------------------------------------
+
+
+class ApiKeyCreated(Event):
+    """Sent when a user (or an admin for them) creates a key for the OpenAI-compatible API."""
+
+    type: Literal["api_key.created"] = "api_key.created"
+    key_id: str
+    name: str
+    prefix: str
+    expires_at: datetime | None = None
+    store_content: bool = False
+
+
+class ApiKeyRevoked(Event):
+    """Sent when a key is revoked; `user_id` is the key's owner, `actor_id` who revoked it."""
+
+    type: Literal["api_key.revoked"] = "api_key.revoked"
+    key_id: str
+    actor_id: str | None = None
+
+
 # --- conversations -------------------------------------------------------------------------
 
 
@@ -318,6 +340,8 @@ KnownEvent = Annotated[
     | UserReactivated
     | UserRoleChanged
     | UserSessionsRevoked
+    | ApiKeyCreated
+    | ApiKeyRevoked
     | ConversationCreated
     | ConversationRenamed
     | ConversationEnded
@@ -347,6 +371,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         UserReactivated,
         UserRoleChanged,
         UserSessionsRevoked,
+        ApiKeyCreated,
+        ApiKeyRevoked,
         ConversationCreated,
         ConversationRenamed,
         ConversationEnded,

@@ -17,6 +17,7 @@ class IdKind(IntEnum):
     ASSISTANT = 12
     MESSAGE = 10
     FILE = 14
+    API_KEY = 15
 
 
 ANONYMOUS_OWNER_PREFIX = "~"

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from services.auth import models
+from services.auth import api_keys, models
 from services.auth.api import account_error_handler, router
 from services.auth.bootstrap import AdminBootstrapError, ensure_first_admin
 from services.auth.errors import AccountError
@@ -104,7 +104,7 @@ def create_app(settings: AuthSettings | None = None) -> FastAPI:
                 settings.register_rate_limit, settings.register_rate_window_s
             ),
         },
-        routers=[router],
+        routers=[router, api_keys.router],
         metrics_refresh=[outbox_backlog(outbox, "auth")],
     )
     app.add_exception_handler(AccountError, account_error_handler)

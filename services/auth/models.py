@@ -98,3 +98,33 @@ class LoginFailure(Base):
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_login_failures_subject_failed_at", "subject", "failed_at"),)
+
+
+API_KEY_PREFIX = "cvai-"
+API_KEY_NAME_MAX_LENGTH = 100
+
+
+class ApiKey(Base):
+    """A user's key for the OpenAI-compatible API; only the SHA-256 of the secret is kept.
+
+    The secret carries 256 random bits, so a plain digest (no salt, no slow hash) cannot be
+    reversed, and it lets a gateway find the key with one indexed lookup per request.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[str] = mapped_column(
+        String(16), ForeignKey("auth.users.id", ondelete="CASCADE")
+    )
+    name: Mapped[str] = mapped_column(String(API_KEY_NAME_MAX_LENGTH))
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The first characters of the secret, shown in listings so a user can tell keys apart."""
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    store_content: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_keys_user_id", "user_id"),)

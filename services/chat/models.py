@@ -44,6 +44,10 @@ MAX_SYSTEM_PROMPT_LENGTH = 8000
 MAX_MODEL_NAME_LENGTH = 100
 
 
+ORIGIN_CHAT = "chat"
+ORIGIN_API = "api"
+
+
 class ConversationStatus(StrEnum):
     ACTIVE = "active"
     ENDED = "ended"
@@ -93,6 +97,9 @@ class Conversation(Base):
     model: Mapped[str | None] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
     temperature: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16), default=ConversationStatus.ACTIVE)
+    origin: Mapped[str] = mapped_column(String(8), default=ORIGIN_CHAT, server_default=ORIGIN_CHAT)
+    """`api`: made by one `/v1/chat/completions` request, not shown in the chat's lists."""
+    api_key_id: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

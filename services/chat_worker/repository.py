@@ -17,6 +17,7 @@ import asyncpg
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.budgets.ledger import SETTLE_CTE
 from services.chat.models import (
     ASSISTANTS,
     CONVERSATIONS,
@@ -168,8 +169,9 @@ WITH finished AS (
         ttft_ms = $8, duration_ms = $9, finish_reason = $10, error_code = $11,
         updated_at = now()
     WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
-    RETURNING id
-), {outbox_rows_for(OUTBOX, "finished", 12)}
+    RETURNING id, reply_to
+), {outbox_rows_for(OUTBOX, "finished", 12)},
+{SETTLE_CTE("finished", "coalesce($6::int, 0) + coalesce($7::int, 0)")}
 SELECT (SELECT count(*) FROM finished) AS finished,
        EXISTS (SELECT 1 FROM {MESSAGES}
                WHERE id = $1 AND attempt = $2 AND status = $5 AND seq = $4) AS already

@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.budgets import api as budgets_api
+from services.budgets.release import release_stale_forever
 from services.chat import models
-from services.gateway import api, files_api, ws
+from services.gateway import api, files_api, openai_api, ws
 from services.gateway.account_erasure import AccountEraser
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
@@ -79,6 +81,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await fanout.start()
         await revocation_feed.start()
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
+        runtime.run_in_background(
+            release_stale_forever(runtime.sessions, settings.reservation_ttl_s), "budget-release"
+        )
         runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
         await revocation_feed.stop()
@@ -101,7 +106,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         state={"outbox": outbox, "token_verifier": verifier, "gateway": gateway},
         readiness={"stream": check_stream, "revocations": revocation_feed.check},
-        routers=[api.router, files_api.router, ws.router, asyncapi_router(runtime.topology)],
+        routers=[
+            api.router,
+            files_api.router,
+            openai_api.router,
+            budgets_api.router,
+            ws.router,
+            asyncapi_router(runtime.topology),
+        ],
         metrics_refresh=[
             outbox_backlog(outbox, "chat"),
             outbox_backlog(knowledge_outbox, "knowledge"),

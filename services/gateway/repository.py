@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.chat.models import (
     CONVERSATIONS,
     MESSAGES,
+    ORIGIN_CHAT,
     OUTBOX,
     Assistant,
     Conversation,
@@ -71,7 +72,9 @@ async def list_conversations(
     skip: int,
     limit: int,
 ) -> tuple[Sequence[Conversation], int]:
-    query = select(Conversation).where(Conversation.owner_id == owner_id)
+    query = select(Conversation).where(
+        Conversation.owner_id == owner_id, Conversation.origin == ORIGIN_CHAT
+    )
     if search:
         query = query.where(Conversation.title.ilike(contains_pattern(search), escape=LIKE_ESCAPE))
     if status is not None:

@@ -94,3 +94,23 @@ class GatewaySettings(ServiceSettings):
     knowledge_max_bytes_per_user: int = Field(
         default=200 * 2**20, ge=1, description="Total bytes of knowledge files per user."
     )
+    api_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o-mini"],
+        description="Models GET /v1/models lists and POST /v1/chat/completions accepts.",
+    )
+    api_requests_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="API requests per minute per user across all gateways (unless an admin "
+        "set the user's own limit).",
+    )
+    api_default_max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Reply tokens reserved from the budget when a request sets no max_tokens.",
+    )
+    reservation_ttl_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A budget reservation no reply settled within this long is given back.",
+    )
