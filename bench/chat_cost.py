@@ -3,8 +3,8 @@
 It starts nothing. Run a stack first (its own ports and namespace, the limits raised):
 
     CONVOAI_MESSAGES_PER_MINUTE=100000 CONVOAI_WS_FRAMES_PER_SECOND=1000 \\
-        convoai up --workers 2 --port-offset 300
-    .venv/bin/python bench/chat_cost.py --port-offset 300 --users 50 --idle-sockets 10000
+        convoai up --workers 2 --port-offset 300 --stack perf
+    .venv/bin/python bench/chat_cost.py --port-offset 300 --stack perf --idle-sockets 10000
 
 One run prints:
 - `broker_floor`: aio-pika round trips on the same RabbitMQ (bench/chat_load.py's);
@@ -43,9 +43,11 @@ import aio_pika
 import chat_load
 import httpx
 import openai
+from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.mock_llm.settings import MockLLMSettings
+from services.runner import plan_stack
 from shared.settings import ServiceSettings
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -192,8 +194,10 @@ class BrokerTap:
 
     def bindings(self) -> list[tuple[str, str, str]]:
         out = subprocess.run(
-            ["rabbitmqctl", "list_bindings", "-q", "--formatter", "json"]
-            + ["source_name", "destination_name", "routing_key"],
+            [
+                *("rabbitmqctl", "list_bindings", "-q", "--formatter", "json"),
+                *("source_name", "destination_name", "routing_key"),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -270,9 +274,7 @@ async def direct_to_model(mock_url: str, users: int, duration_s: float, cpu: Cpu
         "requests_per_s": round(done / elapsed, 1),
         "empty_replies": wrong,
         "cpu_ms_per_request": {
-            n: round(v / done, 3)
-            for n, v in cpu.spent.items()
-            if n.startswith("mock_llm") and done
+            n: round(v / done, 3) for n, v in cpu.spent.items() if n.startswith("mock_llm") and done
         },
     }
 
@@ -322,7 +324,7 @@ async def idle_sockets(
                 while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "ready":
                     pass
                 sockets.append(socket)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:  # counted and reported
                 failures[type(exc).__name__] += 1
 
     rss_before = rss_kib(gateway_pid)
@@ -359,8 +361,7 @@ async def main() -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--port-offset", type=int, default=0, help="the stack's --port-offset")
-    parser.add_argument("--namespace", help="broker namespace (default: the stack's)")
-    parser.add_argument("--database", help="database name (default: the stack's)")
+    parser.add_argument("--stack", help="the stack's --stack name (default: pN for offset N)")
     parser.add_argument("--users", type=int, default=50, help="virtual users (one socket each)")
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per paced user")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
@@ -376,13 +377,10 @@ async def main() -> None:
     mock_url = f"http://127.0.0.1:{8009 + args.port_offset}"
 
     settings = ServiceSettings()
-    suffix = f"p{args.port_offset}" if args.port_offset else ""
-    namespace = args.namespace or (
-        f"{settings.namespace[: 31 - len(suffix)]}-{suffix}" if suffix else settings.namespace
-    )
-    database = args.database or (
-        (settings.database_url.rsplit("/", 1)[-1] + (f"_{suffix}" if suffix else ""))
-    )
+    # The same names `convoai up` gives the stack (services/runner.py plan_stack).
+    stack = plan_stack(settings, "127.0.0.1", args.port_offset, args.stack)
+    namespace = stack.namespace
+    database = make_url(stack.database_url).database or ""
     processes = stack_processes(args.port_offset, database)
     gateway_pid = next(p for n, p in processes.items() if n.startswith("gateway"))
     cpu = CpuWindow(processes)
