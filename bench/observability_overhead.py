@@ -81,7 +81,10 @@ class _Sink(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--turns", type=int, default=5000, help="turns per measurement")
     args = parser.parse_args()
     event = ReplyCompleted(

@@ -137,7 +137,10 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--messages", type=int, default=20_000, help="messages per drain")
     parser.add_argument("--rounds", type=int, default=3, help="drains per consumer style")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -244,6 +244,14 @@ def plan_stack(
     return Stack(namespace, database_url, origins)
 
 
+def _gateway_env(port_offset: int) -> dict[str, str]:
+    """Where the gateway forwards the web app's sign-in, auth and analytics calls."""
+    return {
+        "CONVOAI_AUTH_URL": f"http://127.0.0.1:{8001 + port_offset}",
+        "CONVOAI_ANALYTICS_URL": f"http://127.0.0.1:{8002 + port_offset}",
+    }
+
+
 def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -> list[Child]:
     """The processes to start, in start order; ports are the defaults shifted by `port_offset`."""
     colours = iter(_COLOURS * 4)
@@ -260,7 +268,7 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
         llm_env = {"CONVOAI_LLM_BASE_URL": f"http://127.0.0.1:{8009 + port_offset}/v1"}
     children.append(child("auth", "auth", 8001))
     children.append(child("analytics", "analytics_consumer", 8002))
-    children.append(child("gateway", "gateway", 8000))
+    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset)))
     # Workers listen on 8003, 8004, … (health and metrics only), stepping over mock_llm's 8009.
     worker_ports = (p for p in range(8003, 8100) if p != 8009)
     for n, port in zip(range(1, workers + 1), worker_ports, strict=False):

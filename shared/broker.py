@@ -10,13 +10,12 @@ from typing import Any
 import aio_pika
 from faststream.rabbit import Channel, RabbitBroker
 
+from shared.confirmed_channel import ConfirmedChannel
 from shared.events import Event
 from shared.logging import redact_url
 from shared.topology import Topology
 
 log = logging.getLogger(__name__)
-
-PUBLISH_TIMEOUT_S = 10.0
 
 
 class BrokerUnavailable(RuntimeError):
@@ -90,11 +89,16 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
 
 
 class EventPublisher:
-    """Publishes domain events to `<ns>.events`: persistent, confirmed, routing key = type."""
+    """Publishes domain events to `<ns>.events`: persistent, confirmed, routing key = type.
 
-    def __init__(self, broker: RabbitBroker, topology: Topology) -> None:
-        self._broker = broker
-        self._topology = topology
+    On its own connection and channel (`ConfirmedChannel`), not the FastStream broker's: a
+    channel that stops confirming must be replaced, and FastStream keeps its channel for life.
+    """
+
+    def __init__(self, amqp_url: str, topology: Topology, *, connection_name: str) -> None:
+        self._channel = ConfirmedChannel(
+            amqp_url, topology.events.name, connection_name=connection_name
+        )
 
     async def publish(self, event: Event) -> None:
         await self.publish_raw(
@@ -109,14 +113,22 @@ class EventPublisher:
         correlation_id: str | None = None,
         headers: dict[str, Any] | None = None,
     ) -> None:
-        await self._broker.publish(
-            body,
-            exchange=self._topology.events,
-            routing_key=routing_key,
-            persist=True,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            content_type="application/json",
-            headers=headers,
-            timeout=PUBLISH_TIMEOUT_S,
+        await self._channel.publish(
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                correlation_id=correlation_id,
+                content_type="application/json",
+                app_id="convoai",
+                headers=headers,
+            ),
+            routing_key,
         )
+
+    @property
+    def channels_replaced(self) -> int:
+        return self._channel.channels_replaced
+
+    async def close(self) -> None:
+        await self._channel.close()

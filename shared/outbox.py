@@ -12,6 +12,7 @@ slower than the grace period) is harmless.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -48,7 +49,13 @@ _STAGED_KEY = "convoai.outbox.staged"
 FORGET_BATCH_DELAY_S = 0.25
 """Published rows are deleted together this long after the first: one DELETE per window, not
 per event. Other relays leave them alone meanwhile (they only take rows past the grace period)."""
-RELAY_ATTEMPT_TIMEOUT_S = 15.0
+RELEASE_BATCH_DELAY_S = 0.1
+RELAY_ATTEMPT_TIMEOUT_S = 30.0
+"""Two confirm timeouts and two connects per event fit in it: the publisher's own bounds fire
+first, so a stuck channel is replaced rather than the whole attempt abandoned."""
+RELAY_RETRY_DELAY_S = 0.2
+"""After a failed attempt the relay tries again this soon, on a fresh channel: a dead node must
+not leave events waiting for the next poll."""
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -135,6 +142,8 @@ class Outbox:
         # overloaded process does not publish its own events twice.
         self._in_flight: set[str] = set()
         self._forgetting: asyncio.Task[None] | None = None
+        self._unpublished: list[str] = []
+        self._releasing: asyncio.Task[None] | None = None
 
     async def stage(self, session: AsyncSession, *events: Event) -> None:
         """Write `events` in `session`'s transaction; they are published only if it commits."""
@@ -193,9 +202,17 @@ class Outbox:
         except Exception as exc:
             log.warning(
                 "outbox fast path failed; the relay will publish later",
-                extra={"error": repr(exc), "pending": len(staged) - len(published)},
+                extra={"error": repr(exc)[:300], "pending": len(staged) - len(published)},
             )
-            self._in_flight.difference_update(s.event_id for s in staged[len(published) :])
+            unpublished = [s.event_id for s in staged[len(published) :]]
+            self._in_flight.difference_update(unpublished)
+            # The publisher already tried a fresh channel: hand the rows to the relay now, not
+            # a grace period after they were written (a dead node must not add to their age).
+            self._unpublished.extend(unpublished)
+            if self._releasing is None or self._releasing.done():
+                self._releasing = asyncio.create_task(self._release_unpublished())
+                self._background.add(self._releasing)
+                self._releasing.add_done_callback(self._background.discard)
         if published:
             # Forgetting the rows is not on the caller's path; a leftover row is only republished.
             # Rows published close together are deleted by one statement: under load that saves
@@ -205,6 +222,22 @@ class Outbox:
                 self._forgetting = asyncio.create_task(self._forget_published())
                 self._background.add(self._forgetting)
                 self._forgetting.add_done_callback(self._background.discard)
+
+    async def _release_unpublished(self) -> None:
+        # Batched like `_forget_published`: when a node dies, many commits fail at once.
+        while self._unpublished:
+            await asyncio.sleep(RELEASE_BATCH_DELAY_S)
+            event_ids, self._unpublished = self._unpublished, []
+            t = self._table
+            try:
+                async with transaction(self._sessions) as session:
+                    await session.execute(
+                        update(t)
+                        .where(t.c.event_id.in_(event_ids))
+                        .values(created_at=t.c.created_at - self._relay_grace)
+                    )
+            except Exception as exc:
+                log.warning("outbox release failed", extra={"error": repr(exc)[:300]})
 
     async def _forget_published(self) -> None:
         while self._published:
@@ -257,12 +290,25 @@ class Outbox:
             ).all()
         if not rows:
             return 0
-        for row in sorted(rows, key=lambda r: r.id):
-            await self._publish(
-                row.routing_key, row.payload, row.event_id, row.correlation_id, row.trace_context
-            )
-        async with transaction(self._sessions) as session:
-            await session.execute(delete(t).where(t.c.id.in_([r.id for r in rows])))
+        published: list[int] = []
+        try:
+            for row in sorted(rows, key=lambda r: r.id):
+                await self._publish(
+                    row.routing_key,
+                    row.payload,
+                    row.event_id,
+                    row.correlation_id,
+                    row.trace_context,
+                )
+                published.append(row.id)
+        except BaseException:
+            # The publisher already tried a fresh channel. Give the rest of the batch back at
+            # once (not after the lease) so the next attempt, on yet another channel or node,
+            # does not wait on this one; forget what did go out.
+            unpublished = [r.id for r in rows if r.id not in set(published)]
+            await asyncio.shield(self._settle_batch(published, unpublished))
+            raise
+        await self._settle_batch(published, [])
         return len(rows)
 
     async def _publish(
@@ -278,9 +324,39 @@ class Outbox:
                 routing_key, payload, event_id, correlation_id, headers
             )
 
+    async def _settle_batch(self, published: list[int], unpublished: list[int]) -> None:
+        t = self._table
+        async with transaction(self._sessions) as session:
+            if published:
+                await session.execute(delete(t).where(t.c.id.in_(published)))
+            if unpublished:
+                await session.execute(
+                    update(t)
+                    .where(t.c.id.in_(unpublished))
+                    .values(created_at=t.c.created_at - self._relay_grace)
+                )
+
+    async def oldest_age_s(self) -> float | None:
+        """Seconds since the oldest event still in the table happened (None when it is empty).
+
+        From the event's own `occurred_at`: `created_at` moves with every lease.
+        """
+        t = self._table
+        async with self._sessions() as session:
+            payload = (
+                await session.execute(select(t.c.payload).order_by(t.c.id).limit(1))
+            ).scalar_one_or_none()
+        if payload is None:
+            return None
+        occurred_at = datetime.fromisoformat(json.loads(payload)["occurred_at"])
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)
+        return max(0.0, (datetime.now(UTC) - occurred_at).total_seconds())
+
     async def relay_forever(self) -> None:
         """Background loop: drain leftovers, back off while the broker or database is down."""
         while True:
+            failed = False
             try:
                 # Bounded: a publish stuck on a half-recovered connection must not stall the
                 # relay forever; the batch's rows stay and are claimed again.
@@ -291,14 +367,27 @@ class Outbox:
                     raise
                 # A dropped AMQP connection cancels its pending futures: not our cancellation.
                 log.warning("outbox relay interrupted by the broker, retrying")
-                sent = 0
+                sent, failed = 0, True
             except Exception as exc:
-                log.warning("outbox relay failed, retrying", extra={"error": repr(exc)})
-                sent = 0
+                log.warning(
+                    "outbox relay failed, retrying",
+                    extra={"error": repr(exc)[:300], "oldest_age_s": await self._age_or_none()},
+                )
+                sent, failed = 0, True
             if sent:
-                log.info("outbox relayed", extra={"count": sent})
+                log.info(
+                    "outbox relayed",
+                    extra={"count": sent, "oldest_age_s": await self._age_or_none()},
+                )
                 continue
-            await asyncio.sleep(self._poll_interval_s)
+            await asyncio.sleep(RELAY_RETRY_DELAY_S if failed else self._poll_interval_s)
+
+    async def _age_or_none(self) -> float | None:
+        try:
+            age = await self.oldest_age_s()
+        except Exception:
+            return None  # the database is what failed; the warning already says so
+        return None if age is None else round(age, 3)
 
     async def backlog(self) -> tuple[int, float]:
         """Rows waiting to be published and the age in seconds of the oldest (0 when none)."""

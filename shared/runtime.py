@@ -44,6 +44,7 @@ class ServiceRuntime:
         topology = Topology(settings.namespace)
         broker = create_broker(settings.amqp_url, prefetch=prefetch)
         engine = create_engine(settings.database_url, pool_size=db_pool_size)
+        instance_id = settings.instance_id or f"{service}-{secrets.token_hex(4)}"
         return cls(
             service=service,
             settings=settings,
@@ -51,8 +52,10 @@ class ServiceRuntime:
             engine=engine,
             sessions=create_session_factory(engine),
             topology=topology,
-            publisher=EventPublisher(broker, topology),
-            instance_id=settings.instance_id or f"{service}-{secrets.token_hex(4)}",
+            publisher=EventPublisher(
+                settings.amqp_url, topology, connection_name=f"{instance_id}-events"
+            ),
+            instance_id=instance_id,
         )
 
     async def start(self) -> None:
@@ -73,6 +76,7 @@ class ServiceRuntime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.broker.stop()
+        await self.publisher.close()
         await self.engine.dispose()
         log.info("service stopped", extra={"service": self.service, "instance": self.instance_id})
 

@@ -26,6 +26,7 @@ from services.analytics_consumer.schemas import (
     Summary,
     TopUser,
     TrackActivity,
+    TtftDay,
     UserRow,
 )
 from shared.db import transaction
@@ -288,6 +289,33 @@ async def daily_stats(
         skip=skip,
         limit=limit,
     )
+
+
+@readers.get("/ttft-daily")
+async def ttft_daily(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
+    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
+    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
+) -> Page[TtftDay]:
+    """Time-to-first-token p50/p95 per day, newest first (null where no reply completed)."""
+    last = end or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    stored = await repository.ttft_by_day(session, DateRange(first, last))
+    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
+    items = []
+    for day in wanted:
+        row = stored.get(day)
+        items.append(
+            TtftDay(
+                date=day,
+                replies=row["replies"] if row else 0,
+                ttft_p50_ms=row["p50"] if row else None,
+                ttft_p95_ms=row["p95"] if row else None,
+            )
+        )
+    return Page(items=items, total=days, skip=skip, limit=limit)
 
 
 def _daily_row(day: date, row: Any) -> DailyRow:

@@ -294,6 +294,24 @@ async def api_usage(
     return [dict(row._mapping) for row in rows], total
 
 
+async def ttft_by_day(session: AsyncSession, days: DateRange) -> dict[date, dict[str, Any]]:
+    """Nearest-rank p50/p95 time-to-first-token of the completed replies of each UTC day."""
+    r = models.ReplyMetrics
+    day = func.date(func.timezone("UTC", r.occurred_at)).label("day")
+    query = (
+        select(
+            day,
+            func.count().label("replies"),
+            func.percentile_disc(0.5).within_group(r.ttft_ms).label("p50"),
+            func.percentile_disc(0.95).within_group(r.ttft_ms).label("p95"),
+        )
+        .where(r.status == "completed", r.ttft_ms.is_not(None))
+        .group_by(day)
+    )
+    rows = await session.execute(_in_range(query, r.occurred_at, days))
+    return {row.day: dict(row._mapping) for row in rows}
+
+
 async def daily_stats(
     session: AsyncSession, first: date, last: date
 ) -> dict[date, models.DailyStats]:

@@ -151,6 +151,13 @@ class DailyRow(BaseModel):
     api_server_errors: int
 
 
+class TtftDay(BaseModel):
+    date: date
+    replies: int = Field(description="Completed replies with a time to first token.")
+    ttft_p50_ms: float | None = Field(description="Nearest-rank, over that day's replies.")
+    ttft_p95_ms: float | None
+
+
 class ModelRow(BaseModel):
     model: str
     replies_completed: int

@@ -16,6 +16,7 @@ from services.gateway.open_sockets import OpenSockets
 from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
+from services.gateway.webapp import install_webapp
 from services.knowledge import models as knowledge_models
 from services.knowledge.service import KnowledgeFiles, UploadLimits
 from shared.asyncapi import asyncapi_router
@@ -109,4 +110,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     api.install_error_handlers(app)
     files_api.install_error_handlers(app)
+    install_webapp(app, settings)
     return app

@@ -10,6 +10,14 @@ class GatewaySettings(ServiceSettings):
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="Origins a browser WebSocket may connect from.",
     )
+    auth_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="Where the web app's sign-in and /auth, /users calls are forwarded.",
+    )
+    analytics_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="Where the web app's /api/v1/analytics calls are forwarded.",
+    )
     max_message_length: int = Field(
         default=16_000, ge=1, le=1_000_000, description="Characters in one user message."
     )

@@ -75,6 +75,7 @@ class FaultRequest(BaseModel):
     ttft_ms: float | None = Field(default=None, ge=0)
     reply_tokens: int | None = Field(default=None, ge=1, le=100_000)
     write_window_ms: float | None = Field(default=None, ge=0)
+    content: str | None = Field(default=None, min_length=1, max_length=100_000)
     times: int = Field(default=1, ge=-1)
     match: str | None = None
 
@@ -142,6 +143,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
         mock.settings,
         body.max_completion_tokens or body.max_tokens,
         fault.reply_tokens if fault is not None else None,
+        fault.content if fault is not None else None,
     )
     ttft_s, tps = _pace(mock.settings, fault)
     window_s = (

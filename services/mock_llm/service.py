@@ -86,13 +86,18 @@ def expected_reply(
     settings: MockLLMSettings,
     max_tokens: int | None = None,
     reply_tokens: int | None = None,
+    content: str | None = None,
 ) -> Reply:
     """Exactly what mock_llm streams for this request (absent faults that cut it short).
 
-    `reply_tokens` is the length a matching fault rule sets instead of the configured one.
+    `reply_tokens` is the length a matching fault rule sets instead of the configured one;
+    `content` is the text a matching rule makes the reply (one token per word).
     """
-    count = reply_tokens or settings.reply_tokens
-    tokens = reply_tokens_for(last_user_message(messages), count, settings.seed)
+    if content:
+        tokens = tuple(re.findall(r"\s*\S+", content)) or (content,)
+    else:
+        count = reply_tokens or settings.reply_tokens
+        tokens = reply_tokens_for(last_user_message(messages), count, settings.seed)
     finish_reason = "stop"
     if max_tokens is not None and 0 < max_tokens < len(tokens):
         tokens = tokens[:max_tokens]
@@ -116,6 +121,8 @@ class FaultRule:
     reply_tokens: int | None = None
     write_window_ms: float | None = None
     """Pace and length overrides: a rule may also just shape the calls it matches."""
+    content: str | None = None
+    """Reply with this text instead of the hashed words (e.g. hostile Markdown for the web app)."""
     times: int = 1
     match: str | None = None
     """Only calls whose last user message contains this text (so parallel tests do not collide)."""

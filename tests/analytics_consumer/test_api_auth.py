@@ -19,6 +19,7 @@ READS = [
     "/api-usage",
     "/daily-stats",
     "/models",
+    "/ttft-daily",
 ]
 ACTIVITY = {"activity_type": "manual_note", "user_id": "u-someone", "details": {"note": "hi"}}
 

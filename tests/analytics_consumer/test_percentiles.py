@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
@@ -62,3 +63,49 @@ async def test_percentiles_match_a_reference_computation(stack):
             nearest_rank(values, 50),
             nearest_rank(values, 95),
         )
+
+
+async def test_ttft_per_day_is_the_nearest_rank_of_that_days_replies(stack):
+    process = stack.start_consumer()
+    rng = random.Random(7)
+    last = datetime.now(UTC).date() - timedelta(days=20)
+    by_day: dict[date, list[float]] = {last: [], last - timedelta(days=1): []}
+    events = []
+    for i in range(120):
+        day = last - timedelta(days=i % 2)
+        ttft = round(rng.uniform(10, 3_000), 3)
+        by_day[day].append(ttft)
+        events.append(
+            ReplyCompleted(
+                producer="chat_worker",
+                user_id="u-d",
+                conversation_id="conv-d",
+                message_id=f"rd{i}",
+                reply_to=f"md{i}",
+                model="gpt-4o",
+                ttft_ms=ttft,
+                duration_ms=ttft + 100,
+                occurred_at=datetime.combine(day, time(12, 0), UTC),
+            )
+        )
+    before = int(await stack.metric("events_ingested"))
+    await stack.publish_all(events)
+    await eventually(lambda: stack.ingested(before + len(events)))
+    with stack.client(process, "admin") as client:
+        rows = client.get("/ttft-daily", params={"days": 3, "end": last.isoformat()}).json()
+    assert [row["date"] for row in rows["items"]] == [
+        (last - timedelta(days=n)).isoformat() for n in range(3)
+    ]
+    for row in rows["items"][:2]:
+        values = by_day[date.fromisoformat(row["date"])]
+        assert row["replies"] == len(values)
+        assert (row["ttft_p50_ms"], row["ttft_p95_ms"]) == (
+            nearest_rank(values, 50),
+            nearest_rank(values, 95),
+        )
+    assert rows["items"][2] == {
+        "date": (last - timedelta(days=2)).isoformat(),
+        "replies": 0,
+        "ttft_p50_ms": None,
+        "ttft_p95_ms": None,
+    }

@@ -218,3 +218,14 @@ async def test_a_rule_can_set_length_and_pace_of_the_calls_it_matches(client, mo
         assert usage.completion_tokens == 7
     other, _, _ = await _stream(client, [{"role": "user", "content": "plain"}])
     assert len(other) == REPLY_TOKENS
+
+
+async def test_a_rule_can_set_the_reply_text_streamed_word_by_word(client, mock_llm):
+    text = "Hi <b>there</b>\n\n```py\nprint(1)\n```"
+    _fault(mock_llm, content=text, match="[content]")
+    deltas, finish_reason, usage = await _stream(client, [{"role": "user", "content": "[content]"}])
+    assert "".join(deltas) == text
+    assert deltas == ["Hi", " <b>there</b>", "\n\n```py", "\nprint(1)", "\n```"]
+    assert usage.completion_tokens == len(deltas) and finish_reason == "stop"
+    other, _, _ = await _stream(client, [{"role": "user", "content": "[content]"}])
+    assert len(other) == REPLY_TOKENS

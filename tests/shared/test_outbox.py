@@ -70,7 +70,8 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
     infra, database, event_tap
 ):
     broker = await _broker(infra.amqp_url, infra.namespace)
-    outbox = Outbox(chat_outbox, database, EventPublisher(broker, Topology(infra.namespace)))
+    publisher = EventPublisher(infra.amqp_url, Topology(infra.namespace), connection_name="t")
+    outbox = Outbox(chat_outbox, database, publisher)
     try:
         committed = ConversationCreated(producer="test", conversation_id="c" * 12, user_id="u" * 16)
         async with outbox.unit_of_work() as session:
@@ -95,6 +96,7 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
         await outbox.drain_background()
         assert await _outbox_rows(database) == 0
     finally:
+        await publisher.close()
         await broker.stop()
 
 
@@ -102,11 +104,13 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
     infra, database, event_tap
 ):
     proxy = TcpProxy.for_url(infra.amqp_url).start()
-    broker = await _broker(proxy.proxied_url(infra.amqp_url), infra.namespace)
+    proxied_url = proxy.proxied_url(infra.amqp_url)
+    broker = await _broker(proxied_url, infra.namespace)
+    publisher = EventPublisher(proxied_url, Topology(infra.namespace), connection_name="t")
     outbox = Outbox(
         chat_outbox,
         database,
-        EventPublisher(broker, Topology(infra.namespace)),
+        publisher,
         relay_grace=timedelta(0),
         poll_interval_s=0.1,
     )
@@ -126,5 +130,32 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
     finally:
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
+        await publisher.close()
         await broker.stop()
+        proxy.close()
+
+
+async def test_an_event_the_fast_path_could_not_publish_is_due_for_the_relay_at_once(
+    infra, database, event_tap
+):
+    """A dead broker node must not add a relay grace period to an event's wait."""
+    proxy = TcpProxy.for_url(infra.amqp_url).start()
+    proxied_url = proxy.proxied_url(infra.amqp_url)
+    publisher = EventPublisher(proxied_url, Topology(infra.namespace), connection_name="t")
+    outbox = Outbox(chat_outbox, database, publisher, relay_grace=timedelta(minutes=5))
+    try:
+        proxy.cut()
+        event = ConversationCreated(producer="test", conversation_id="f" * 12, user_id="u" * 16)
+        async with outbox.unit_of_work() as session:
+            await outbox.stage(session, event)
+        await outbox.drain_background()
+        age = await outbox.oldest_age_s()
+        assert age is not None and age < 60
+        proxy.restore()
+        assert await outbox.relay_once() == 1, "not due although the fast path gave it up"
+        bodies = await _received(event_tap, 1)
+        assert bodies[0]["event_id"] == str(event.event_id)
+        assert await outbox.oldest_age_s() is None
+    finally:
+        await publisher.close()
         proxy.close()

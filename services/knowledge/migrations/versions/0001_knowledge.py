@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from shared.outbox_migration import create_outbox_table, drop_outbox_table
+
 revision = "knowledge_0001"
 down_revision = None
 branch_labels = None
@@ -15,20 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "outbox",
-        sa.Column("id", sa.BigInteger(), sa.Identity(), primary_key=True),
-        sa.Column("event_id", sa.String(36), nullable=False),
-        sa.Column("routing_key", sa.String(64), nullable=False),
-        sa.Column("correlation_id", sa.String(64), nullable=True),
-        sa.Column("payload", sa.LargeBinary(), nullable=False),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
-        ),
-        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
-        schema="knowledge",
-    )
-    op.create_index("ix_outbox_created_at", "outbox", ["created_at"], schema="knowledge")
+    create_outbox_table("knowledge")
     op.create_table(
         "files",
         sa.Column("id", sa.String(14), primary_key=True),
@@ -133,4 +122,4 @@ def downgrade() -> None:
     op.drop_table("chunks", schema="knowledge")
     op.drop_table("file_contents", schema="knowledge")
     op.drop_table("files", schema="knowledge")
-    op.drop_table("outbox", schema="knowledge")
+    drop_outbox_table("knowledge")

@@ -1,4 +1,4 @@
-"""knowledge's outbox rows carry the trace context too (shared/outbox.py reads the column)
+"""outbox rows carry the trace context of the request that wrote them
 
 Revision ID: knowledge_0002
 Revises: knowledge_0001
@@ -13,6 +13,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # A no-op where knowledge_0001 already created the column; for databases migrated before.
     add_trace_context_column("knowledge")
 
 
