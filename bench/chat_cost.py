@@ -1,0 +1,440 @@
+"""Chat cost benchmark: what a turn and an idle socket cost, next to the floors, in one JSON object.
+
+It starts nothing. Run a stack first (its own ports and namespace, the limits raised):
+
+    CONVOAI_MESSAGES_PER_MINUTE=100000 CONVOAI_WS_FRAMES_PER_SECOND=1000 \\
+        convoai up --workers 2 --port-offset 300 --stack perf
+    .venv/bin/python bench/chat_cost.py --port-offset 300 --stack perf --idle-sockets 10000
+
+One run prints:
+- `broker_floor`: aio-pika round trips on the same RabbitMQ (bench/chat_load.py's);
+- `direct_to_model`: the same `--users` clients with the `openai` SDK streaming straight from
+  mock_llm, back to back: the rate and mock_llm's CPU per request;
+- `paced` and `saturation`: ConvoAI turns over WebSockets (chat_load.py's scenarios) with CPU-ms
+  per turn of every stack process, from /proc/<pid>/stat utime+stime over the measured window.
+  Processes are found by the `--port` on their command line (`convoai serve ... --port P`);
+  RabbitMQ (beam.smp) and this stack's PostgreSQL backends are listed too, but both are shared
+  with whatever else runs on the machine;
+- `broker_per_turn`: publishes per turn by exchange and frame/event type, and deliveries per turn
+  by queue. The management plugin is off on this broker (and rabbitmqctl's list_queues has no
+  message counters without it), so publishes are counted by a tap queue bound with `#` to the
+  stack's exchanges, and deliveries are those publishes routed through the bindings that
+  `rabbitmqctl list_bindings` reports (redeliveries are not counted; the default exchange is not
+  tapped — the stack publishes nothing there);
+- `idle_sockets`: `--idle-sockets` authenticated sockets opened on the gateway (with
+  permessage-deflate offered, as browsers do): the gateway's RSS before and after, KiB per
+  socket, the open rate, and chat turns on another socket while they are all open;
+- `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import chat_load
+import httpx
+import openai
+from sqlalchemy.engine import make_url
+from websockets.asyncio.client import ClientConnection, connect
+
+from services.mock_llm.settings import MockLLMSettings
+from services.runner import plan_stack
+from shared.settings import ServiceSettings
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+STACK_PORTS = range(8000, 8100)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def stack_processes(port_offset: int, database: str) -> dict[str, int]:
+    """name → pid of this stack's `convoai serve` children, RabbitMQ and its PostgreSQL backends."""
+    ports = {str(p + port_offset) for p in STACK_PORTS}
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args if a]
+        if "serve" in words and "--port" in words:
+            port = words[words.index("--port") + 1]
+            if port in ports and "--instance-id" in words:
+                found[words[words.index("--instance-id") + 1]] = int(entry.name)
+        elif words and words[0].endswith("beam.smp"):
+            found["rabbitmq (shared)"] = int(entry.name)
+        elif words and words[0].startswith("postgres: ") and f" {database} " in words[0]:
+            found[f"postgres backend {entry.name}"] = int(entry.name)
+    return found
+
+
+def cpu_ms(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / TICKS_PER_S
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class CpuWindow:
+    """CPU-ms of each process between `start()` and `stop()`."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = processes
+        self.before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_ms(pid) for name, pid in self.processes.items()}
+
+    def stop(self) -> None:
+        self.spent = {n: cpu_ms(p) - self.before[n] for n, p in self.processes.items()}
+
+    def per(self, units: int) -> dict[str, Any]:
+        if not units:
+            return {}
+        backends = sum(v for n, v in self.spent.items() if n.startswith("postgres backend"))
+        out = {
+            n: round(v / units, 3)
+            for n, v in self.spent.items()
+            if not n.startswith("postgres backend")
+        }
+        out["postgres backends of this stack (shared server)"] = round(backends / units, 3)
+        ours = [
+            v
+            for n, v in self.spent.items()
+            if n.startswith(("gateway", "chat_worker", "analytics"))
+        ]
+        out["ours: gateway + chat workers + analytics"] = round(sum(ours) / units, 3)
+        return out
+
+
+def memory_mib(processes: dict[str, int]) -> dict[str, float]:
+    return {
+        n: round(rss_kib(p) / 1024, 1)
+        for n, p in processes.items()
+        if not n.startswith("postgres backend")
+    }
+
+
+# --- broker publishes and deliveries ---------------------------------------------------------
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    def match(p: list[str], k: list[str]) -> bool:
+        if not p:
+            return not k
+        if p[0] == "#":
+            return any(match(p[1:], k[i:]) for i in range(len(k) + 1))
+        return bool(k) and (p[0] in ("*", k[0])) and match(p[1:], k[1:])
+
+    return match(pattern.split("."), key.split("."))
+
+
+class BrokerTap:
+    """Counts what is published to the stack's exchanges (one tap queue bound with `#`)."""
+
+    def __init__(self, amqp_url: str, namespace: str) -> None:
+        self.amqp_url = amqp_url
+        self.exchanges = [f"{namespace}.{x}" for x in ("events", "stream", "control")]
+        self.by_key: Counter[tuple[str, str]] = Counter()
+        self.by_type: Counter[str] = Counter()
+        self.counting = False
+        self.tap_name = ""
+
+    async def __aenter__(self) -> BrokerTap:
+        self.connection = await aio_pika.connect_robust(self.amqp_url)
+        channel = await self.connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        self.tap_name = queue.name
+        for exchange in self.exchanges:
+            await queue.bind(exchange, "#")
+        await queue.consume(self._count, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.connection.close()
+
+    async def _count(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if not self.counting:
+            return
+        exchange = message.exchange or ""
+        key = message.routing_key or ""
+        self.by_key[(exchange, key)] += 1
+        kind = key
+        if exchange.endswith((".stream", ".control")):
+            try:
+                kind = str(json.loads(message.body).get("type", "?"))
+            except ValueError:
+                kind = "?"
+        self.by_type[f"{exchange.rsplit('.', 1)[-1]}: {kind}"] += 1
+
+    def bindings(self) -> list[tuple[str, str, str]]:
+        out = subprocess.run(
+            [
+                *("rabbitmqctl", "list_bindings", "-q", "--formatter", "json"),
+                *("source_name", "destination_name", "routing_key"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        return [
+            (b["source_name"], b["destination_name"], b["routing_key"])
+            for b in json.loads(out)
+            if b["source_name"] in self.exchanges and b["destination_name"] != self.tap_name
+        ]
+
+    def per_turn(self, turns: int, bindings: list[tuple[str, str, str]]) -> dict[str, Any]:
+        deliveries: Counter[str] = Counter()
+        for (exchange, key), n in self.by_key.items():
+            targets = {d for s, d, p in bindings if s == exchange and topic_matches(p, key)}
+            for target in targets:
+                # Gateway and worker queues carry an instance id; group them by role.
+                role = target.split(".", 1)[1] if "." in target else target
+                for instance_role in ("gateway.", "worker."):
+                    if role.startswith(instance_role):
+                        role = f"{instance_role}<instance>.{role.rsplit('.', 1)[-1]}"
+                deliveries[role] += n
+        publishes = sum(self.by_key.values())
+        return {
+            "method": "tap queue bound with # to events/stream/control + rabbitmqctl "
+            "list_bindings (management plugin off)",
+            "turns": turns,
+            "publishes_per_turn": round(publishes / turns, 2) if turns else None,
+            "deliveries_per_turn": round(sum(deliveries.values()) / turns, 2) if turns else None,
+            "publishes_per_turn_by_type": {
+                k: round(v / turns, 2) for k, v in sorted(self.by_type.items())
+            },
+            "deliveries_per_turn_by_queue": {
+                k: round(v / turns, 2) for k, v in sorted(deliveries.items())
+            },
+        }
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+async def direct_to_model(mock_url: str, users: int, duration_s: float, cpu: CpuWindow):
+    """The same clients streaming straight from mock_llm with the openai SDK."""
+    client = openai.AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="bench", max_retries=0)
+    done = 0
+    wrong = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def run(index: int) -> None:
+        nonlocal done, wrong
+        n = 0
+        while time.perf_counter() < deadline:
+            stream = await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"{chat_load.FAST_MARK} d{index} {n}"}],
+                stream=True,
+            )
+            text = ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+            done += 1
+            wrong += not text
+            n += 1
+
+    cpu.start()
+    started = time.perf_counter()
+    await asyncio.gather(*(run(i) for i in range(users)))
+    elapsed = time.perf_counter() - started
+    cpu.stop()
+    await client.close()
+    return {
+        "concurrency": users,
+        "requests_per_s": round(done / elapsed, 1),
+        "empty_replies": wrong,
+        "cpu_ms_per_request": {
+            n: round(v / done, 3) for n, v in cpu.spent.items() if n.startswith("mock_llm") and done
+        },
+    }
+
+
+async def measured_saturation(
+    users: list[chat_load.VirtualUser],
+    duration_s: float,
+    mock: MockLLMSettings,
+    cpu: CpuWindow,
+    tap: BrokerTap,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    tap.by_key.clear()
+    tap.by_type.clear()
+    tap.counting = True
+    cpu.start()
+    result = await chat_load.saturation(users, duration_s, mock)
+    cpu.stop()
+    # Frames of the last turns may still be in the tap's prefetch: let it drain.
+    await asyncio.sleep(1.0)
+    tap.counting = False
+    turns = result["check"]["complete"] + result["check"]["failed"]
+    result["cpu_ms_per_turn"] = cpu.per(turns)
+    broker = tap.per_turn(turns, await asyncio.to_thread(tap.bindings))
+    return result, broker
+
+
+async def idle_sockets(
+    gateway_ws: str,
+    count: int,
+    settings: ServiceSettings,
+    gateway_pid: int,
+    chatter: chat_load.VirtualUser,
+    mock: MockLLMSettings,
+) -> dict[str, Any]:
+    """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
+    run = os.urandom(3).hex()
+    sockets: list[ClientConnection] = []
+    failures: Counter[str] = Counter()
+    gate = asyncio.Semaphore(200)
+
+    async def one(index: int) -> None:
+        async with gate:
+            try:
+                socket = await connect(f"{gateway_ws}/ws", open_timeout=60, ping_interval=None)
+                token = chat_load.access_token(settings, f"idle{run}{index:06d}"[:16])
+                await socket.send(json.dumps({"type": "auth", "token": token}))
+                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "ready":
+                    pass
+                sockets.append(socket)
+            except Exception as exc:  # counted and reported
+                failures[type(exc).__name__] += 1
+
+    rss_before = rss_kib(gateway_pid)
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    opened_s = time.perf_counter() - started
+    await asyncio.sleep(2.0)  # let the gateway settle (freed handshake buffers) before reading
+    rss_after = rss_kib(gateway_pid)
+    turns = []
+    for n in range(20):
+        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} idle {n}"))
+        await chat_load.wait_all(turns[-1:], 30)
+    verdict = chat_load.check(turns, mock, chat_load.FAST_TOKENS)
+    latency = chat_load.latencies(turns)
+    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+    opened = len(sockets)
+    return {
+        "requested": count,
+        "opened": opened,
+        "failures": dict(failures),
+        "open_per_s": round(opened / opened_s, 1),
+        "gateway_rss_mib_before": round(rss_before / 1024, 1),
+        "gateway_rss_mib_after": round(rss_after / 1024, 1),
+        "kib_per_socket": round((rss_after - rss_before) / opened, 1) if opened else None,
+        "turn_while_open_ms": latency["time_to_complete_ms"],
+        "turn_while_open_ttff_ms": latency["time_to_first_frame_ms"],
+        "turn_check": vars(verdict),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--port-offset", type=int, default=0, help="the stack's --port-offset")
+    parser.add_argument("--stack", help="the stack's --stack name (default: pN for offset N)")
+    parser.add_argument("--users", type=int, default=50, help="virtual users (one socket each)")
+    parser.add_argument("--rate", type=float, default=1.0, help="messages/s per paced user")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
+    parser.add_argument("--idle-sockets", type=int, default=10_000, help="0 skips the scenario")
+    parser.add_argument(
+        "--scenarios",
+        default="floor,direct,paced,saturation,idle",
+        help="comma-separated subset of floor,direct,paced,saturation,idle",
+    )
+    args = parser.parse_args()
+    scenarios = set(args.scenarios.split(","))
+    gateway_ws = f"ws://127.0.0.1:{8000 + args.port_offset}"
+    mock_url = f"http://127.0.0.1:{8009 + args.port_offset}"
+
+    settings = ServiceSettings()
+    # The same names `convoai up` gives the stack (services/runner.py plan_stack).
+    stack = plan_stack(settings, "127.0.0.1", args.port_offset, args.stack)
+    namespace = stack.namespace
+    database = make_url(stack.database_url).database or ""
+    processes = stack_processes(args.port_offset, database)
+    gateway_pid = next(p for n, p in processes.items() if n.startswith("gateway"))
+    cpu = CpuWindow(processes)
+    mock_settings = MockLLMSettings(**httpx.get(f"{mock_url}/_config").json())
+    httpx.post(
+        f"{mock_url}/_faults",
+        json={
+            "match": chat_load.FAST_MARK,
+            "reply_tokens": chat_load.FAST_TOKENS,
+            "tokens_per_second": 0,
+            "ttft_ms": 0,
+            "times": -1,
+        },
+    ).raise_for_status()
+    result: dict[str, Any] = {
+        "users": args.users,
+        "load_average_at_start": os.getloadavg(),
+        "processes": sorted(n for n in processes if not n.startswith("postgres backend")),
+        "rss_mib_at_rest": memory_mib(processes),
+    }
+    try:
+        if "floor" in scenarios:
+            result["broker_floor"] = await chat_load.broker_floor(
+                settings.amqp_url, args.users, 500, 5.0
+            )
+        if "direct" in scenarios:
+            result["direct_to_model"] = await direct_to_model(
+                mock_url, args.users, args.duration, cpu
+            )
+        users = await chat_load.open_users(gateway_ws, args.users, settings)
+        try:
+            result["warm_up"] = await chat_load.warm_up(users, mock_settings)
+            if "paced" in scenarios:
+                result["paced"] = await chat_load.paced(
+                    users, args.rate, args.duration, mock_settings
+                )
+            if "saturation" in scenarios:
+                async with BrokerTap(settings.amqp_url, namespace) as tap:
+                    result["saturation"], result["broker_per_turn"] = await measured_saturation(
+                        users, args.duration, mock_settings, cpu, tap
+                    )
+            if "idle" in scenarios and args.idle_sockets:
+                result["idle_sockets"] = await idle_sockets(
+                    gateway_ws, args.idle_sockets, settings, gateway_pid, users[0], mock_settings
+                )
+            result["errors"] = sum(len(u.errors) for u in users)
+        finally:
+            await asyncio.gather(*(u.close() for u in users), return_exceptions=True)
+    finally:
+        httpx.delete(f"{mock_url}/_faults")
+    result["rss_mib_after"] = memory_mib(processes)
+    result["load_average_at_end"] = os.getloadavg()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
