@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from shared.health import ReadinessCheck, answer_503_while_database_unavailable, health_router
 from shared.http_metrics import install_http_metrics
 from shared.input_guards import install_input_guards
-from shared.metrics import Refresh
+from shared.metrics import Refresh, metrics_router
 from shared.runtime import ServiceRuntime
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -58,6 +58,7 @@ def create_service_app(
     app.include_router(
         health_router(runtime.service, runtime.instance_id, checks, readiness_details)
     )
+    app.include_router(metrics_router(metrics_refresh))
     for router in routers:
         app.include_router(router)
     install_input_guards(app, runtime.settings.max_request_bytes, body_limit_exempt)

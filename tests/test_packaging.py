@@ -69,9 +69,16 @@ def test_benchmark_help_shows_every_default(script):
         check=True,
         timeout=300,
     ).stdout
-    options = re.findall(r"^  (--[a-z0-9-]+)", out, flags=re.MULTILINE)
-    assert options, out
-    help_text = " ".join(out.split("options:", 1)[1].split())
-    for option in options:
-        block = help_text.split(option, 1)[1].split(" --", 1)[0]
-        assert "(default:" in block, f"{script} {option} shows no default:\n{out}"
+    entries: dict[str, str] = {}
+    current = None
+    for line in out.split("options:", 1)[1].splitlines():
+        match = re.match(r"^  (--[a-z0-9-]+)", line)
+        if match:
+            current = match.group(1)
+            entries[current] = line
+        elif current is not None:
+            entries[current] += " " + line.strip()
+    entries.pop("--help", None)
+    assert entries, out
+    for option, text in entries.items():
+        assert "(default:" in text, f"{script} {option} shows no default:\n{out}"

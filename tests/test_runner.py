@@ -43,7 +43,7 @@ def _processes_with(marker: str) -> list[int]:
 
 def test_up_starts_every_process_and_sigint_stops_them_all(infra, tmp_path):
     for _ in range(20):
-        offset = random.randrange(20000, 40000, 100)
+        offset = random.randrange(10000, 24000, 100)
         children = plan_children(workers=2, host="127.0.0.1", llm_key="", port_offset=offset)
         if _ports_free([c.port for c in children]):
             break
