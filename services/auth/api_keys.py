@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
 from services.auth.events import PRODUCER
-from services.auth.models import API_KEY_NAME_MAX_LENGTH, API_KEY_PREFIX, ApiKey
+from services.auth.models import API_KEY_NAME_MAX_LENGTH, API_KEY_PREFIX, ApiKey, User
 from shared.events import ApiKeyCreated, ApiKeyRevoked
 from shared.ids import IdKind, is_valid_id, new_id
 from shared.outbox import Outbox
@@ -95,6 +95,11 @@ async def create_key(
         expires_at=body.expires_at,
     )
     async with outbox.unit_of_work() as session:
+        # A token can outlive its account by a moment (deleted or deactivated since it was
+        # issued): no key for it, and a clear 401 instead of a foreign-key error.
+        owner = await session.get(User, principal.user_id)
+        if owner is None or not owner.is_active:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Account no longer active")
         count = len(
             (
                 await session.execute(
