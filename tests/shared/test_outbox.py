@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from datetime import timedelta
 
 import aio_pika
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, Table, func, select, text
 
-from services.chat.models import outbox as chat_outbox
 from shared.broker import EventPublisher, create_broker, declare_topology
 from shared.db import create_engine, create_session_factory
 from shared.events import ConversationCreated
-from shared.outbox import Outbox
+from shared.outbox import Outbox, outbox_table
 from shared.topology import Topology
 from tests.faults import TcpProxy
 
@@ -46,15 +46,31 @@ async def _received(queue, n: int, timeout: float = 10.0) -> list[dict]:
     return bodies
 
 
-async def _outbox_rows(sessions) -> int:
+async def _outbox_rows(sessions, table: Table) -> int:
     async with sessions() as session:
-        return (await session.execute(select(func.count()).select_from(chat_outbox))).scalar_one()
+        return (await session.execute(select(func.count()).select_from(table))).scalar_one()
 
 
 @pytest.fixture
 async def database(infra):
     engine = create_engine(infra.database_url, pool_size=2)
     yield create_session_factory(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def own_outbox(infra):
+    """An outbox table in a schema of its own: the session's other stacks run relays on the
+    shared database, and one of them must not publish (and delete) a row this test awaits."""
+    schema = f"outbox_{secrets.token_hex(6)}"
+    table = outbox_table(MetaData(schema=schema))
+    engine = create_engine(infra.database_url, pool_size=1)
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await conn.run_sync(table.metadata.create_all)
+    yield table
+    async with engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     await engine.dispose()
 
 
@@ -67,11 +83,11 @@ async def _broker(amqp_url: str, namespace: str):
 
 
 async def test_committed_event_is_published_once_and_rolled_back_one_never(
-    infra, database, event_tap
+    infra, database, event_tap, own_outbox
 ):
     broker = await _broker(infra.amqp_url, infra.namespace)
     publisher = EventPublisher(infra.amqp_url, Topology(infra.namespace), connection_name="t")
-    outbox = Outbox(chat_outbox, database, publisher)
+    outbox = Outbox(own_outbox, database, publisher)
     try:
         committed = ConversationCreated(producer="test", conversation_id="c" * 12, user_id="u" * 16)
         async with outbox.unit_of_work() as session:
@@ -85,7 +101,7 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
         bodies = await _received(event_tap, 1)
         assert bodies[0]["event_id"] == str(committed.event_id)
         await outbox.drain_background()
-        assert await _outbox_rows(database) == 0
+        assert await _outbox_rows(database, own_outbox) == 0
         # One publisher, one channel, in order: once a later marker event has arrived, a
         # second copy of the first (or the rolled-back one) would have arrived before it.
         marker = ConversationCreated(producer="test", conversation_id="k" * 12, user_id="u" * 16)
@@ -94,21 +110,21 @@ async def test_committed_event_is_published_once_and_rolled_back_one_never(
         [next_body] = await _received(event_tap, 1)
         assert next_body["event_id"] == str(marker.event_id)
         await outbox.drain_background()
-        assert await _outbox_rows(database) == 0
+        assert await _outbox_rows(database, own_outbox) == 0
     finally:
         await publisher.close()
         await broker.stop()
 
 
 async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
-    infra, database, event_tap
+    infra, database, event_tap, own_outbox
 ):
     proxy = TcpProxy.for_url(infra.amqp_url).start()
     proxied_url = proxy.proxied_url(infra.amqp_url)
     broker = await _broker(proxied_url, infra.namespace)
     publisher = EventPublisher(proxied_url, Topology(infra.namespace), connection_name="t")
     outbox = Outbox(
-        chat_outbox,
+        own_outbox,
         database,
         publisher,
         relay_grace=timedelta(0),
@@ -120,12 +136,14 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
         event = ConversationCreated(producer="test", conversation_id="o" * 12, user_id="u" * 16)
         async with outbox.unit_of_work() as session:
             await outbox.stage(session, event)
-        assert await _outbox_rows(database) == 1, "the accepted event must wait in the outbox"
+        assert await _outbox_rows(database, own_outbox) == 1, (
+            "the accepted event must wait in the outbox"
+        )
         proxy.restore()
         bodies = await _received(event_tap, 1, timeout=30)
         assert bodies[0]["event_id"] == str(event.event_id)
         async with asyncio.timeout(10):
-            while await _outbox_rows(database):
+            while await _outbox_rows(database, own_outbox):
                 await asyncio.sleep(0.05)
     finally:
         relay.cancel()
@@ -136,13 +154,13 @@ async def test_event_accepted_during_broker_outage_is_relayed_when_it_returns(
 
 
 async def test_an_event_the_fast_path_could_not_publish_is_due_for_the_relay_at_once(
-    infra, database, event_tap
+    infra, database, event_tap, own_outbox
 ):
     """A dead broker node must not add a relay grace period to an event's wait."""
     proxy = TcpProxy.for_url(infra.amqp_url).start()
     proxied_url = proxy.proxied_url(infra.amqp_url)
     publisher = EventPublisher(proxied_url, Topology(infra.namespace), connection_name="t")
-    outbox = Outbox(chat_outbox, database, publisher, relay_grace=timedelta(minutes=5))
+    outbox = Outbox(own_outbox, database, publisher, relay_grace=timedelta(minutes=5))
     try:
         proxy.cut()
         event = ConversationCreated(producer="test", conversation_id="f" * 12, user_id="u" * 16)
