@@ -58,3 +58,12 @@ async def active_user(session: AsyncSession, user_id: str) -> KeyOwner | None:
     if row is None:
         return None
     return KeyOwner(row.id, row.username, frozenset(row.roles), None, False)
+
+
+_OWNER_OF_KEY_ID = text("SELECT user_id FROM auth.api_keys WHERE id = :id")
+
+
+async def owner_of_key_id(session: AsyncSession, key_id: str) -> str | None:
+    """Whose key `key_id` is (revoked or not): an admin's per-key limits are listed with it."""
+    owner: str | None = await session.scalar(_OWNER_OF_KEY_ID, {"id": key_id})
+    return owner

@@ -12,10 +12,10 @@ from services.budgets.release import release_stale_forever
 from services.chat import models
 from services.gateway import api, files_api, openai_api, ws
 from services.gateway.account_erasure import AccountEraser
+from services.gateway.admissions import AdmissionPolicy
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
-from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from services.gateway.webapp import install_webapp
@@ -49,14 +49,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     revocation_feed.add_listener(eraser.on_revoked)
     knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
+    admissions = AdmissionPolicy.from_settings(settings)
     gateway = Gateway(
         settings=settings,
         chat=ChatService(
             runtime.engine,
             outbox,
             max_message_length=settings.max_message_length,
-            rate_limiter=MessageRateLimiter(settings.messages_per_minute),
-            anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
+            admissions=admissions,
             allowed_models=frozenset(settings.allowed_models),
         ),
         fanout=fanout,
@@ -73,6 +73,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             producer=SERVICE,
         ),
         outbox=outbox,
+        admissions=admissions,
     )
 
     @asynccontextmanager
