@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from services.auth.key_lookup import KeyOwner
 from services.budgets import ledger
 from services.chat.models import (
     ORIGIN_API,
@@ -38,7 +37,8 @@ from services.chat.models import (
     MessageStatus,
 )
 from services.chat.replies import is_finished
-from services.gateway.api_caller import CallerRefused, resolve_caller
+from services.gateway.api_caller import CallerRefused, CallerUncheckable, resolve_caller
+from services.gateway.api_keys import KeyOwner
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.errors import ChatError, RateLimited
 from services.gateway.fanout import StreamUnavailable
@@ -92,6 +92,10 @@ async def _caller(request: Request, gw: Gateway) -> KeyOwner:
         return await resolve_caller(gw, request.headers.get("authorization"))
     except CallerRefused as exc:
         raise ApiError(401, str(exc), "invalid_request_error", "invalid_api_key") from None
+    except CallerUncheckable as exc:
+        raise ApiError(
+            503, str(exc), "server_error", "service_unavailable", headers={"Retry-After": "1"}
+        ) from None
 
 
 @router.get("/models", response_model=None)
