@@ -120,6 +120,8 @@ async def _page(
     return Page(items=[_row(r) for r in rows], total=total, skip=skip, limit=limit)
 
 
+OwnerFilter = Annotated[str | None, Query(max_length=64, description="Only this user's keys.")]
+
 readers = APIRouter(
     prefix="/api/v1/analytics",
     tags=["analytics"],
@@ -131,9 +133,7 @@ own = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
 @readers.get("/api-keys")
 async def every_key_usage(
     session: DbSession,
-    user_id: Annotated[str | None, Query(max_length=64, description="Only this user's keys.")] = (
-        None
-    ),
+    user_id: OwnerFilter = None,
     start: StartDay = None,
     end: EndDay = None,
     skip: Skip = 0,
