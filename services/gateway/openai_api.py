@@ -183,6 +183,13 @@ def _turns(body: ChatCompletionRequest) -> tuple[str | None, list[tuple[str, str
     return ("\n\n".join(system) if system else None), turns
 
 
+def _usage(frame: ReplyCompletedFrame) -> dict[str, Any]:
+    """OpenAI's usage object, plus `estimated`: true when the model reported no usage and the
+    counts were estimated from the text (documented in docs/openai-api.md), never passed off
+    as exact."""
+    return {**frame.usage.model_dump(), "estimated": frame.usage_estimated}
+
+
 class _FrameQueue:
     """A fan-out watcher that queues this request's frames."""
 
@@ -229,6 +236,7 @@ class _Completion:
                         status=ConversationStatus.ACTIVE.value,
                         origin=ORIGIN_API,
                         api_key_id=self.caller.key_id,
+                        max_tokens=self.body.reply_limit,
                     )
                 )
                 await session.flush()
@@ -360,6 +368,7 @@ class _Completion:
                     "completion_tokens": completion,
                     "total_tokens": prompt + completion,
                 },
+                usage_estimated=reply.usage_estimated,
                 finish_reason=reply.finish_reason,
                 model=reply.model or self.body.model,
             )
@@ -431,7 +440,7 @@ class _Completion:
                             "created": self.created,
                             "model": self.body.model,
                             "choices": [],
-                            "usage": frame.usage.model_dump(),
+                            "usage": _usage(frame),
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
                 elif isinstance(frame, ReplyFailedFrame | ReplyCancelledFrame):
@@ -469,7 +478,7 @@ class _Completion:
                             "finish_reason": terminal.finish_reason or "stop",
                         }
                     ],
-                    "usage": terminal.usage.model_dump(),
+                    "usage": _usage(terminal),
                 }
             )
         message = (
