@@ -7,12 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.budgets import api as budgets_api
 from services.budgets.release import release_stale_forever
 from services.chat import models
-from services.gateway import api, files_api, openai_api, ws
+from services.gateway import api, budgets_api, files_api, openai_api, ws
 from services.gateway.account_erasure import AccountEraser
 from services.gateway.admissions import AdmissionPolicy
+from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
@@ -47,6 +47,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
     )
     revocation_feed.add_listener(eraser.on_revoked)
+    api_keys = ApiKeyDirectory(settings.auth_url, revocations, cache_s=settings.api_key_cache_s)
+    revocation_feed.add_listener(lambda event: api_keys.forget_user(str(event.user_id)))
+    revocation_feed.add_key_listener(api_keys.forget_key)
     knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     admissions = AdmissionPolicy.from_settings(settings)
@@ -74,6 +77,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         ),
         outbox=outbox,
         admissions=admissions,
+        api_keys=api_keys,
     )
 
     @asynccontextmanager
@@ -88,6 +92,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
         await revocation_feed.stop()
+        await api_keys.close()
         await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from services.gateway.admissions import AdmissionPolicy
+from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
@@ -31,6 +32,7 @@ class Gateway:
     outbox: Outbox
     admissions: AdmissionPolicy
     """What each door asks of the budget ledger."""
+    api_keys: ApiKeyDirectory
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:

@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from services.auth.key_lookup import KeyOwner
 from services.budgets.admission import Admission
 from services.chat.models import (
     ORIGIN_API,
@@ -37,7 +36,8 @@ from services.chat.models import (
     MessageStatus,
 )
 from services.chat.replies import is_finished
-from services.gateway.api_caller import CallerRefused, resolve_caller
+from services.gateway.api_caller import CallerRefused, CallerUncheckable, resolve_caller
+from services.gateway.api_keys import KeyOwner
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.errors import ChatError, LimitReached, RateLimited
 from services.gateway.fanout import StreamUnavailable
@@ -91,6 +91,10 @@ async def _caller(request: Request, gw: Gateway) -> KeyOwner:
         return await resolve_caller(gw, request.headers.get("authorization"))
     except CallerRefused as exc:
         raise ApiError(401, str(exc), "invalid_request_error", "invalid_api_key") from None
+    except CallerUncheckable as exc:
+        raise ApiError(
+            503, str(exc), "server_error", "service_unavailable", headers={"Retry-After": "1"}
+        ) from None
 
 
 @router.get("/models", response_model=None)
@@ -178,6 +182,13 @@ def _turns(body: ChatCompletionRequest) -> tuple[str | None, list[tuple[str, str
     return ("\n\n".join(system) if system else None), turns
 
 
+def _usage(frame: ReplyCompletedFrame) -> dict[str, Any]:
+    """OpenAI's usage object, plus `estimated`: true when the model reported no usage and the
+    counts were estimated from the text (documented in docs/openai-api.md), never passed off
+    as exact."""
+    return {**frame.usage.model_dump(), "estimated": frame.usage_estimated}
+
+
 class _FrameQueue:
     """A fan-out watcher that queues this request's frames."""
 
@@ -199,6 +210,7 @@ class _Completion:
         self.conversation_id = new_id(IdKind.CONVERSATION)
         self.message_id = ""
         self.created = int(time.time())
+        self.reply_tokens = gw.admissions.reply_tokens(body.reply_limit)
         self.frames = _FrameQueue()
         self.watching = False
         self.finished = False
@@ -224,6 +236,8 @@ class _Completion:
                         status=ConversationStatus.ACTIVE.value,
                         origin=ORIGIN_API,
                         api_key_id=self.caller.key_id,
+                        # The model is held to what the budget reserves for the reply.
+                        max_tokens=self.reply_tokens,
                     )
                 )
                 await session.flush()
@@ -270,7 +284,7 @@ class _Completion:
             self.caller.key_id,
             sum(len(m.text) for m in self.body.messages),
             len(self.body.messages),
-            self.body.reply_limit,
+            self.reply_tokens,
         )
 
     def _add_history(self, session: Any, turns: list[tuple[str, str]]) -> None:
@@ -349,6 +363,7 @@ class _Completion:
                     "completion_tokens": completion,
                     "total_tokens": prompt + completion,
                 },
+                usage_estimated=reply.usage_estimated,
                 finish_reason=reply.finish_reason,
                 model=reply.model or self.body.model,
             )
@@ -420,7 +435,7 @@ class _Completion:
                             "created": self.created,
                             "model": self.body.model,
                             "choices": [],
-                            "usage": frame.usage.model_dump(),
+                            "usage": _usage(frame),
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
                 elif isinstance(frame, ReplyFailedFrame | ReplyCancelledFrame):
@@ -458,7 +473,7 @@ class _Completion:
                             "finish_reason": terminal.finish_reason or "stop",
                         }
                     ],
-                    "usage": terminal.usage.model_dump(),
+                    "usage": _usage(terminal),
                 }
             )
         message = (

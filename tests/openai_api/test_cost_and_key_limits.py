@@ -86,18 +86,22 @@ async def test_limits_of_one_api_key_refuse_through_the_sdk(
     spare = await create_key(auth_http, user, name="spare")
     async with httpx.AsyncClient(base_url=stack.gateway_b.url, timeout=30) as admin:
         response = await admin.put(
-            f"/admin/budgets/keys/{limited['id']}",
+            f"/admin/budgets/{user.id}/keys/{limited['id']}",
             json={"requests_per_minute": 2},
             headers=admin_headers,
         )
         assert response.status_code == 200, response.text
         assert [k["key_id"] for k in response.json()["keys"]] == [limited["id"]]
-        unknown = await admin.put(
-            "/admin/budgets/keys/nosuchkey", json={"tokens_per_day": 1}, headers=admin_headers
+        # Auth does not list this user's key under another user.
+        stranger = await new_api_user()
+        elsewhere = await admin.put(
+            f"/admin/budgets/{stranger.id}/keys/{limited['id']}",
+            json={"tokens_per_day": 1},
+            headers=admin_headers,
         )
-        assert unknown.status_code == 404
+        assert elsewhere.status_code == 404
         response = await admin.put(
-            f"/admin/budgets/keys/{spare['id']}",
+            f"/admin/budgets/{user.id}/keys/{spare['id']}",
             json={"tokens_per_day": 10},
             headers=admin_headers,
         )

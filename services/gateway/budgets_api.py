@@ -1,18 +1,18 @@
-"""HTTP edge of the ledger, served by the gateway: a user's own usage, an admin's limits for a
-user or an API key, and everyone's usage for an admin."""
+"""HTTP edge of the budget ledger (services/budgets): a user's own usage, an admin's limits for
+a user or one of their API keys, and everyone's usage for an admin."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.auth.key_lookup import owner_of_key_id
 from services.budgets import ledger
 from services.budgets.usage import OwnerUsage, SubjectUsage, everyones_usage, usage_of
-from shared.outbox import Outbox
+from services.gateway.context import Gateway, gateway_dependency
 from shared.pagination import Limit, Page, Skip
 from shared.security import CurrentPrincipal, Principal, Role, require_roles
 
@@ -85,24 +85,19 @@ def _out(usage: OwnerUsage) -> UsageOut:
     return UsageOut(user_id=usage.user.subject_id, keys=keys, **_amounts(usage.user).model_dump())
 
 
-def _outbox(request: Request) -> Outbox:
-    outbox: Outbox = request.app.state.outbox
-    return outbox
-
-
-OutboxDep = Annotated[Outbox, Depends(_outbox)]
+GatewayDep = Annotated[Gateway, Depends(gateway_dependency)]
 Admin = Annotated[Principal, require_roles(Role.ADMIN)]
 
 
-async def _usage(outbox: Outbox, user_id: str) -> UsageOut:
-    async with outbox.unit_of_work() as session:
+async def _usage(gw: Gateway, user_id: str) -> UsageOut:
+    async with gw.unit_of_work() as session:
         (usage,) = await usage_of(session, [user_id])
     return _out(usage)
 
 
-async def _set_limits(outbox: Outbox, subject_id: str, owner_id: str, body: LimitsIn) -> None:
+async def _set_limits(gw: Gateway, subject_id: str, owner_id: str, body: LimitsIn) -> None:
     cost = body.cost_per_month_usd
-    async with outbox.unit_of_work() as session:
+    async with gw.unit_of_work() as session:
         await ledger.set_limits(
             session,
             subject_id,
@@ -114,41 +109,61 @@ async def _set_limits(outbox: Outbox, subject_id: str, owner_id: str, body: Limi
 
 
 @router.get("/me/usage", response_model=UsageOut)
-async def my_usage(principal: CurrentPrincipal, outbox: OutboxDep) -> UsageOut:
-    return await _usage(outbox, principal.user_id)
+async def my_usage(principal: CurrentPrincipal, gw: GatewayDep) -> UsageOut:
+    return await _usage(gw, principal.user_id)
 
 
 @router.get("/admin/budgets", response_model=Page[UsageOut])
 async def everyones(
-    outbox: OutboxDep, _admin: Admin, skip: Skip = 0, limit: Limit = 50
+    gw: GatewayDep, _admin: Admin, skip: Skip = 0, limit: Limit = 50
 ) -> Page[UsageOut]:
     """Every user with limits or use this month, with their keys."""
-    async with outbox.unit_of_work() as session:
+    async with gw.unit_of_work() as session:
         page, total = await everyones_usage(session, skip, limit)
     return Page(items=[_out(usage) for usage in page], total=total, skip=skip, limit=limit)
 
 
-@router.put("/admin/budgets/keys/{key_id}", response_model=UsageOut)
+@router.put("/admin/budgets/{user_id}/keys/{key_id}", response_model=UsageOut)
 async def set_key_limits(
-    key_id: SubjectId, body: LimitsIn, outbox: OutboxDep, _admin: Admin
+    user_id: SubjectId,
+    key_id: SubjectId,
+    body: LimitsIn,
+    gw: GatewayDep,
+    request: Request,
+    _admin: Admin,
 ) -> UsageOut:
-    """Limits of one API key, on top of its owner's; answers with the owner's usage."""
-    async with outbox.unit_of_work() as session:
-        owner = await owner_of_key_id(session, key_id)
-    if owner is None:
+    """Limits of one of the user's API keys, on top of the user's own."""
+    if not await _holds_key(gw, request.headers["authorization"], user_id, key_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "API key not found")
-    await _set_limits(outbox, key_id, owner, body)
-    return await _usage(outbox, owner)
+    await _set_limits(gw, key_id, user_id, body)
+    return await _usage(gw, user_id)
+
+
+async def _holds_key(gw: Gateway, authorization: str, user_id: str, key_id: str) -> bool:
+    """Whether auth lists `key_id` among the user's keys (revoked ones too), asked with the
+    admin's own credentials: auth alone reads its schema."""
+    try:
+        async with httpx.AsyncClient(base_url=gw.settings.auth_url, timeout=5.0) as client:
+            response = await client.get(
+                "/admin/api-keys",
+                params={"user_id": user_id},
+                headers={"Authorization": authorization},
+            )
+    except httpx.HTTPError:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "auth is unreachable") from None
+    if response.status_code != status.HTTP_200_OK:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "auth did not list the keys")
+    return any(key.get("id") == key_id for key in response.json())
 
 
 @router.put("/admin/budgets/{user_id}", response_model=UsageOut)
 async def set_user_limits(
-    user_id: SubjectId, body: LimitsIn, outbox: OutboxDep, _admin: Admin
+    user_id: SubjectId, body: LimitsIn, gw: GatewayDep, _admin: Admin
 ) -> UsageOut:
-    await _set_limits(outbox, user_id, user_id, body)
-    return await _usage(outbox, user_id)
+    await _set_limits(gw, user_id, user_id, body)
+    return await _usage(gw, user_id)
 
 
 @router.get("/admin/budgets/{user_id}", response_model=UsageOut)
-async def user_usage(user_id: SubjectId, outbox: OutboxDep, _admin: Admin) -> UsageOut:
-    return await _usage(outbox, user_id)
+async def user_usage(user_id: SubjectId, gw: GatewayDep, _admin: Admin) -> UsageOut:
+    return await _usage(gw, user_id)
