@@ -70,6 +70,12 @@ async def test_cost_budget_reserves_the_worst_case_and_charges_the_real_cost(
     assert abs(retry_after - seconds_to_next_month_utc()) < 30
 
     after = await usage(stack, user.headers)
+    async with httpx.AsyncClient(base_url=stack.gateway_a.url, timeout=30) as admin:
+        listed = await admin.get("/admin/budgets", params={"limit": 100}, headers=admin_headers)
+        one = await admin.get(f"/admin/budgets/{user.id}", headers=admin_headers)
+    assert listed.status_code == 200 and listed.json()["total"] >= 1
+    assert all(item["user_id"] for item in listed.json()["items"])
+    assert one.json() == after  # an admin sees what the user sees
     assert after["cost_per_month_usd"] == pytest.approx(float(budget))
     assert after["reserved_usd_this_month"] == 0 and after["reserved_tokens_today"] == 0
     assert after["requests_today"] == 2
