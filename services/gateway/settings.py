@@ -51,7 +51,8 @@ class GatewaySettings(ServiceSettings):
         default=1.0,
         gt=0,
         le=30,
-        description="How long a subscribe waits for the streaming worker's reply.snapshot.",
+        description="How long a subscribe waits for the streaming worker's reply.snapshot (a "
+        "worker that is gone, or says it holds no reply there, is not waited for).",
     )
     control_answer_timeout_s: float = Field(
         default=1.0,
