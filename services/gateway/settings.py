@@ -67,13 +67,13 @@ class GatewaySettings(ServiceSettings):
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
     )
     max_sockets_per_user: int = Field(
-        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4429)."
+        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4029)."
     )
     max_anonymous_sockets_per_address: int = Field(
         default=5,
         ge=1,
         le=10_000,
-        description="Open anonymous chat sockets per client address and gateway (4429).",
+        description="Open anonymous chat sockets per client address and gateway (4029).",
     )
     allowed_models: list[str] = Field(
         default_factory=lambda: ["gpt-4o-mini"],
