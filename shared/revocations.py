@@ -4,7 +4,8 @@ Auth publishes `user.deactivated`, `user.role_changed`, `user.deleted` and
 `user.sessions_revoked` through its outbox. Each means: access tokens of that user issued
 before the event's `occurred_at` are void. A process keeps that as one number per user
 (`RevocationList`) and checks every token against it; it forgets a user once every token
-issued before the cut-off has expired anyway.
+issued before the cut-off has expired anyway. The stream also carries `api_key.revoked`: a
+gateway forgets what it cached about that key (services/gateway/api_keys.py).
 
 The events reach every process through a RabbitMQ *stream* (`<ns>.revocations`, bound to those
 routing keys, kept for longer than any token lives), read by `RevocationFeed`:
@@ -35,7 +36,13 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 
-from shared.events import ACCESS_REVOKING_EVENTS, Event, UnknownEventType, parse_event
+from shared.events import (
+    ACCESS_REVOKING_EVENTS,
+    ApiKeyRevoked,
+    Event,
+    UnknownEventType,
+    parse_event,
+)
 from shared.security import Principal, RevocationStateBehind, RevokedToken
 from shared.topology import Topology
 
@@ -50,6 +57,7 @@ RECONNECT_DELAY_S = 1.0
 PREFETCH = 200
 
 RevocationListener = Callable[[Event], Awaitable[None] | None]
+KeyRevocationListener = Callable[[ApiKeyRevoked], None]
 
 
 class RevocationList:
@@ -116,6 +124,7 @@ class RevocationFeed:
         self._revocations = revocations
         self._history_s = history_s
         self._listeners: list[RevocationListener] = []
+        self._key_listeners: list[KeyRevocationListener] = []
         self._next_offset: int | None = None
         self._probe: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +132,12 @@ class RevocationFeed:
         self.connected = False
 
     def add_listener(self, listener: RevocationListener) -> None:
+        """Told of each event that voids a user's access tokens."""
         self._listeners.append(listener)
+
+    def add_key_listener(self, listener: KeyRevocationListener) -> None:
+        """Told of each revoked API key (a gateway forgets what it cached about the key)."""
+        self._key_listeners.append(listener)
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Start reading; return once caught up (or after `timeout_s`, still trying)."""
@@ -204,6 +218,10 @@ class RevocationFeed:
             event = parse_event(data)
         except (UnknownEventType, ValueError):
             return
+        if isinstance(event, ApiKeyRevoked):
+            for key_listener in self._key_listeners:
+                key_listener(event)
+            return
         if not isinstance(event, ACCESS_REVOKING_EVENTS) or event.user_id is None:
             return
         self._revocations.revoke(event.user_id, event.occurred_at.timestamp())
@@ -228,6 +246,7 @@ async def declare_revocation_stream(
     events = await channel.declare_exchange(
         topology.events.name, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    for kind in ACCESS_REVOKING_EVENTS:
+    kinds: tuple[type[Event], ...] = (*ACCESS_REVOKING_EVENTS, ApiKeyRevoked)
+    for kind in kinds:
         await stream.bind(events, routing_key=kind.routing_key)
     return stream

@@ -133,6 +133,27 @@ class ConversationDelta:
         }
 
 
+@dataclass
+class ApiKeyDelta:
+    """What a batch's `api_key.*` events say about one key."""
+
+    user_id: str | None = None
+    name: str | None = None
+    prefix: str | None = None
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def row(self, key_id: str) -> dict[str, Any]:
+        return {
+            "key_id": key_id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
 class Sums:
     """Additive columns of one rollup row."""
 

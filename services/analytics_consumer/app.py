@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.analytics_consumer import api
+from services.analytics_consumer import api, key_usage
 from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
 from services.analytics_consumer.pricing import PriceTable
@@ -70,5 +70,5 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             "token_verifier": TokenVerifier.from_settings(settings, revocations),
         },
         readiness={"consumer": consumer.check_connected, "revocations": revocation_feed.check},
-        routers=[api.public, api.readers],
+        routers=[api.public, api.readers, key_usage.readers, key_usage.own],
     )

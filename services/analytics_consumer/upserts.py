@@ -24,6 +24,7 @@ _DAILY_USERS = BulkUpsert.additive(
     models.DailyUserStats, ("day", "user_id"), returning="day, (xmax = 0) AS inserted"
 )
 _DAILY_MODELS = BulkUpsert.additive(models.DailyModelStats, ("day", "model"))
+_DAILY_API_KEYS = BulkUpsert.additive(models.DailyApiKeyStats, ("day", "api_key_id", "user_id"))
 _TTFT = BulkUpsert.additive(models.TtftHistogram, ("model", "bucket_ms"))
 _API = BulkUpsert(
     table_of(models.DailyApiUsage),
@@ -121,6 +122,18 @@ _CONVERSATIONS = BulkUpsert(
         "deleted_at": "LEAST(t.deleted_at, excluded.deleted_at)",
     },
 )
+_API_KEYS = BulkUpsert(
+    table_of(models.ApiKey),
+    tuple(c.name for c in table_of(models.ApiKey).columns),
+    ("key_id",),
+    {
+        "user_id": "COALESCE(t.user_id, excluded.user_id)",
+        "name": "COALESCE(excluded.name, t.name)",
+        "prefix": "COALESCE(excluded.prefix, t.prefix)",
+        "created_at": "LEAST(t.created_at, excluded.created_at)",
+        "revoked_at": "LEAST(t.revoked_at, excluded.revoked_at)",
+    },
+)
 _COUNTERS = BulkUpsert(
     table_of(models.SystemMetric),
     ("name", "value"),
@@ -210,6 +223,10 @@ async def write_effects(
     await _DAILY_MODELS.execute(
         conn, sum_rows(_DAILY_MODELS.keys, _DAILY_MODELS.columns, effects.daily_models)
     )
+    await _DAILY_API_KEYS.execute(
+        conn, sum_rows(_DAILY_API_KEYS.keys, _DAILY_API_KEYS.columns, effects.daily_api_keys)
+    )
+    await _API_KEYS.execute(conn, [effects.api_keys[k].row(k) for k in sorted(effects.api_keys)])
     await _TTFT.execute(
         conn,
         [

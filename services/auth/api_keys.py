@@ -2,23 +2,23 @@
 
 A user manages their own keys; an admin lists and revokes anyone's. Only the SHA-256 of the
 secret is stored. Each change stages `api_key.created` / `api_key.revoked` in the same
-transaction. Gateways do not cache keys: they look the key up on every request
-(`services.auth.key_lookup`), so a revocation is in force on every gateway as soon as it
-commits.
+transaction. A gateway learns who holds a key by asking `GET /api-keys/current` with the key as
+the bearer (auth alone reads its schema); it may keep the answer for a short while and forgets it
+when `api_key.revoked` (or a revocation of the owner) reaches it through the revocation stream.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
 from services.auth.events import PRODUCER
+from services.auth.key_lookup import hash_secret, owner_of_key
 from services.auth.models import API_KEY_NAME_MAX_LENGTH, API_KEY_PREFIX, ApiKey, User
 from shared.events import ApiKeyCreated, ApiKeyRevoked
 from shared.ids import IdKind, is_valid_id, new_id
@@ -30,10 +30,6 @@ LISTED_PREFIX_LENGTH = 12
 MAX_KEYS_PER_USER = 100
 
 router = APIRouter(tags=["api keys"])
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_secret() -> str:
@@ -65,6 +61,17 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated201(ApiKeyOut):
     secret: str
     """Shown only in this answer; ConvoAI keeps its hash."""
+
+
+class KeyHolder(BaseModel):
+    """Who holds a key, as a gateway needs it to serve the OpenAI-compatible API."""
+
+    key_id: str
+    user_id: str
+    username: str
+    roles: list[str]
+    store_content: bool
+    expires_at: datetime | None
 
 
 def _outbox(request: Request) -> Outbox:
@@ -127,6 +134,34 @@ async def create_key(
             ),
         )
     return ApiKeyCreated201(**ApiKeyOut.model_validate(key).model_dump(), secret=secret)
+
+
+@router.get(
+    "/api-keys/current",
+    response_model=KeyHolder,
+    responses={401: {"description": "Not an active key of an active account"}},
+)
+async def current_key(
+    outbox: OutboxDep, authorization: Annotated[str | None, Header()] = None
+) -> KeyHolder:
+    """The holder of the key sent as the bearer: how a gateway checks an API key."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    async with outbox.unit_of_work() as session:
+        owner = await owner_of_key(session, secret.strip()) if scheme.lower() == "bearer" else None
+    if owner is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Invalid, revoked or expired API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return KeyHolder(
+        key_id=owner.key_id,
+        user_id=owner.user_id,
+        username=owner.username,
+        roles=sorted(owner.roles),
+        store_content=owner.store_content,
+        expires_at=owner.expires_at,
+    )
 
 
 @router.get("/api-keys", response_model=list[ApiKeyOut])

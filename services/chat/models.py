@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import cast
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -101,6 +102,8 @@ class Conversation(Base):
     origin: Mapped[str] = mapped_column(String(8), default=ORIGIN_CHAT, server_default=ORIGIN_CHAT)
     """`api`: made by one `/v1/chat/completions` request, not shown in the chat's lists."""
     api_key_id: Mapped[str | None] = mapped_column(String(16))
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    """The most tokens a reply may have (a `/v1` request's `max_tokens`); NULL: the worker's."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -137,6 +140,8 @@ class Message(Base):
     model: Mapped[str | None] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    """The model reported no usage: the token counts were estimated from the text."""
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     finish_reason: Mapped[str | None] = mapped_column(String(32))

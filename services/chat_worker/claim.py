@@ -50,6 +50,7 @@ class Claim:
             reply_to=self.request.message_id,
             model=self.request.model,
             attempt=self.attempt,
+            api_key_id=self.request.api_key_id,
         )
 
 

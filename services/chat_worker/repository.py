@@ -49,6 +49,10 @@ class Request:
     history: list[Turn]
     assistant_id: str | None = None
     """The assistant the conversation was started from, whose files the prompt may draw on."""
+    api_key_id: str | None = None
+    """The API key a `/v1` request came with; its reply's events name it for analytics."""
+    max_tokens: int | None = None
+    """The request's own limit on the reply (a `/v1` request's `max_tokens`)."""
 
 
 _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
@@ -60,6 +64,7 @@ _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
 _CLAIM_REQUEST = f"""
 WITH request AS (
     SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
+           c.api_key_id, c.max_tokens,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
            coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
@@ -135,6 +140,8 @@ async def claim_request(
         system_prompt=row["system_prompt"],
         history=history,
         assistant_id=row["assistant_id"],
+        api_key_id=row["api_key_id"],
+        max_tokens=row["max_tokens"],
     )
     return request, bool(row["inserted"])
 
@@ -158,6 +165,7 @@ class FinalReply:
     status: MessageStatus
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage_estimated: bool = False
     ttft_ms: float | None = None
     duration_ms: float | None = None
     finish_reason: str | None = None
@@ -170,10 +178,10 @@ WITH finished AS (
     UPDATE {MESSAGES}
     SET content = $3, seq = $4, status = $5, prompt_tokens = $6, completion_tokens = $7,
         ttft_ms = $8, duration_ms = $9, finish_reason = $10, error_code = $11,
-        updated_at = now()
+        usage_estimated = $12, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
     RETURNING id, reply_to
-), {outbox_rows_for(OUTBOX, "finished", 12)},
+), {outbox_rows_for(OUTBOX, "finished", 13)},
 {SETTLE_CTE("finished", "coalesce($6::int, 0) + coalesce($7::int, 0)")}
 SELECT (SELECT count(*) FROM finished) AS finished,
        EXISTS (SELECT 1 FROM {MESSAGES}
@@ -214,6 +222,7 @@ async def finish_reply(
         final.duration_ms,
         final.finish_reason,
         final.error_code,
+        final.usage_estimated,
         *event.parameters(),
     )
     assert row is not None

@@ -23,7 +23,15 @@ class ChatWorkerSettings(ServiceSettings):
         "older messages are dropped first.",
     )
     max_reply_tokens: int | None = Field(
-        default=None, ge=1, description="max_tokens sent to the model (none: its default)."
+        default=None,
+        ge=1,
+        description="max_tokens sent to the model when the request sets none (none: the "
+        "model's default).",
+    )
+    max_reply_tokens_cap: int = Field(
+        default=16_384,
+        ge=1,
+        description="The largest max_tokens sent to the model, whatever a request asks for.",
     )
     llm_timeout_s: float = Field(
         default=60.0, gt=0, description="Longest wait for the model's next bytes (stall)."

@@ -12,6 +12,7 @@ from services.budgets.release import release_stale_forever
 from services.chat import models
 from services.gateway import api, files_api, openai_api, ws
 from services.gateway.account_erasure import AccountEraser
+from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
 from services.gateway.model_access import ModelAccess, ServedModels
@@ -48,6 +49,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lambda event: sockets.revoke(str(event.user_id), event.occurred_at.timestamp())
     )
     revocation_feed.add_listener(eraser.on_revoked)
+    api_keys = ApiKeyDirectory(settings.auth_url, revocations, cache_s=settings.api_key_cache_s)
+    revocation_feed.add_listener(lambda event: api_keys.forget_user(str(event.user_id)))
+    revocation_feed.add_key_listener(api_keys.forget_key)
     knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     model_access = ModelAccess(settings.allowed_models, settings.role_models)
@@ -78,6 +82,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             producer=SERVICE,
         ),
         outbox=outbox,
+        api_keys=api_keys,
     )
 
     @asynccontextmanager
@@ -97,6 +102,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         runtime.run_in_background(knowledge_outbox.relay_forever(), "knowledge-outbox-relay")
         yield
         await revocation_feed.stop()
+        await api_keys.close()
         await eraser.stop()
         await fanout.stop()
         await outbox.drain_background()

@@ -10,6 +10,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
@@ -28,6 +29,7 @@ class Gateway:
     sockets: OpenSockets
     knowledge: KnowledgeFiles
     outbox: Outbox
+    api_keys: ApiKeyDirectory
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:

@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from services.auth.key_lookup import KeyOwner
 from services.budgets import ledger
 from services.chat.models import (
     ORIGIN_API,
@@ -38,7 +37,8 @@ from services.chat.models import (
     MessageStatus,
 )
 from services.chat.replies import is_finished
-from services.gateway.api_caller import CallerRefused, resolve_caller
+from services.gateway.api_caller import CallerRefused, CallerUncheckable, resolve_caller
+from services.gateway.api_keys import KeyOwner
 from services.gateway.context import Gateway, get_gateway
 from services.gateway.errors import ChatError, RateLimited
 from services.gateway.fanout import StreamUnavailable
@@ -92,6 +92,10 @@ async def _caller(request: Request, gw: Gateway) -> KeyOwner:
         return await resolve_caller(gw, request.headers.get("authorization"))
     except CallerRefused as exc:
         raise ApiError(401, str(exc), "invalid_request_error", "invalid_api_key") from None
+    except CallerUncheckable as exc:
+        raise ApiError(
+            503, str(exc), "server_error", "service_unavailable", headers={"Retry-After": "1"}
+        ) from None
 
 
 @router.get("/models", response_model=None)
@@ -180,6 +184,13 @@ def _turns(body: ChatCompletionRequest) -> tuple[str | None, list[tuple[str, str
     return ("\n\n".join(system) if system else None), turns
 
 
+def _usage(frame: ReplyCompletedFrame) -> dict[str, Any]:
+    """OpenAI's usage object, plus `estimated`: true when the model reported no usage and the
+    counts were estimated from the text (documented in docs/openai-api.md), never passed off
+    as exact."""
+    return {**frame.usage.model_dump(), "estimated": frame.usage_estimated}
+
+
 class _FrameQueue:
     """A fan-out watcher that queues this request's frames."""
 
@@ -226,6 +237,7 @@ class _Completion:
                         status=ConversationStatus.ACTIVE.value,
                         origin=ORIGIN_API,
                         api_key_id=self.caller.key_id,
+                        max_tokens=self.body.reply_limit,
                     )
                 )
                 await session.flush()
@@ -357,6 +369,7 @@ class _Completion:
                     "completion_tokens": completion,
                     "total_tokens": prompt + completion,
                 },
+                usage_estimated=reply.usage_estimated,
                 finish_reason=reply.finish_reason,
                 model=reply.model or self.body.model,
             )
@@ -428,7 +441,7 @@ class _Completion:
                             "created": self.created,
                             "model": self.body.model,
                             "choices": [],
-                            "usage": frame.usage.model_dump(),
+                            "usage": _usage(frame),
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
                 elif isinstance(frame, ReplyFailedFrame | ReplyCancelledFrame):
@@ -466,7 +479,7 @@ class _Completion:
                             "finish_reason": terminal.finish_reason or "stop",
                         }
                     ],
-                    "usage": terminal.usage.model_dump(),
+                    "usage": _usage(terminal),
                 }
             )
         message = (

@@ -14,7 +14,15 @@ class GatewaySettings(ServiceSettings):
     )
     auth_url: str = Field(
         default="http://127.0.0.1:8001",
-        description="Where the web app's sign-in and /auth, /users calls are forwarded.",
+        description="Auth's address: the web app's sign-in and /auth, /users calls are "
+        "forwarded there, and API keys of the OpenAI-compatible API are checked there.",
+    )
+    api_key_cache_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="How long a gateway keeps auth's answer for an API key; a revoked key or "
+        "owner is forgotten at once through the revocation stream (0: ask on every request).",
     )
     analytics_url: str = Field(
         default="http://127.0.0.1:8002",

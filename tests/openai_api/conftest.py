@@ -63,7 +63,11 @@ def stack(
         CONVOAI_LOGIN_RATE_LIMIT="1000",
         **common,
     )
-    gateway_env = {"CONVOAI_ALLOWED_MODELS": '["gpt-4o-mini","mock-model"]', **common}
+    gateway_env = {
+        "CONVOAI_ALLOWED_MODELS": '["gpt-4o-mini","mock-model"]',
+        "CONVOAI_AUTH_URL": auth.url,
+        **common,
+    }
     gateway_a = start_service("gateway", instance_id="gw-oai-a", wait=False, **gateway_env)
     gateway_b = start_service("gateway", instance_id="gw-oai-b", wait=False, **gateway_env)
     worker = start_service(

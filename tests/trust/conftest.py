@@ -73,17 +73,18 @@ async def stack(_server_urls: tuple[str, str], infra: TestInfrastructure) -> Asy
         return process.start(wait=False)
 
     try:
+        auth = start(
+            "auth",
+            CONVOAI_ADMIN_USERNAME=ADMIN_USERNAME,
+            CONVOAI_ADMIN_EMAIL="admin@trust.example",
+            CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        )
         stack = Stack(
             infra=own,
-            auth=start(
-                "auth",
-                CONVOAI_ADMIN_USERNAME=ADMIN_USERNAME,
-                CONVOAI_ADMIN_EMAIL="admin@trust.example",
-                CONVOAI_ADMIN_PASSWORD=ADMIN_PASSWORD,
-            ),
+            auth=auth,
             analytics=start("analytics_consumer"),
-            gateway=start("gateway", "tr-gw-a", **GATEWAY_ENV),
-            gateway_b=start("gateway", "tr-gw-b", **GATEWAY_ENV),
+            gateway=start("gateway", "tr-gw-a", **GATEWAY_ENV, CONVOAI_AUTH_URL=auth.url),
+            gateway_b=start("gateway", "tr-gw-b", **GATEWAY_ENV, CONVOAI_AUTH_URL=auth.url),
         )
         for process in processes:
             process.wait_healthy(STARTUP_TIMEOUT_S)

@@ -1,14 +1,14 @@
 """replies name the worker generating their current attempt
 
-Revision ID: chat_0005
-Revises: chat_0004
+Revision ID: chat_0006
+Revises: chat_0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "chat_0005"
-down_revision = "chat_0004"
+revision = "chat_0006"
+down_revision = "chat_0005"
 branch_labels = None
 depends_on = None
 
