@@ -63,7 +63,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(int(exc.retry_after_s))
         return JSONResponse(
-            {"detail": exc.message},
+            {"detail": exc.message, "code": exc.code},
             status_code=_STATUS_OF_ERROR.get(type(exc), status.HTTP_400_BAD_REQUEST),
             headers=headers,
         )
@@ -79,7 +79,9 @@ async def create_assistant(
     body: AssistantCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.create_assistant(session, principal.user_id, body)
+        assistant = await gw.chat.create_assistant(
+            session, principal.user_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -109,7 +111,9 @@ async def update_assistant(
     assistant_id: str, body: AssistantUpdate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.update_assistant(session, principal.user_id, assistant_id, body)
+        assistant = await gw.chat.update_assistant(
+            session, principal.user_id, assistant_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -127,7 +131,9 @@ async def create_conversation(
     body: ConversationCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
     async with gw.unit_of_work() as session:
-        conversation = await gw.chat.create_conversation(session, principal.user_id, body)
+        conversation = await gw.chat.create_conversation(
+            session, principal.user_id, body, principal.roles
+        )
     return ConversationOut.model_validate(conversation)
 
 
