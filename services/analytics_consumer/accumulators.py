@@ -72,7 +72,8 @@ class UserDelta:
     def row(self, user_id: str) -> dict[str, Any]:
         return {
             "user_id": user_id,
-            "username": self.username,
+            # A deleted account is anonymous, whatever name a later (older) event carries.
+            "username": None if self.deleted_at is not None else self.username,
             "roles": self.roles,
             "roles_set_at": self.roles_set_at,
             "is_active": True if self.is_active is None else self.is_active,

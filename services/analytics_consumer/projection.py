@@ -77,6 +77,8 @@ class BatchEffects:
     ttft: defaultdict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
     api: dict[tuple[date, str, str, str, int], list[float]] = field(default_factory=dict)
     counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    deleted_users: set[str] = field(default_factory=set)
+    """Users deleted by this batch: their names go, from their row and their activities."""
 
     # -- touching rows --
 
@@ -200,10 +202,14 @@ class BatchEffects:
             user.is_active_set_at = event.occurred_at
 
     def _user_deleted(self, event: UserDeleted) -> None:
+        """Anonymise: the account's name goes (here, and from its activities in `upserts.py`);
+        its metrics stay under the opaque user id."""
         self._activity(event, "account_deleted", details={"actor_id": event.actor_id})
         if event.user_id:
             user = self._user(event.user_id, event.occurred_at)
             user.deleted_at = earliest(user.deleted_at, event.occurred_at)
+            user.username = None
+            self.deleted_users.add(event.user_id)
 
     def _api_key(self, key_id: str, event: Event) -> ApiKeyDelta:
         key = self.api_keys.setdefault(key_id[: models.ID_LENGTH], ApiKeyDelta())

@@ -43,6 +43,7 @@ outbox = outbox_table(Base.metadata)
 MAX_TITLE_LENGTH = 200
 MAX_SYSTEM_PROMPT_LENGTH = 8000
 MAX_MODEL_NAME_LENGTH = 100
+MAX_WORKER_ID_LENGTH = 100
 
 
 ORIGIN_CHAT = "chat"
@@ -133,6 +134,9 @@ class Message(Base):
     seq: Mapped[int] = mapped_column(Integer, default=0)
     """For a reply: the stream `seq` its stored `content` includes (partial or final)."""
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    worker_id: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID_LENGTH))
+    """For a reply: the chat worker instance that generates (or generated) its current
+    `attempt`; a subscribing gateway asks that worker alone what it has streamed so far."""
     model: Mapped[str | None] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)

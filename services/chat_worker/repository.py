@@ -59,7 +59,8 @@ _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
 
 # One statement: read the message `$1` with its conversation and assistant (defaults `$3`,
 # `$5`) and the newest `$4` earlier questions, each with its answer if that answer has text and
-# `PROMPT_STATUSES`; and create the (streaming) reply `$2` unless the message already has one.
+# `PROMPT_STATUSES`; and create the (streaming) reply `$2`, held by worker `$6`, unless the
+# message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
     SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
@@ -73,9 +74,9 @@ WITH request AS (
     WHERE m.id = $1 AND m.role = '{MessageRole.USER.value}'
 ), inserted AS (
     INSERT INTO {MESSAGES}
-        (id, conversation_id, role, content, status, reply_to, seq, attempt, model)
+        (id, conversation_id, role, content, status, reply_to, seq, attempt, model, worker_id)
     SELECT $2, conversation_id, '{MessageRole.ASSISTANT.value}', '',
-           '{MessageStatus.STREAMING.value}', id, 0, 1, model
+           '{MessageStatus.STREAMING.value}', id, 0, 1, model, $6
     FROM request
     ON CONFLICT ON CONSTRAINT uq_messages_reply_to DO NOTHING
     RETURNING id
@@ -104,10 +105,11 @@ async def claim_request(
     *,
     default_model: str,
     default_system_prompt: str,
+    worker_id: str,
 ) -> tuple[Request | None, bool]:
     """The request to answer (None: no such user message) and whether its reply `reply_id`
-    was created now (False: the message already has a reply). The conversation's model and
-    system prompt, else its assistant's, else the defaults."""
+    was created now, held by `worker_id` (False: the message already has a reply). The
+    conversation's model and system prompt, else its assistant's, else the defaults."""
     row = await connection.fetchrow(
         _CLAIM_REQUEST,
         message_id,
@@ -115,6 +117,7 @@ async def claim_request(
         default_model,
         HISTORY_MESSAGES,
         default_system_prompt,
+        worker_id,
     )
     if row is None:
         return None, False

@@ -90,7 +90,9 @@ async def create_assistant(
     body: AssistantCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.create_assistant(session, principal.user_id, body)
+        assistant = await gw.chat.create_assistant(
+            session, principal.user_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -120,7 +122,9 @@ async def update_assistant(
     assistant_id: str, body: AssistantUpdate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.update_assistant(session, principal.user_id, assistant_id, body)
+        assistant = await gw.chat.update_assistant(
+            session, principal.user_id, assistant_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -138,7 +142,9 @@ async def create_conversation(
     body: ConversationCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
     async with gw.unit_of_work() as session:
-        conversation = await gw.chat.create_conversation(session, principal.user_id, body)
+        conversation = await gw.chat.create_conversation(
+            session, principal.user_id, body, principal.roles
+        )
     return ConversationOut.model_validate(conversation)
 
 

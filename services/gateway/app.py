@@ -15,6 +15,7 @@ from services.gateway.admissions import AdmissionPolicy
 from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
+from services.gateway.model_access import ModelAccess, ServedModels
 from services.gateway.open_sockets import OpenSockets
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
@@ -53,6 +54,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
     admissions = AdmissionPolicy.from_settings(settings)
+    model_access = ModelAccess(settings.allowed_models, settings.role_models)
+    served_models = ServedModels(
+        model_access, settings.llm_base_url, settings.llm_api_key, settings.models_refresh_s
+    )
     gateway = Gateway(
         settings=settings,
         chat=ChatService(
@@ -60,7 +65,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             outbox,
             max_message_length=settings.max_message_length,
             admissions=admissions,
-            allowed_models=frozenset(settings.allowed_models),
+            models=model_access,
         ),
         fanout=fanout,
         verifier=verifier,
@@ -82,6 +87,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.models_source == "server":
+            # Read once before serving (the settings' list stands in if this fails), then kept
+            # up to date in the background.
+            await served_models.refresh()
+            runtime.run_in_background(served_models.refresh_forever(), "model-list-refresh")
         await runtime.start()
         await fanout.start()
         await revocation_feed.start()

@@ -101,7 +101,7 @@ async def _caller(request: Request, gw: Gateway) -> KeyOwner:
 async def list_models(request: Request) -> Response:
     gw = get_gateway(request)
     try:
-        await _caller(request, gw)
+        caller = await _caller(request, gw)
     except ApiError as exc:
         return exc.response()
     return JSONResponse(
@@ -109,7 +109,7 @@ async def list_models(request: Request) -> Response:
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "convoai"}
-                for name in gw.settings.api_models
+                for name in gw.chat.models.usable_by(caller.roles)
             ],
         }
     )
@@ -120,7 +120,7 @@ async def chat_completions(request: Request) -> Response:
     gw = get_gateway(request)
     try:
         caller = await _caller(request, gw)
-        body = _parse(await request.body(), gw)
+        body = _parse(await request.body(), gw, caller)
         completion = _Completion(gw, caller, body)
         await completion.dispatch()
     except ApiError as exc:
@@ -136,7 +136,7 @@ async def chat_completions(request: Request) -> Response:
     return await completion.whole()
 
 
-def _parse(raw: bytes, gw: Gateway) -> ChatCompletionRequest:
+def _parse(raw: bytes, gw: Gateway, caller: KeyOwner) -> ChatCompletionRequest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -149,7 +149,8 @@ def _parse(raw: bytes, gw: Gateway) -> ChatCompletionRequest:
         first = exc.errors(include_url=False, include_input=False)[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise _invalid(f"{param}: {first['msg']}", param) from None
-    if body.model not in gw.settings.api_models:
+    if body.model not in gw.chat.models.usable_by(caller.roles):
+        # As OpenAI answers a model the key may not use: it does not exist for this caller.
         raise ApiError(
             404,
             f"The model `{body.model}` does not exist",

@@ -12,7 +12,7 @@ kept whole so its admission, retry and duplicate decisions read in one place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -33,10 +33,10 @@ from services.gateway.errors import (
     Conflict,
     InvalidInput,
     LimitReached,
-    ModelNotAllowed,
     NotFound,
     RateLimited,
 )
+from services.gateway.model_access import ModelAccess
 from services.gateway.schemas import (
     AssistantCreate,
     AssistantUpdate,
@@ -82,25 +82,22 @@ class ChatService:
         *,
         max_message_length: int,
         admissions: AdmissionPolicy,
-        allowed_models: frozenset[str] = frozenset(),
+        models: ModelAccess,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._max_message_length = max_message_length
         self._admissions = admissions
-        self._allowed_models = allowed_models
-
-    def _check_model(self, model: str | None) -> None:
-        """Only models the operator allows: a client must not pick the most expensive one."""
-        if model is not None and model not in self._allowed_models:
-            raise ModelNotAllowed(model, self._allowed_models)
+        self.models = models
+        """Only models the operator allows a caller's roles: a client must not pick the most
+        expensive one."""
 
     # --- assistants ----------------------------------------------------------------------
 
     async def create_assistant(
-        self, session: AsyncSession, owner_id: str, data: AssistantCreate
+        self, session: AsyncSession, owner_id: str, data: AssistantCreate, roles: Collection[str]
     ) -> Assistant:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         assistant = Assistant(
             id=new_id(IdKind.ASSISTANT),
             owner_id=owner_id,
@@ -125,9 +122,14 @@ class ChatService:
         return await repository.list_assistants(session, owner_id, skip, limit)
 
     async def update_assistant(
-        self, session: AsyncSession, owner_id: str, assistant_id: str, data: AssistantUpdate
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        assistant_id: str,
+        data: AssistantUpdate,
+        roles: Collection[str],
     ) -> Assistant:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         assistant = await self._owned_assistant(session, owner_id, assistant_id)
         for field, value in data.model_dump(exclude_unset=True).items():
             if field in ("name", "system_prompt") and value is None:
@@ -156,9 +158,13 @@ class ChatService:
     # --- conversations -------------------------------------------------------------------
 
     async def create_conversation(
-        self, session: AsyncSession, owner_id: str, data: ConversationCreate
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        data: ConversationCreate,
+        roles: Collection[str],
     ) -> Conversation:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         system_prompt, model, temperature = data.system_prompt, data.model, None
         if data.assistant_id is not None:
             assistant = await self._owned_assistant(session, owner_id, data.assistant_id)
@@ -166,6 +172,9 @@ class ChatService:
             system_prompt = system_prompt if system_prompt is not None else assistant.system_prompt
             model = model or assistant.model
             temperature = assistant.temperature
+            # The assistant's model was allowed when it was saved; the list or the caller's
+            # roles may have changed since.
+            self.models.check(model, roles)
         conversation = Conversation(
             id=new_id(IdKind.CONVERSATION),
             owner_id=owner_id,

@@ -79,6 +79,11 @@ class ChatSocket:
         assert self.auth.principal is not None
         return self.auth.principal.user_id
 
+    @property
+    def roles(self) -> frozenset[str]:
+        assert self.auth.principal is not None
+        return self.auth.principal.roles
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:

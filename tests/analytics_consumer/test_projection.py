@@ -25,6 +25,7 @@ from shared.events import (
     ReplyCompleted,
     ReplyFailed,
     ReplyStarted,
+    UserDeleted,
     UserLoggedIn,
     UserRegistered,
     UserUpdated,
@@ -74,6 +75,18 @@ def test_registration_and_login_count_for_the_day_and_the_user():
     assert user.registered_at == user.last_login_at == NOON
     assert [a["activity_type"] for a in effects.activities] == ["registration", "login"]
     assert effects.daily_users[(DAY, "u1")].values == {"logins": 1}
+
+
+def test_a_deleted_user_has_no_name_even_from_an_older_event_after_the_deletion():
+    effects = _effects(
+        UserRegistered(producer="t", user_id="u1", username="alice", occurred_at=NOON),
+        UserDeleted(producer="t", user_id="u1", occurred_at=NOON + timedelta(minutes=5)),
+        UserLoggedIn(producer="t", user_id="u1", username="alice", occurred_at=NOON),
+    )
+    row = effects.users["u1"].row("u1")
+    assert (row["username"], row["deleted_at"]) == (None, NOON + timedelta(minutes=5))
+    assert (row["logins"], effects.daily[DAY].values["new_users"]) == (1, 1)  # metrics stay
+    assert effects.deleted_users == {"u1"}  # its activities are anonymised when written
 
 
 def test_the_newest_role_change_wins_whatever_the_arrival_order():

@@ -226,7 +226,8 @@ async def test_bad_requests_get_clear_4xx_errors(http, new_user, gateway):
     )
     assert huge.status_code == 413 and "detail" in huge.json()
     unknown = await http.get("/conversations/doesnotexist", headers=alice.headers)
-    assert unknown.status_code == 404 and unknown.json() == {"detail": "Conversation not found"}
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "Conversation not found", "code": "not_found"}
 
 
 async def test_rest_message_rate_limit_answers_429_with_retry_after(http, new_user):
