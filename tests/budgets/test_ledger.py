@@ -105,7 +105,12 @@ async def answer(
     )
     async with driver_connection(engine) as connection:
         await worker_repository.claim_request(
-            connection, message_id, reply_id, default_model=MODEL, default_system_prompt="s"
+            connection,
+            message_id,
+            reply_id,
+            default_model=MODEL,
+            default_system_prompt="s",
+            worker_id="w",
         )
         stored = await worker_repository.finish_reply(connection, reply_id, 1, "", 1, final, event)
     assert stored is worker_repository.FinishOutcome.STORED
