@@ -69,10 +69,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, InvalidInput):
             return unprocessable(exc.message)
         headers = {}
-        body: dict[str, object] = {"detail": exc.message}
+        body: dict[str, object] = {"detail": exc.message, "code": exc.code}
         if isinstance(exc, LimitReached):
             headers["Retry-After"] = str(exc.retry_after_s)
-            body.update(code=exc.code, limit=exc.limit)
+            body["limit"] = exc.limit
         return JSONResponse(
             body,
             status_code=_STATUS_OF_ERROR.get(type(exc), status.HTTP_400_BAD_REQUEST),
