@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models, repository
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.repository import (
     ESTIMATED_COLUMNS,
     DateRange,
@@ -31,6 +30,7 @@ from services.analytics_consumer.schemas import (
     TtftDay,
     UserRow,
 )
+from services.budgets.pricing import PriceTable
 from shared.db import transaction
 from shared.pagination import Limit, Page, ReportLimit, Skip
 from shared.security import Role, require_roles

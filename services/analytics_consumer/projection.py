@@ -27,7 +27,7 @@ from services.analytics_consumer.accumulators import (
     ttft_bucket,
     utc_day,
 )
-from services.analytics_consumer.pricing import PriceTable
+from services.budgets.pricing import PriceTable
 from shared.events import (
     ApiKeyCreated,
     ApiKeyRevoked,

@@ -182,7 +182,7 @@ WITH finished AS (
     WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
     RETURNING id, reply_to
 ), {outbox_rows_for(OUTBOX, "finished", 13)},
-{SETTLE_CTE("finished", "coalesce($6::int, 0) + coalesce($7::int, 0)")}
+{SETTLE_CTE("finished", "coalesce($6::int, 0)", "coalesce($7::int, 0)")}
 SELECT (SELECT count(*) FROM finished) AS finished,
        EXISTS (SELECT 1 FROM {MESSAGES}
                WHERE id = $1 AND attempt = $2 AND status = $5 AND seq = $4) AS already

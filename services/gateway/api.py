@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from services.chat.models import ConversationStatus, Message, MessageRole
 from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
-from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from services.gateway.errors import (
+    BudgetExceeded,
+    ChatError,
+    Conflict,
+    InvalidInput,
+    LimitReached,
+    NotFound,
+    RateLimited,
+)
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.schemas import (
     MAX_SEARCH_LENGTH,
@@ -51,6 +59,7 @@ _STATUS_OF_ERROR: dict[type[ChatError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
     RateLimited: status.HTTP_429_TOO_MANY_REQUESTS,
+    BudgetExceeded: status.HTTP_429_TOO_MANY_REQUESTS,
 }
 
 
@@ -60,10 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, InvalidInput):
             return unprocessable(exc.message)
         headers = {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(int(exc.retry_after_s))
+        body: dict[str, object] = {"detail": exc.message, "code": exc.code}
+        if isinstance(exc, LimitReached):
+            headers["Retry-After"] = str(exc.retry_after_s)
+            body["limit"] = exc.limit
         return JSONResponse(
-            {"detail": exc.message, "code": exc.code},
+            body,
             status_code=_STATUS_OF_ERROR.get(type(exc), status.HTTP_400_BAD_REQUEST),
             headers=headers,
         )

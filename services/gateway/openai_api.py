@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from services.budgets import ledger
+from services.budgets.admission import Admission
 from services.chat.models import (
     ORIGIN_API,
     Conversation,
@@ -40,7 +39,7 @@ from services.chat.replies import is_finished
 from services.gateway.api_caller import CallerRefused, CallerUncheckable, resolve_caller
 from services.gateway.api_keys import KeyOwner
 from services.gateway.context import Gateway, get_gateway
-from services.gateway.errors import ChatError, RateLimited
+from services.gateway.errors import ChatError, LimitReached, RateLimited
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.openai_schemas import ChatCompletionRequest, error_body
 from services.gateway.service import PRODUCER
@@ -212,6 +211,7 @@ class _Completion:
         self.conversation_id = new_id(IdKind.CONVERSATION)
         self.message_id = ""
         self.created = int(time.time())
+        self.reply_tokens = gw.admissions.reply_tokens(body.reply_limit)
         self.frames = _FrameQueue()
         self.watching = False
         self.finished = False
@@ -237,7 +237,8 @@ class _Completion:
                         status=ConversationStatus.ACTIVE.value,
                         origin=ORIGIN_API,
                         api_key_id=self.caller.key_id,
-                        max_tokens=self.body.reply_limit,
+                        # The model is held to what the budget reserves for the reply.
+                        max_tokens=self.reply_tokens,
                     )
                 )
                 await session.flush()
@@ -256,30 +257,20 @@ class _Completion:
                     self.watching = True
                 except StreamUnavailable:
                     pass  # the database poll alone still finds the reply
-                await ledger.check_rate(session, owner, self.gw.settings.api_requests_per_minute)
+                # The message's statement admits it through the ledger (the user's and the key's
+                # limits): refused, nothing of this transaction is stored or sent.
                 accepted = await self.gw.chat.send_message(
-                    session, owner, self.conversation_id, last, None
+                    session, owner, self.conversation_id, last, None, admission=self._admission()
                 )
                 self.message_id = accepted.message.id
-                # In the message's own transaction: refused, nothing is stored or sent.
-                await ledger.reserve(session, owner, self.message_id, self._worst_case())
-        except ledger.OverLimit as exc:
+        except LimitReached as exc:
             await self._unwatch()
             raise ApiError(
                 429,
                 exc.message,
-                "rate_limit_exceeded" if exc.reason == "rate_limited" else "insufficient_quota",
-                exc.reason,
-                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
-            ) from None
-        except RateLimited as exc:
-            await self._unwatch()
-            raise ApiError(
-                429,
-                exc.message,
-                "rate_limit_exceeded",
-                "rate_limited",
-                headers={"Retry-After": str(max(1, int(exc.retry_after_s + 0.999)))},
+                "rate_limit_exceeded" if isinstance(exc, RateLimited) else "insufficient_quota",
+                exc.code,
+                headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
         except ChatError as exc:
             await self._unwatch()
@@ -288,10 +279,14 @@ class _Completion:
             await self._unwatch()
             raise
 
-    def _worst_case(self) -> int:
-        chars = sum(len(m.text) for m in self.body.messages)
-        limit = self.body.reply_limit or self.gw.settings.api_default_max_tokens
-        return ledger.worst_case_tokens(chars, len(self.body.messages), limit)
+    def _admission(self) -> Admission:
+        return self.gw.admissions.api_request(
+            self.caller.user_id,
+            self.caller.key_id,
+            sum(len(m.text) for m in self.body.messages),
+            len(self.body.messages),
+            self.reply_tokens,
+        )
 
     def _add_history(self, session: Any, turns: list[tuple[str, str]]) -> None:
         # Earlier than the message being answered (stored with the transaction's now()), in order.

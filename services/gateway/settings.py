@@ -2,10 +2,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from services.budgets.pricing import PricingSettings
+from services.chat.settings import ReplySettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ReplySettings, PricingSettings):
     """Settings of the gateway (env prefix CONVOAI_)."""
 
     allowed_origins: list[str] = Field(
@@ -38,7 +39,11 @@ class GatewaySettings(ServiceSettings):
         description="Largest WebSocket frame the gateway parses; larger ones get an error frame.",
     )
     messages_per_minute: int = Field(
-        default=30, ge=1, le=100_000, description="User messages per minute per user and gateway."
+        default=30,
+        ge=1,
+        le=100_000,
+        description="Chat messages (WebSocket and REST) per minute per user across all gateways, "
+        "unless an admin set the user's own requests_per_minute.",
     )
     ws_auth_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long a socket may stay unauthenticated."
@@ -117,7 +122,10 @@ class GatewaySettings(ServiceSettings):
         "ephemeral conversation, deleted when the socket closes, strict per-address limit.",
     )
     anonymous_messages_per_minute: int = Field(
-        default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Anonymous messages per minute per client address across all gateways.",
     )
     knowledge_max_file_bytes: int = Field(
         default=10 * 2**20, ge=1, description="Largest knowledge file an assistant accepts."
@@ -137,7 +145,8 @@ class GatewaySettings(ServiceSettings):
     api_default_max_tokens: int = Field(
         default=4096,
         ge=1,
-        description="Reply tokens reserved from the budget when a request sets no max_tokens.",
+        description="Reply tokens reserved from the budget when an API request sets no "
+        "max_tokens, and for a chat message when max_reply_tokens is not set.",
     )
     reservation_ttl_s: float = Field(
         default=900.0,

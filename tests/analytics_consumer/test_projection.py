@@ -9,9 +9,8 @@ import pytest
 
 from services.analytics_consumer import models
 from services.analytics_consumer.accumulators import ttft_bucket, utc_day
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.projection import EVENT_HANDLERS, BatchEffects
-from services.analytics_consumer.settings import ModelPrice
+from services.budgets.pricing import ModelPrice, PriceTable
 from shared.events import (
     EVENT_TYPES,
     ApiKeyCreated,
