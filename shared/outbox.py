@@ -7,6 +7,10 @@ publishes it later. Several instances relay side by side: a relay leases a batch
 `created_at` forward, under `FOR UPDATE SKIP LOCKED`) and publishes it outside any transaction.
 Consumers are idempotent on `event_id`, so the rare double publish (a fast path or a relay
 slower than the grace period) is harmless.
+
+Longer than ~400 lines on purpose: the fast path and the relay are one object because they share
+state no other module should touch: the ids in flight (the relay skips what the fast path is
+publishing) and the batched forget/release of rows both paths settle.
 """
 
 from __future__ import annotations
