@@ -11,10 +11,14 @@ reconnecting itself.
 `QueueConsumer.run_forever` connects, consumes, and after any loss (broker restart, node loss,
 the queue's consumer cancelled by the broker) reconnects and re-attaches, with backoff.
 `on_channel_closed` tells the owner that the deliveries it still holds can no longer be settled:
-the broker redelivers them on the next channel. A handler settles each delivery itself
-(`message.channel.basic_ack(message.delivery_tag)`, `basic_reject`, `basic_nack`), as the
-analytics consumer does for its batches, or through `settle_each_event`: one event per delivery,
-acknowledged, returned to the queue or dead-lettered by what the service says.
+the broker redelivers them on the next channel. `wait_before_attaching` holds every (re)attach
+until what handling a delivery needs is back too (the chat worker's frame connection: a reply
+streamed while its frames cannot be published reaches no client).
+
+A handler settles each delivery itself (`message.channel.basic_ack(message.delivery_tag)`,
+`basic_reject`, `basic_nack`), as the analytics consumer does for its batches, or through
+`settle_each_event`: one event per delivery, acknowledged, returned to the queue or
+dead-lettered by what the service says.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class QueueConsumer:
         prefetch: int,
         connection_name: str,
         on_channel_closed: Callable[[], None] | None = None,
+        wait_before_attaching: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.queue_name = queue
         self._amqp_url = amqp_url
@@ -62,6 +67,7 @@ class QueueConsumer:
         self._prefetch = prefetch
         self._connection_name = connection_name
         self._on_channel_closed = on_channel_closed
+        self._wait_before_attaching = wait_before_attaching
         self._connection: aiormq.abc.AbstractConnection | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._consumer_tag: str | None = None
@@ -99,6 +105,8 @@ class QueueConsumer:
             attempt += 1
 
     async def _consume_until_lost(self) -> None:
+        if self._wait_before_attaching is not None:
+            await self._wait_before_attaching()
         self._connection = await aiormq.connect(
             self._amqp_url, client_properties={"connection_name": self._connection_name}
         )

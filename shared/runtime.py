@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from faststream.rabbit import RabbitBroker
@@ -74,6 +74,7 @@ class ServiceRuntime:
         prefetch: int,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         on_channel_closed: Callable[[], None] | None = None,
+        wait_before_attaching: Callable[[], Awaitable[None]] | None = None,
     ) -> QueueConsumer:
         """A `QueueConsumer` of `queue` on a connection of its own (named after the instance and
         the queue) that `start()` attaches once the topology exists and `stop()` detaches
@@ -85,6 +86,7 @@ class ServiceRuntime:
             prefetch=prefetch,
             connection_name=f"{self.instance_id}-{queue.removeprefix(self.topology.name(''))}",
             on_channel_closed=on_channel_closed,
+            wait_before_attaching=wait_before_attaching,
         )
         self._consumers.append((consumer, drain_timeout_s))
         return consumer

@@ -51,7 +51,12 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         min_similarity=settings.knowledge_min_similarity,
     )
     requests = runtime.consume(
-        runtime.topology.chat_requests.name, request_handler(replies), prefetch=settings.prefetch
+        runtime.topology.chat_requests.name,
+        request_handler(replies),
+        prefetch=settings.prefetch,
+        # No requests while their frames could not reach a client, e.g. after a broker outage
+        # the request connection is back before the frame connection.
+        wait_before_attaching=frames.wait_until_connected,
     )
 
     @asynccontextmanager

@@ -238,3 +238,34 @@ def _consumer_cancelled(consumer: QueueConsumer) -> bool:
     """The broker confirmed `basic.cancel` (aiormq forgets the consumer tag on CancelOk)."""
     channel = consumer._channel
     return channel is not None and consumer._consumer_tag not in channel.consumers
+
+
+async def test_consumer_attaches_only_once_what_it_waits_for_is_up(infra, queue_name):
+    asked, up = asyncio.Event(), asyncio.Event()
+
+    async def frames_connected() -> None:
+        asked.set()
+        await up.wait()
+
+    received = Received()
+    consumer = QueueConsumer(
+        infra.amqp_url,
+        queue_name,
+        received,
+        prefetch=10,
+        connection_name="test-consumer",
+        wait_before_attaching=frames_connected,
+    )
+    await _publish(infra.amqp_url, queue_name, b"waits")
+    starting = asyncio.create_task(consumer.start())
+    try:
+        async with asyncio.timeout(15):
+            await asked.wait()
+        # It has not even connected yet, so the delivery is still in the queue.
+        assert not consumer.connected
+        assert await _message_count(infra.amqp_url, queue_name) == 1
+        up.set()
+        await starting
+        await received.wait_for_body(b"waits")
+    finally:
+        await consumer.stop()
