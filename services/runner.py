@@ -268,7 +268,8 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
         llm_env = {"CONVOAI_LLM_BASE_URL": f"http://127.0.0.1:{8009 + port_offset}/v1"}
     children.append(child("auth", "auth", 8001))
     children.append(child("analytics", "analytics_consumer", 8002))
-    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset)))
+    # The gateway reads the model list from the same endpoint (CONVOAI_MODELS_SOURCE=server).
+    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset), **llm_env))
     # Workers listen on 8003, 8004, … (health and metrics only), stepping over mock_llm's 8009.
     worker_ports = (p for p in range(8003, 8100) if p != 8009)
     for n, port in zip(range(1, workers + 1), worker_ports, strict=False):

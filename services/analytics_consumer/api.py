@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models, repository
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.repository import (
+    ESTIMATED_COLUMNS,
     DateRange,
     UsersRankedBy,
+    estimated_counts,
     money,
 )
 from services.analytics_consumer.schemas import (
@@ -29,6 +30,7 @@ from services.analytics_consumer.schemas import (
     TtftDay,
     UserRow,
 )
+from services.budgets.pricing import PriceTable
 from shared.db import transaction
 from shared.pagination import Limit, Page, ReportLimit, Skip
 from shared.security import Role, require_roles
@@ -46,7 +48,7 @@ StartDay = Annotated[date | None, Query(description="First UTC day, inclusive (Y
 EndDay = Annotated[date | None, Query(description="Last UTC day, inclusive (YYYY-MM-DD).")]
 
 
-def _date_range(start: date | None, end: date | None) -> DateRange:
+def date_range(start: date | None, end: date | None) -> DateRange:
     if start is not None and end is not None and start > end:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="start is after end")
     return DateRange(start, end)
@@ -103,6 +105,7 @@ async def summary(session: DbSession) -> Summary:
         total_tokens=int(t["prompt_tokens"]) + int(t["completion_tokens"]),
         prompt_tokens=int(t["prompt_tokens"]),
         completion_tokens=int(t["completion_tokens"]),
+        **estimated_counts(t),
         total_cost_usd=money(t["cost_usd"]),
         total_api_calls=api_calls,
         avg_response_time=_avg(float(t["reply_duration_ms_total"]), completed),
@@ -132,7 +135,7 @@ async def user_activities(
         session,
         user_id=user_id,
         activity_type=activity_type,
-        days=_date_range(start, end),
+        days=date_range(start, end),
         skip=skip,
         limit=limit,
     )
@@ -211,7 +214,7 @@ async def conversations(
     limit: ReportLimit = 50,
 ) -> Page[ConversationRow]:
     rows, total = await repository.list_conversations(
-        session, user_id=user_id, days=_date_range(start, end), skip=skip, limit=limit
+        session, user_id=user_id, days=date_range(start, end), skip=skip, limit=limit
     )
     items = [
         ConversationRow(
@@ -248,7 +251,7 @@ async def api_usage(
     limit: ReportLimit = 50,
 ) -> Page[ApiUsageRow]:
     rows, total = await repository.api_usage(
-        session, service=service, days=_date_range(start, end), skip=skip, limit=limit
+        session, service=service, days=date_range(start, end), skip=skip, limit=limit
     )
     items = []
     for r in rows:
@@ -338,6 +341,7 @@ def _daily_row(day: date, row: Any) -> DailyRow:
                     "total_tokens",
                     "api_calls",
                     "api_server_errors",
+                    *ESTIMATED_COLUMNS,
                 ),
                 0,
             ),
@@ -358,6 +362,7 @@ def _daily_row(day: date, row: Any) -> DailyRow:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         total_tokens=row.prompt_tokens + row.completion_tokens,
+        **{name: getattr(row, name) for name in ESTIMATED_COLUMNS},
         cost_usd=money(row.cost_usd),
         avg_response_time_ms=_avg(row.reply_duration_ms_total, row.replies_completed),
         api_calls=row.api_calls,
@@ -375,7 +380,7 @@ async def model_stats(
     limit: ReportLimit = 50,
 ) -> Page[ModelRow]:
     """Per model over the date range; time-to-first-token percentiles are lifetime."""
-    rows = await repository.model_usage(session, _date_range(start, end))
+    rows = await repository.model_usage(session, date_range(start, end))
     percentiles = await repository.ttft_percentiles(session)
     items = []
     for r in rows:
@@ -391,6 +396,7 @@ async def model_stats(
                 prompt_tokens=int(r["prompt_tokens"]),
                 completion_tokens=int(r["completion_tokens"]),
                 total_tokens=int(r["prompt_tokens"]) + int(r["completion_tokens"]),
+                **estimated_counts(r),
                 cost_usd=money(r["cost_usd"]),
                 price_known=price is not None,
                 unpriced_replies=int(r["unpriced_replies"]),

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 
 from services.gateway import metrics
 from services.gateway.context import Gateway, get_gateway
-from services.gateway.errors import ChatError, RateLimited
+from services.gateway.errors import ChatError, LimitReached
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.frame_handlers import FRAME_HANDLERS
 from services.gateway.protocol import (
@@ -80,6 +80,11 @@ class ChatSocket:
     def user_id(self) -> str:
         assert self.auth.principal is not None
         return self.auth.principal.user_id
+
+    @property
+    def roles(self) -> frozenset[str]:
+        assert self.auth.principal is not None
+        return self.auth.principal.roles
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,8 +162,10 @@ class ChatSocket:
         try:
             with tracing.turn_span(f"ws {frame.type}", context):
                 await FRAME_HANDLERS[type(frame)](self, frame)
-        except RateLimited as exc:
-            self.io.error(exc.code, exc.message, retry_after=exc.retry_after_s, **context)
+        except LimitReached as exc:
+            self.io.error(
+                exc.code, exc.message, retry_after=exc.retry_after_s, limit=exc.limit, **context
+            )
         except ChatError as exc:
             self.io.error(exc.code, exc.message, **context)
         except ValidationError as exc:
@@ -172,7 +179,8 @@ class ChatSocket:
             self.io.error("unavailable", "the service is temporarily unavailable; retry", **context)
 
     def rate_key(self) -> str | None:
-        # Anonymous ids are per socket; the client's address is what a reconnect keeps.
+        """Whom the budget ledger charges instead of the user: anonymous ids are per socket; the
+        client's address is what a reconnect keeps."""
         client = self.io.websocket.client
         if self.auth.anonymous and client is not None:
             return f"anon:{client.host}"

@@ -64,7 +64,7 @@ def stack(
         **common,
     )
     gateway_env = {
-        "CONVOAI_API_MODELS": '["gpt-4o-mini","mock-model"]',
+        "CONVOAI_ALLOWED_MODELS": '["gpt-4o-mini","mock-model"]',
         "CONVOAI_AUTH_URL": auth.url,
         **common,
     }
