@@ -23,7 +23,10 @@ One run prints:
   tapped — the stack publishes nothing there);
 - `idle_sockets`: `--idle-sockets` authenticated sockets opened on the gateway (with
   permessage-deflate offered, as browsers do): the gateway's RSS before and after, KiB per
-  socket, the open rate, and chat turns on another socket while they are all open;
+  socket, the open rate and the gateway's CPU per socket opened, and chat turns on another
+  socket while they are all open; then, for `--idle-hold-s`, every socket sends a `ping` frame
+  every `--idle-ping-s` and must get its `pong` (uvicorn's protocol pings, every 20 s, are
+  answered by the client library), with the gateway's RSS after each round: it must not grow;
 - `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
 """
 
@@ -43,6 +46,7 @@ import aio_pika
 import chat_load
 import httpx
 import openai
+import uvloop
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -301,6 +305,31 @@ async def measured_saturation(
     return result, broker
 
 
+async def ping_round(sockets: list[ClientConnection]) -> int:
+    """Every socket sends a `ping` frame; how many got their `pong` back (within 60 s)."""
+    gate = asyncio.Semaphore(500)
+
+    async def one(socket: ClientConnection) -> bool:
+        async with gate:
+            try:
+                await socket.send('{"type":"ping"}')
+                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "pong":
+                    pass
+            except Exception:
+                return False
+            return True
+
+    return sum(await asyncio.gather(*(one(s) for s in sockets)))
+
+
+async def chat_turns(chatter: chat_load.VirtualUser, mock: MockLLMSettings, label: str):
+    turns = []
+    for n in range(20):
+        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} {label} {n}"))
+        await chat_load.wait_all(turns[-1:], 30)
+    return chat_load.latencies(turns), vars(chat_load.check(turns, mock, chat_load.FAST_TOKENS))
+
+
 async def idle_sockets(
     gateway_ws: str,
     count: int,
@@ -308,6 +337,8 @@ async def idle_sockets(
     gateway_pid: int,
     chatter: chat_load.VirtualUser,
     mock: MockLLMSettings,
+    hold_s: float,
+    ping_every_s: float,
 ) -> dict[str, Any]:
     """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
     run = os.urandom(3).hex()
@@ -328,30 +359,66 @@ async def idle_sockets(
                 failures[type(exc).__name__] += 1
 
     rss_before = rss_kib(gateway_pid)
+    cpu_before = cpu_ms(gateway_pid)
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
     opened_s = time.perf_counter() - started
+    open_cpu_ms = cpu_ms(gateway_pid) - cpu_before
     await asyncio.sleep(2.0)  # let the gateway settle (freed handshake buffers) before reading
     rss_after = rss_kib(gateway_pid)
-    turns = []
-    for n in range(20):
-        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} idle {n}"))
-        await chat_load.wait_all(turns[-1:], 30)
-    verdict = chat_load.check(turns, mock, chat_load.FAST_TOKENS)
-    latency = chat_load.latencies(turns)
+    latency, verdict = await chat_turns(chatter, mock, "idle")
+    held: dict[str, Any] = {}
+    if hold_s > 0:
+        # Idle for `hold_s`, but for a ping from every socket every `ping_every_s`.
+        rounds = []
+        hold_started = time.perf_counter()
+        while time.perf_counter() - hold_started < hold_s:
+            await asyncio.sleep(ping_every_s)
+            answered = await ping_round(sockets)
+            rounds.append(
+                {
+                    "at_s": round(time.perf_counter() - hold_started, 1),
+                    "pongs": answered,
+                    "gateway_rss_mib": round(rss_kib(gateway_pid) / 1024, 1),
+                }
+            )
+        after_latency, after_verdict = await chat_turns(chatter, mock, "held")
+        held = {
+            "held_s": round(time.perf_counter() - hold_started, 1),
+            "ping_rounds": rounds,
+            "pings_sent": len(rounds) * len(sockets),
+            "pongs": sum(r["pongs"] for r in rounds),
+            "rss_growth_mib_first_to_last_round": round(
+                rounds[-1]["gateway_rss_mib"] - rounds[0]["gateway_rss_mib"], 1
+            )
+            if rounds
+            else None,
+            "rss_growth_mib_since_opened": round((rss_kib(gateway_pid) - rss_after) / 1024, 1),
+            "turn_after_hold_ms": after_latency["time_to_complete_ms"],
+            "turn_after_hold_check": after_verdict,
+        }
+    close_cpu_before = cpu_ms(gateway_pid)
+    closing_started = time.perf_counter()
     await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+    closed_s = time.perf_counter() - closing_started
     opened = len(sockets)
     return {
         "requested": count,
         "opened": opened,
         "failures": dict(failures),
         "open_per_s": round(opened / opened_s, 1),
+        "gateway_cpu_ms_per_open": round(open_cpu_ms / opened, 3) if opened else None,
         "gateway_rss_mib_before": round(rss_before / 1024, 1),
         "gateway_rss_mib_after": round(rss_after / 1024, 1),
         "kib_per_socket": round((rss_after - rss_before) / opened, 1) if opened else None,
         "turn_while_open_ms": latency["time_to_complete_ms"],
         "turn_while_open_ttff_ms": latency["time_to_first_frame_ms"],
-        "turn_check": vars(verdict),
+        "turn_check": verdict,
+        **held,
+        "close_all_s": round(closed_s, 1),
+        "gateway_cpu_ms_per_close": round((cpu_ms(gateway_pid) - close_cpu_before) / opened, 3)
+        if opened
+        else None,
     }
 
 
@@ -366,6 +433,12 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per paced user")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
     parser.add_argument("--idle-sockets", type=int, default=10_000, help="0 skips the scenario")
+    parser.add_argument(
+        "--idle-hold-s", type=float, default=0.0, help="keep the idle sockets open this long"
+    )
+    parser.add_argument(
+        "--idle-ping-s", type=float, default=30.0, help="each idle socket pings this often"
+    )
     parser.add_argument(
         "--scenarios",
         default="floor,direct,paced,saturation,idle",
@@ -424,7 +497,14 @@ async def main() -> None:
                     )
             if "idle" in scenarios and args.idle_sockets:
                 result["idle_sockets"] = await idle_sockets(
-                    gateway_ws, args.idle_sockets, settings, gateway_pid, users[0], mock_settings
+                    gateway_ws,
+                    args.idle_sockets,
+                    settings,
+                    gateway_pid,
+                    users[0],
+                    mock_settings,
+                    args.idle_hold_s,
+                    args.idle_ping_s,
                 )
             result["errors"] = sum(len(u.errors) for u in users)
         finally:
@@ -437,4 +517,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The client on uvloop too: opening 10 000 sockets costs it as much CPU as the gateway, on
+    # the same two cores.
+    uvloop.run(main())
