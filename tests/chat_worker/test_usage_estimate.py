@@ -88,3 +88,9 @@ def test_a_replys_estimated_usage_is_its_prompt_and_its_text_including_unsent_de
 def test_the_model_gets_the_requests_max_tokens_within_the_cap(requested, default, cap, sent):
     settings = ChatWorkerSettings(max_reply_tokens=default, max_reply_tokens_cap=cap)
     assert reply_token_limit(requested, settings) == sent
+
+
+def test_a_chat_reply_is_held_to_what_its_budget_reserved_by_default(monkeypatch) -> None:
+    assert ChatWorkerSettings().max_reply_tokens == 4096
+    monkeypatch.setenv("CONVOAI_MAX_REPLY_TOKENS", "")
+    assert ChatWorkerSettings().max_reply_tokens is None
