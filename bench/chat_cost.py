@@ -22,11 +22,12 @@ One run prints:
   `rabbitmqctl list_bindings` reports (redeliveries are not counted; the default exchange is not
   tapped — the stack publishes nothing there);
 - `idle_sockets`: `--idle-sockets` authenticated sockets opened on the gateway (with
-  permessage-deflate offered, as browsers do): the gateway's RSS before and after, KiB per
-  socket, the open rate and the gateway's CPU per socket opened, and chat turns on another
-  socket while they are all open; then, for `--idle-hold-s`, every socket sends a `ping` frame
-  every `--idle-ping-s` and must get its `pong` (uvicorn's protocol pings, every 20 s, are
-  answered by the client library), with the gateway's RSS after each round: it must not grow;
+  permessage-deflate offered, as browsers do) and held by a child process: the gateway's RSS
+  before and after, KiB per socket, the open rate and the gateway's CPU per socket opened, and
+  chat turns on another socket (of this process) while they are all open; then, for
+  `--idle-hold-s`, every socket sends a `ping` frame every `--idle-ping-s` and must get its
+  `pong` (uvicorn's protocol pings, every 20 s, are answered by the client library), with the
+  gateway's RSS after each round: it must not grow;
 - `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
 """
 
@@ -35,10 +36,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import subprocess
 import time
 from collections import Counter
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -305,42 +308,38 @@ async def measured_saturation(
     return result, broker
 
 
-async def ping_round(sockets: list[ClientConnection]) -> int:
-    """Every socket sends a `ping` frame; how many got their `pong` back (within 60 s)."""
-    gate = asyncio.Semaphore(500)
+class IdleSockets:
+    """Idle authenticated sockets held by a child process, so the chat turns timed meanwhile
+    are not slowed by the client's own event loop answering 10 000 sockets' protocol pings."""
 
-    async def one(socket: ClientConnection) -> bool:
-        async with gate:
-            try:
-                await socket.send('{"type":"ping"}')
-                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "pong":
-                    pass
-            except Exception:
-                return False
-            return True
+    def __init__(self, gateway_ws: str, count: int) -> None:
+        self._commands, child_end = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=hold_idle_sockets, args=(child_end, gateway_ws, count), daemon=True
+        )
 
-    return sum(await asyncio.gather(*(one(s) for s in sockets)))
+    async def ask(self, command: str) -> dict[str, Any]:
+        self._commands.send(command)
+        answer: dict[str, Any] = await asyncio.to_thread(self._commands.recv)
+        return answer
+
+    async def open(self) -> dict[str, Any]:
+        self._process.start()
+        return await self.ask("open")
+
+    async def close(self) -> dict[str, Any]:
+        answer = await self.ask("close")
+        self._process.join(30)
+        return answer
 
 
-async def chat_turns(chatter: chat_load.VirtualUser, mock: MockLLMSettings, label: str):
-    turns = []
-    for n in range(20):
-        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} {label} {n}"))
-        await chat_load.wait_all(turns[-1:], 30)
-    return chat_load.latencies(turns), vars(chat_load.check(turns, mock, chat_load.FAST_TOKENS))
+def hold_idle_sockets(commands: Connection, gateway_ws: str, count: int) -> None:
+    """The child process: opens `count` sockets, then pings them or closes them on command."""
+    uvloop.run(_hold_idle_sockets(commands, gateway_ws, count))
 
 
-async def idle_sockets(
-    gateway_ws: str,
-    count: int,
-    settings: ServiceSettings,
-    gateway_pid: int,
-    chatter: chat_load.VirtualUser,
-    mock: MockLLMSettings,
-    hold_s: float,
-    ping_every_s: float,
-) -> dict[str, Any]:
-    """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
+async def _hold_idle_sockets(commands: Connection, gateway_ws: str, count: int) -> None:
+    settings = ServiceSettings()
     run = os.urandom(3).hex()
     sockets: list[ClientConnection] = []
     failures: Counter[str] = Counter()
@@ -358,12 +357,62 @@ async def idle_sockets(
             except Exception as exc:  # counted and reported
                 failures[type(exc).__name__] += 1
 
+    async def ping(socket: ClientConnection) -> bool:
+        async with gate:
+            try:
+                await socket.send('{"type":"ping"}')
+                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "pong":
+                    pass
+            except Exception:
+                return False
+            return True
+
+    while True:
+        command = await asyncio.to_thread(commands.recv)
+        started = time.perf_counter()
+        if command == "open":
+            await asyncio.gather(*(one(i) for i in range(count)))
+            commands.send(
+                {
+                    "opened": len(sockets),
+                    "failures": dict(failures),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        elif command == "ping":
+            # Every socket sends a `ping` frame and must get its `pong` back (within 60 s).
+            pongs = sum(await asyncio.gather(*(ping(s) for s in sockets)))
+            commands.send({"pongs": pongs})
+        else:
+            await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+            commands.send({"seconds": time.perf_counter() - started})
+            return
+
+
+async def chat_turns(chatter: chat_load.VirtualUser, mock: MockLLMSettings, label: str):
+    turns = []
+    for n in range(20):
+        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} {label} {n}"))
+        await chat_load.wait_all(turns[-1:], 30)
+    return chat_load.latencies(turns), vars(chat_load.check(turns, mock, chat_load.FAST_TOKENS))
+
+
+async def idle_sockets(
+    gateway_ws: str,
+    count: int,
+    gateway_pid: int,
+    chatter: chat_load.VirtualUser,
+    mock: MockLLMSettings,
+    hold_s: float,
+    ping_every_s: float,
+) -> dict[str, Any]:
+    """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
+    idle = IdleSockets(gateway_ws, count)
     rss_before = rss_kib(gateway_pid)
     cpu_before = cpu_ms(gateway_pid)
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(count)))
-    opened_s = time.perf_counter() - started
+    opening = await idle.open()
     open_cpu_ms = cpu_ms(gateway_pid) - cpu_before
+    opened = opening["opened"]
     await asyncio.sleep(2.0)  # let the gateway settle (freed handshake buffers) before reading
     rss_after = rss_kib(gateway_pid)
     latency, verdict = await chat_turns(chatter, mock, "idle")
@@ -374,7 +423,7 @@ async def idle_sockets(
         hold_started = time.perf_counter()
         while time.perf_counter() - hold_started < hold_s:
             await asyncio.sleep(ping_every_s)
-            answered = await ping_round(sockets)
+            answered = (await idle.ask("ping"))["pongs"]
             rounds.append(
                 {
                     "at_s": round(time.perf_counter() - hold_started, 1),
@@ -386,7 +435,7 @@ async def idle_sockets(
         held = {
             "held_s": round(time.perf_counter() - hold_started, 1),
             "ping_rounds": rounds,
-            "pings_sent": len(rounds) * len(sockets),
+            "pings_sent": len(rounds) * opened,
             "pongs": sum(r["pongs"] for r in rounds),
             "rss_growth_mib_first_to_last_round": round(
                 rounds[-1]["gateway_rss_mib"] - rounds[0]["gateway_rss_mib"], 1
@@ -398,15 +447,12 @@ async def idle_sockets(
             "turn_after_hold_check": after_verdict,
         }
     close_cpu_before = cpu_ms(gateway_pid)
-    closing_started = time.perf_counter()
-    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
-    closed_s = time.perf_counter() - closing_started
-    opened = len(sockets)
+    closing = await idle.close()
     return {
         "requested": count,
         "opened": opened,
-        "failures": dict(failures),
-        "open_per_s": round(opened / opened_s, 1),
+        "failures": opening["failures"],
+        "open_per_s": round(opened / opening["seconds"], 1),
         "gateway_cpu_ms_per_open": round(open_cpu_ms / opened, 3) if opened else None,
         "gateway_rss_mib_before": round(rss_before / 1024, 1),
         "gateway_rss_mib_after": round(rss_after / 1024, 1),
@@ -415,7 +461,7 @@ async def idle_sockets(
         "turn_while_open_ttff_ms": latency["time_to_first_frame_ms"],
         "turn_check": verdict,
         **held,
-        "close_all_s": round(closed_s, 1),
+        "close_all_s": round(closing["seconds"], 1),
         "gateway_cpu_ms_per_close": round((cpu_ms(gateway_pid) - close_cpu_before) / opened, 3)
         if opened
         else None,
@@ -499,7 +545,6 @@ async def main() -> None:
                 result["idle_sockets"] = await idle_sockets(
                     gateway_ws,
                     args.idle_sockets,
-                    settings,
                     gateway_pid,
                     users[0],
                     mock_settings,
