@@ -127,7 +127,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             files_api.router,
             openai_api.router,
             budgets_api.router,
-            ws.router,
             asyncapi_router(runtime.topology),
         ],
         metrics_refresh=[
@@ -139,4 +138,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     files_api.install_error_handlers(app)
     install_webapp(app, settings)
+    # Added last, so it is the outermost of the app's own middleware.
+    app.add_middleware(ws.ChatSocketDoor)
     return app
