@@ -3,6 +3,10 @@
 
 Events are versioned by adding optional fields; consumers ignore fields they do not know, so an
 older consumer keeps working when a producer adds one. A breaking change bumps `version`.
+
+Longer than ~400 lines on purpose: this file is the broker contract, read as a whole (by a
+reviewer of a new event, by the AsyncAPI document), with every event once in `KnownEvent` and
+`EVENT_TYPES` beside the classes; split by producer, it would hide that list.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ While a process still publishes a row on its fast path it renews that row's leas
 confirm slower than the grace period (a busy broker) does not have other instances' relays publish
 the event a second time. Consumers are idempotent on `event_id`, so the rare double publish (a
 process stalled longer than the grace period) is harmless.
+
+Longer than ~400 lines on purpose: the fast path and the relay are one object because they share
+state no other module should touch: the ids in flight (the relay skips what the fast path is
+publishing, and their leases are renewed) and the batched forget/release of rows both paths settle.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""What every service process holds at run time, built once by its composition root."""
+"""What every service process holds at run time, built once by its composition root: settings,
+broker, database, topology, and the queues it works through (`consume`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from faststream.rabbit import RabbitBroker
@@ -12,10 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.broker import EventPublisher, create_broker, declare_topology
 from shared.db import create_engine, create_session_factory, ping_database
+from shared.queue_consumer import MessageHandler, QueueConsumer
 from shared.settings import ServiceSettings
 from shared.topology import Topology
 
 log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+"""How long a stopping process lets the handlers of deliveries in flight (a streaming reply, a
+file being indexed) finish before their deliveries go back to the queue."""
 
 
 @dataclass
@@ -31,6 +38,7 @@ class ServiceRuntime:
     publisher: EventPublisher
     instance_id: str
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _consumers: list[tuple[QueueConsumer, float]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -58,11 +66,39 @@ class ServiceRuntime:
             instance_id=instance_id,
         )
 
+    def consume(
+        self,
+        queue: str,
+        handler: MessageHandler,
+        *,
+        prefetch: int,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        on_channel_closed: Callable[[], None] | None = None,
+        wait_before_attaching: Callable[[], Awaitable[None]] | None = None,
+    ) -> QueueConsumer:
+        """A `QueueConsumer` of `queue` on a connection of its own (named after the instance and
+        the queue) that `start()` attaches once the topology exists and `stop()` detaches
+        first, giving the handlers in flight up to `drain_timeout_s` to finish."""
+        consumer = QueueConsumer(
+            self.settings.amqp_url,
+            queue,
+            handler,
+            prefetch=prefetch,
+            connection_name=f"{self.instance_id}-{queue.removeprefix(self.topology.name(''))}",
+            on_channel_closed=on_channel_closed,
+            wait_before_attaching=wait_before_attaching,
+        )
+        self._consumers.append((consumer, drain_timeout_s))
+        return consumer
+
     async def start(self) -> None:
-        """Connect, declare the topology, start subscribers registered on the broker."""
+        """Connect, declare the topology, start subscribers registered on the broker, then
+        attach the queue consumers."""
         await self.broker.connect()
         await declare_topology(self.broker, self.topology)
         await self.broker.start()
+        for consumer, _ in self._consumers:
+            await consumer.start(self.settings.broker_connect_timeout_s)
         log.info("service started", extra={"service": self.service, "instance": self.instance_id})
 
     def run_in_background(self, coro: object, name: str) -> None:
@@ -71,7 +107,10 @@ class ServiceRuntime:
         self._tasks.append(task)
 
     async def stop(self) -> None:
-        """Graceful: subscribers finish in-flight messages (or return them), then disconnect."""
+        """Graceful: consumers and subscribers finish in-flight messages (or return them), then
+        disconnect."""
+        for consumer, drain_timeout_s in self._consumers:
+            await consumer.stop(drain_timeout_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,4 +1,8 @@
-"""Dashboard API under /api/v1/analytics/: admins read and write, managers read, nobody else."""
+"""Dashboard API under /api/v1/analytics/: admins read and write, managers read, nobody else.
+
+Totals, users, conversations, API usage, models and tracked activities; the per-day series
+are in `daily_api.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models, repository
 from services.analytics_consumer.repository import (
-    ESTIMATED_COLUMNS,
     DateRange,
     UsersRankedBy,
     estimated_counts,
@@ -22,12 +25,10 @@ from services.analytics_consumer.schemas import (
     AnalyticsHealth,
     ApiUsageRow,
     ConversationRow,
-    DailyRow,
     ModelRow,
     Summary,
     TopUser,
     TrackActivity,
-    TtftDay,
     UserRow,
 )
 from services.budgets.pricing import PriceTable
@@ -67,11 +68,16 @@ def _prices(request: Request) -> PriceTable:
     return prices
 
 
-readers = APIRouter(
-    prefix="/api/v1/analytics",
-    tags=["analytics"],
-    dependencies=[require_roles(Role.ADMIN, Role.MANAGER)],
-)
+def readers_router() -> APIRouter:
+    """Routes admins and managers read (a route that writes asks for admins itself)."""
+    return APIRouter(
+        prefix="/api/v1/analytics",
+        tags=["analytics"],
+        dependencies=[require_roles(Role.ADMIN, Role.MANAGER)],
+    )
+
+
+readers = readers_router()
 public = APIRouter(prefix="/api/v1/analytics", tags=["analytics"])
 
 
@@ -271,103 +277,6 @@ async def api_usage(
             )
         )
     return Page(items=items, total=total, skip=skip, limit=limit)
-
-
-@readers.get("/daily-stats")
-async def daily_stats(
-    session: DbSession,
-    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
-    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
-    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
-) -> Page[DailyRow]:
-    """One row per day, newest first, zero-filled where nothing happened."""
-    last = end or datetime.now(UTC).date()
-    first = last - timedelta(days=days - 1)
-    stored = await repository.daily_stats(session, first, last)
-    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
-    return Page(
-        items=[_daily_row(day, stored.get(day)) for day in wanted],
-        total=days,
-        skip=skip,
-        limit=limit,
-    )
-
-
-@readers.get("/ttft-daily")
-async def ttft_daily(
-    session: DbSession,
-    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
-    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
-    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
-) -> Page[TtftDay]:
-    """Time-to-first-token p50/p95 per day, newest first (null where no reply completed)."""
-    last = end or datetime.now(UTC).date()
-    first = last - timedelta(days=days - 1)
-    stored = await repository.ttft_by_day(session, DateRange(first, last))
-    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
-    items = []
-    for day in wanted:
-        row = stored.get(day)
-        items.append(
-            TtftDay(
-                date=day,
-                replies=row["replies"] if row else 0,
-                ttft_p50_ms=row["p50"] if row else None,
-                ttft_p95_ms=row["p95"] if row else None,
-            )
-        )
-    return Page(items=items, total=days, skip=skip, limit=limit)
-
-
-def _daily_row(day: date, row: Any) -> DailyRow:
-    if row is None:
-        return DailyRow(
-            date=day,
-            **dict.fromkeys(
-                (
-                    "new_users",
-                    "active_users",
-                    "logins",
-                    "failed_logins",
-                    "conversations",
-                    "user_messages",
-                    "replies_completed",
-                    "replies_failed",
-                    "replies_cancelled",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "total_tokens",
-                    "api_calls",
-                    "api_server_errors",
-                    *ESTIMATED_COLUMNS,
-                ),
-                0,
-            ),
-            cost_usd=0.0,
-            avg_response_time_ms=None,
-        )
-    return DailyRow(
-        date=day,
-        new_users=row.new_users,
-        active_users=row.active_users,
-        logins=row.logins,
-        failed_logins=row.failed_logins,
-        conversations=row.conversations_created,
-        user_messages=row.user_messages,
-        replies_completed=row.replies_completed,
-        replies_failed=row.replies_failed,
-        replies_cancelled=row.replies_cancelled,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        total_tokens=row.prompt_tokens + row.completion_tokens,
-        **{name: getattr(row, name) for name in ESTIMATED_COLUMNS},
-        cost_usd=money(row.cost_usd),
-        avg_response_time_ms=_avg(row.reply_duration_ms_total, row.replies_completed),
-        api_calls=row.api_calls,
-        api_server_errors=row.api_server_errors,
-    )
 
 
 @readers.get("/models")

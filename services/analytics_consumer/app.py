@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.analytics_consumer import api, key_usage
+from services.analytics_consumer import api, daily_api, key_usage
 from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
 from services.analytics_consumer.settings import AnalyticsSettings
@@ -31,7 +31,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     )
     consumer = EventConsumer(
         ConsumerConfig(
-            amqp_url=settings.amqp_url,
             queue=topology.analytics_events.name,
             dead_letter_queue=topology.dead_letter_queue(topology.analytics_events).name,
             prefetch=settings.consumer_prefetch,
@@ -39,24 +38,22 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             batch_window_s=settings.batch_window_ms / 1000,
             max_backoff_s=settings.db_retry_max_backoff_s,
             monitor_interval_s=settings.queue_monitor_interval_s,
-            connection_name=f"{runtime.instance_id}-events",
         ),
-        runtime.sessions,
+        runtime,
         EventIngestor(prices),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        # The runtime declares the topology first, so the queue exists before we consume it.
-        await runtime.start()
         runtime.run_in_background(consumer.write_forever(), "analytics-writer")
         runtime.run_in_background(consumer.monitor_forever(), "analytics-queue-monitor")
-        await consumer.queue.start(settings.broker_connect_timeout_s)
+        # Declares the topology, then attaches the consumer to the queue it made sure exists.
+        await runtime.start()
         await revocation_feed.start()
         yield
         await revocation_feed.stop()
-        # Unacknowledged deliveries go back to the queue; event ids keep a redelivery harmless.
-        await consumer.queue.stop()
+        # Detaches the consumer first: unacknowledged deliveries go back to the queue, and
+        # event ids keep a redelivery harmless.
         await runtime.stop()
 
     return create_service_app(
@@ -69,5 +66,5 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             "token_verifier": TokenVerifier.from_settings(settings, revocations),
         },
         readiness={"consumer": consumer.check_connected, "revocations": revocation_feed.check},
-        routers=[api.public, api.readers, key_usage.readers, key_usage.own],
+        routers=[api.public, api.readers, daily_api.readers, key_usage.readers, key_usage.own],
     )

@@ -35,7 +35,6 @@ from typing import Any
 import aiormq
 import aiormq.abc
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.analytics_consumer import metrics
 from services.analytics_consumer.ingest import EventIngestor, Incoming, UnknownEvent
@@ -45,7 +44,7 @@ from shared.db import is_database_unavailable, transaction
 from shared.db_retry import DatabaseRetry, describe_database_error
 from shared.events import Event, KnownEvent, UnknownEventType, parse_event
 from shared.metrics import BROKER_RECONNECTS
-from shared.queue_consumer import QueueConsumer
+from shared.runtime import ServiceRuntime
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,6 @@ class Delivery:
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    amqp_url: str
     queue: str
     dead_letter_queue: str
     prefetch: int
@@ -115,7 +113,6 @@ class ConsumerConfig:
     batch_window_s: float
     max_backoff_s: float
     monitor_interval_s: float
-    connection_name: str = "analytics-events"
 
 
 class EventConsumer:
@@ -124,22 +121,22 @@ class EventConsumer:
     def __init__(
         self,
         config: ConsumerConfig,
-        sessions: async_sessionmaker[AsyncSession],
+        runtime: ServiceRuntime,
         ingestor: EventIngestor,
     ) -> None:
         self._config = config
-        self._sessions = sessions
+        self._sessions = runtime.sessions
         self._ingestor = ingestor
         self._db_retry = DatabaseRetry(max_delay_s=config.max_backoff_s)
         self._pending: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
-        self.queue = QueueConsumer(
-            config.amqp_url,
+        self.queue = runtime.consume(
             config.queue,
             self._on_message,
             prefetch=config.prefetch,
-            connection_name=config.connection_name,
+            # Deliveries wait in `_pending`, not in handlers: nothing in flight to drain.
+            drain_timeout_s=0,
             # Unacknowledged deliveries of a dead channel come back on the next one.
             on_channel_closed=self._forget_pending,
         )

@@ -1,4 +1,4 @@
-"""Composition root of a chat worker: HTTP for health/metrics, an aio-pika consumer for
+"""Composition root of a chat worker: HTTP for health/metrics, the runtime's queue consumer for
 `chat.requests`, FastStream for the topology and the worker's events."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from services.chat import models
 from services.chat_worker.broadcast import FrameChannel
-from services.chat_worker.handlers import RequestConsumer
+from services.chat_worker.handlers import request_handler
 from services.chat_worker.knowledge import KnowledgeContext
 from services.chat_worker.llm import create_client
 from services.chat_worker.metrics import queue_depth_refresh, register_worker_collector
@@ -26,8 +26,6 @@ from shared.runtime import ServiceRuntime
 from shared.service_app import create_service_app
 
 SERVICE = "chat_worker"
-DRAIN_TIMEOUT_S = 30.0
-"""How long a stopping worker lets replies in flight finish before they go back."""
 
 
 def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
@@ -52,12 +50,13 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         embedding_model=settings.embedding_model,
         min_similarity=settings.knowledge_min_similarity,
     )
-    requests = RequestConsumer(
-        settings.amqp_url,
-        runtime.topology,
-        replies,
+    requests = runtime.consume(
+        runtime.topology.chat_requests.name,
+        request_handler(replies),
         prefetch=settings.prefetch,
-        instance_id=runtime.instance_id,
+        # No requests while their frames could not reach a client, e.g. after a broker outage
+        # the request connection is back before the frame connection.
+        wait_before_attaching=frames.wait_until_connected,
     )
 
     @asynccontextmanager
@@ -70,12 +69,10 @@ def create_app(settings: ChatWorkerSettings | None = None) -> FastAPI:
         ticker = asyncio.create_task(replies.tick_forever(), name="reply-ticker")
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
-        await requests.start()
         # Not awaited: a slow or absent model endpoint must not delay the worker's start.
         runtime.run_in_background(model_endpoint.log_at_start(), "model-endpoint-check")
         yield
         # Stops consuming, lets in-flight replies finish (or return to the queue), disconnects.
-        await requests.stop(DRAIN_TIMEOUT_S)
         await runtime.stop()
         ticker.cancel()
         with suppress(asyncio.CancelledError):

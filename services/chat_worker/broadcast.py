@@ -51,6 +51,7 @@ BATCH_TIMEOUT_S = 60.0
 """A batch may wait this long on broker flow control before its frames count as lost; a dead
 connection fails at once instead (the channel raises)."""
 CONTROL_BINDING = "conv.*"
+RECONNECT_POLL_S = 0.1
 
 CommandHandler = Callable[[ControlCommand], Awaitable[bool]]
 """Applies a command; True when this worker acted on it (then a `reply_to` gets an answer)."""
@@ -194,6 +195,16 @@ class FrameChannel:
                 self.frames_published += sent
                 for _ in batch:
                     self._outgoing.task_done()
+
+    async def wait_until_connected(self) -> None:
+        """Return once frames can be published again (at once unless the broker was lost)."""
+        while True:
+            try:
+                await self.check_connected()
+                return
+            except ConnectionError:
+                # aio-pika reconnects on its own schedule, with no event for "channel restored".
+                await asyncio.sleep(RECONNECT_POLL_S)
 
     async def check_connected(self) -> None:
         """For `/ready`: frames and commands travel on this connection."""

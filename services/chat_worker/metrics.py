@@ -17,10 +17,10 @@ from prometheus_client.registry import Collector
 
 from shared.events import ReplyCancelled, ReplyCompleted, ReplyFailed
 from shared.metrics import Refresh
+from shared.queue_consumer import QueueConsumer
 
 if TYPE_CHECKING:  # the service imports this module to observe its replies
     from services.chat_worker.broadcast import FrameChannel
-    from services.chat_worker.handlers import RequestConsumer
     from services.chat_worker.service import ChatReplies
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -123,9 +123,10 @@ class WorkerCollector(Collector):
         )
 
 
-def queue_depth_refresh(requests: RequestConsumer) -> Refresh:
+def queue_depth_refresh(requests: QueueConsumer) -> Refresh:
     async def refresh() -> None:
-        QUEUE_DEPTH.set(await requests.queue_depth())
+        (depth,) = await requests.message_counts(requests.queue_name)
+        QUEUE_DEPTH.set(depth)
 
     return refresh
 

@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TypeVar
 
 import openai
@@ -37,16 +36,12 @@ from shared.db_retry import DatabaseRetry
 from shared.events import MessageSent
 from shared.ids import IdKind, new_id
 from shared.outbox import Outbox, StagedEvent
+from shared.queue_consumer import Disposition
 from shared.stream import ControlCommand
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class Disposition(Enum):
-    ACK = "ack"
-    REQUEUE = "requeue"
 
 
 @dataclass

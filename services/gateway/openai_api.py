@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions` (DESIGN §5).
+"""The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions` (docs/openai-api.md).
 
 A completion request travels the chat path: the gateway stores it as a conversation of origin
 `api` (hidden from the chat's lists) holding the request's messages, the last user message is
@@ -8,6 +8,10 @@ replaced like in a chat turn, and analytics counts it like any reply.
 
 Contents are kept only while the reply is generated (the worker reads the history from the
 database), then blanked, unless the key says `store_content`; usage and timings stay.
+
+Over 400 lines on purpose: one request's whole life (admission, dispatch, the streamed and the
+whole answer, cancel on disconnect) is one object, `_Completion`, whose steps share its state;
+the request schemas live in `openai_schemas.py` and the caller check in `api_caller.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Composition root of a knowledge worker: HTTP for health/metrics, an aio-pika consumer for
-`knowledge.files`, FastStream for the topology and its events.
+"""Composition root of a knowledge worker: HTTP for health/metrics, the runtime's queue consumer
+for `knowledge.files`, FastStream for the topology and its events.
 
 A process of its own rather than a task of the chat worker: extraction is CPU-heavy and
 bursty (a batch of PDFs), and must never steal the event loop or the CPU that streams replies;
@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from services.knowledge import models, repository
 from services.knowledge.sandbox import ExtractionLimits
-from services.knowledge_worker.handlers import FileConsumer
+from services.knowledge_worker.handlers import file_handler
 from services.knowledge_worker.service import FileIndexer
 from services.knowledge_worker.settings import KnowledgeWorkerSettings
 from shared.db import driver_connection
@@ -27,7 +27,6 @@ from shared.runtime import ServiceRuntime
 from shared.service_app import create_service_app
 
 SERVICE = "knowledge_worker"
-DRAIN_TIMEOUT_S = 30.0
 
 
 def create_app(settings: KnowledgeWorkerSettings | None = None) -> FastAPI:
@@ -51,12 +50,10 @@ def create_app(settings: KnowledgeWorkerSettings | None = None) -> FastAPI:
         client=None,
         embedding_model=settings.embedding_model,
     )
-    consumer = FileConsumer(
-        settings.amqp_url,
-        runtime.topology,
-        indexer,
-        concurrency=settings.knowledge_concurrency,
-        instance_id=runtime.instance_id,
+    files = runtime.consume(
+        runtime.topology.knowledge_files.name,
+        file_handler(indexer),
+        prefetch=settings.knowledge_concurrency,
     )
 
     @asynccontextmanager
@@ -73,9 +70,7 @@ def create_app(settings: KnowledgeWorkerSettings | None = None) -> FastAPI:
                 )
         runtime.run_in_background(outbox.relay_forever(), "outbox-relay")
         await runtime.start()
-        await consumer.start()
         yield
-        await consumer.stop(DRAIN_TIMEOUT_S)
         await runtime.stop()
         await outbox.drain_background()
         if indexer.client is not None:
@@ -85,7 +80,7 @@ def create_app(settings: KnowledgeWorkerSettings | None = None) -> FastAPI:
         title="ConvoAI knowledge worker",
         runtime=runtime,
         lifespan=lifespan,
-        readiness={"files": consumer.check_connected},
+        readiness={"files": files.check_connected},
         # It serves only health and metrics; no request of its own touches the database.
         database_outage_is_503=False,
         http_metrics=False,

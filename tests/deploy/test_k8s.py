@@ -18,8 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.chat_worker.app import DRAIN_TIMEOUT_S
 from services.registry import SERVICES
+from shared.runtime import DRAIN_TIMEOUT_S
 from shared.settings import ServiceSettings
 from shared.topology import Topology
 

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import Socket, User, open_socket, slow_down
-from tests.openai_api.conftest import ApiUser, Stack
-from tests.openai_api.test_budgets import set_limits, usage
+from tests.openai_api.conftest import ApiUser, Stack, set_limits, usage
 
 pytestmark = pytest.mark.e2e
 

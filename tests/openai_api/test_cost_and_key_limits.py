@@ -13,9 +13,7 @@ import pytest
 
 from services.budgets.admission import prompt_estimate
 from services.budgets.pricing import PricingSettings
-from tests.openai_api.conftest import create_key
-from tests.openai_api.test_budgets import set_limits, usage
-from tests.openai_api.test_sdk import sdk
+from tests.openai_api.conftest import create_key, sdk, set_limits, usage
 
 pytestmark = pytest.mark.e2e
 

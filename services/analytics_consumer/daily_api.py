@@ -1,0 +1,116 @@
+"""Dashboard API, the per-day series: `/daily-stats` and `/ttft-daily`, newest day first, one row
+for every day of the window, zero-filled (or null) where nothing happened."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Query
+
+from services.analytics_consumer import repository
+from services.analytics_consumer.api import MAX_DAYS, DbSession, readers_router
+from services.analytics_consumer.repository import ESTIMATED_COLUMNS, DateRange, money
+from services.analytics_consumer.schemas import DailyRow, TtftDay
+from shared.pagination import Page
+
+readers = readers_router()
+
+
+@readers.get("/daily-stats")
+async def daily_stats(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
+    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
+    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
+) -> Page[DailyRow]:
+    """One row per day, newest first, zero-filled where nothing happened."""
+    last = end or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    stored = await repository.daily_stats(session, first, last)
+    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
+    return Page(
+        items=[_daily_row(day, stored.get(day)) for day in wanted],
+        total=days,
+        skip=skip,
+        limit=limit,
+    )
+
+
+@readers.get("/ttft-daily")
+async def ttft_daily(
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 30,
+    end: Annotated[date | None, Query(description="Last UTC day (default today).")] = None,
+    skip: Annotated[int, Query(ge=0, le=MAX_DAYS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
+) -> Page[TtftDay]:
+    """Time-to-first-token p50/p95 per day, newest first (null where no reply completed)."""
+    last = end or datetime.now(UTC).date()
+    first = last - timedelta(days=days - 1)
+    stored = await repository.ttft_by_day(session, DateRange(first, last))
+    wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
+    items = []
+    for day in wanted:
+        row = stored.get(day)
+        items.append(
+            TtftDay(
+                date=day,
+                replies=row["replies"] if row else 0,
+                ttft_p50_ms=row["p50"] if row else None,
+                ttft_p95_ms=row["p95"] if row else None,
+            )
+        )
+    return Page(items=items, total=days, skip=skip, limit=limit)
+
+
+def _daily_row(day: date, row: Any) -> DailyRow:
+    if row is None:
+        return DailyRow(
+            date=day,
+            **dict.fromkeys(
+                (
+                    "new_users",
+                    "active_users",
+                    "logins",
+                    "failed_logins",
+                    "conversations",
+                    "user_messages",
+                    "replies_completed",
+                    "replies_failed",
+                    "replies_cancelled",
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "api_calls",
+                    "api_server_errors",
+                    *ESTIMATED_COLUMNS,
+                ),
+                0,
+            ),
+            cost_usd=0.0,
+            avg_response_time_ms=None,
+        )
+    return DailyRow(
+        date=day,
+        new_users=row.new_users,
+        active_users=row.active_users,
+        logins=row.logins,
+        failed_logins=row.failed_logins,
+        conversations=row.conversations_created,
+        user_messages=row.user_messages,
+        replies_completed=row.replies_completed,
+        replies_failed=row.replies_failed,
+        replies_cancelled=row.replies_cancelled,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        total_tokens=row.prompt_tokens + row.completion_tokens,
+        **{name: getattr(row, name) for name in ESTIMATED_COLUMNS},
+        cost_usd=money(row.cost_usd),
+        avg_response_time_ms=(
+            row.reply_duration_ms_total / row.replies_completed if row.replies_completed else None
+        ),
+        api_calls=row.api_calls,
+        api_server_errors=row.api_server_errors,
+    )
