@@ -309,38 +309,64 @@ async def measured_saturation(
 
 
 class IdleSockets:
-    """Idle authenticated sockets held by a child process, so the chat turns timed meanwhile
-    are not slowed by the client's own event loop answering 10 000 sockets' protocol pings."""
+    """Idle authenticated sockets held by `clients` child processes, so the chat turns timed
+    meanwhile are not slowed by the client's own event loop answering 10 000 sockets' protocol
+    pings, and opening them is not limited to one client process's CPU."""
 
-    def __init__(self, gateway_ws: str, count: int) -> None:
-        self._commands, child_end = multiprocessing.Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=hold_idle_sockets, args=(child_end, gateway_ws, count), daemon=True
-        )
+    def __init__(self, gateway_ws: str, count: int, clients: int) -> None:
+        self._pipes: list[Connection] = []
+        self._processes = []
+        context = multiprocessing.get_context("spawn")
+        for n in range(clients):
+            ours, theirs = context.Pipe()
+            share = count // clients + (n < count % clients)
+            self._pipes.append(ours)
+            self._processes.append(
+                context.Process(
+                    target=hold_idle_sockets, args=(theirs, gateway_ws, share, n), daemon=True
+                )
+            )
 
-    async def ask(self, command: str) -> dict[str, Any]:
-        self._commands.send(command)
-        answer: dict[str, Any] = await asyncio.to_thread(self._commands.recv)
-        return answer
+    async def ask(self, command: str) -> list[dict[str, Any]]:
+        """Every child's answer to `command`; they work on it at the same time."""
+        for pipe in self._pipes:
+            pipe.send(command)
+        return list(await asyncio.gather(*(asyncio.to_thread(p.recv) for p in self._pipes)))
 
     async def open(self) -> dict[str, Any]:
-        self._process.start()
-        return await self.ask("open")
+        for process in self._processes:
+            process.start()
+        await self.ask("ready")  # spawned and imported: only the opening is timed
+        answers = await self.ask("open")
+        failures: Counter[str] = Counter()
+        for answer in answers:
+            failures.update(answer["failures"])
+        return {
+            "opened": sum(a["opened"] for a in answers),
+            "failures": dict(failures),
+            "seconds": max(a["seconds"] for a in answers),
+        }
 
-    async def close(self) -> dict[str, Any]:
-        answer = await self.ask("close")
-        self._process.join(30)
-        return answer
+    async def pongs(self) -> int:
+        return sum(a["pongs"] for a in await self.ask("ping"))
+
+    async def close(self) -> float:
+        answers = await self.ask("close")
+        for process in self._processes:
+            process.join(30)
+        return max(a["seconds"] for a in answers)
 
 
-def hold_idle_sockets(commands: Connection, gateway_ws: str, count: int) -> None:
-    """The child process: opens `count` sockets, then pings them or closes them on command."""
-    uvloop.run(_hold_idle_sockets(commands, gateway_ws, count))
+def hold_idle_sockets(commands: Connection, gateway_ws: str, count: int, client: int) -> None:
+    """A child process: opens `count` sockets, then pings them or closes them on command."""
+    uvloop.run(_hold_idle_sockets(commands, gateway_ws, count, client))
 
 
-async def _hold_idle_sockets(commands: Connection, gateway_ws: str, count: int) -> None:
+async def _hold_idle_sockets(
+    commands: Connection, gateway_ws: str, count: int, client: int
+) -> None:
     settings = ServiceSettings()
-    run = os.urandom(3).hex()
+    run = f"{os.urandom(3).hex()}{client}"
     sockets: list[ClientConnection] = []
     failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(200)
@@ -370,7 +396,9 @@ async def _hold_idle_sockets(commands: Connection, gateway_ws: str, count: int) 
     while True:
         command = await asyncio.to_thread(commands.recv)
         started = time.perf_counter()
-        if command == "open":
+        if command == "ready":
+            commands.send({})
+        elif command == "open":
             await asyncio.gather(*(one(i) for i in range(count)))
             commands.send(
                 {
@@ -405,9 +433,10 @@ async def idle_sockets(
     mock: MockLLMSettings,
     hold_s: float,
     ping_every_s: float,
+    clients: int,
 ) -> dict[str, Any]:
     """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
-    idle = IdleSockets(gateway_ws, count)
+    idle = IdleSockets(gateway_ws, count, clients)
     rss_before = rss_kib(gateway_pid)
     cpu_before = cpu_ms(gateway_pid)
     opening = await idle.open()
@@ -423,7 +452,7 @@ async def idle_sockets(
         hold_started = time.perf_counter()
         while time.perf_counter() - hold_started < hold_s:
             await asyncio.sleep(ping_every_s)
-            answered = (await idle.ask("ping"))["pongs"]
+            answered = await idle.pongs()
             rounds.append(
                 {
                     "at_s": round(time.perf_counter() - hold_started, 1),
@@ -447,11 +476,12 @@ async def idle_sockets(
             "turn_after_hold_check": after_verdict,
         }
     close_cpu_before = cpu_ms(gateway_pid)
-    closing = await idle.close()
+    close_s = await idle.close()
     return {
         "requested": count,
         "opened": opened,
         "failures": opening["failures"],
+        "client_processes": clients,
         "open_per_s": round(opened / opening["seconds"], 1),
         "gateway_cpu_ms_per_open": round(open_cpu_ms / opened, 3) if opened else None,
         "gateway_rss_mib_before": round(rss_before / 1024, 1),
@@ -461,7 +491,7 @@ async def idle_sockets(
         "turn_while_open_ttff_ms": latency["time_to_first_frame_ms"],
         "turn_check": verdict,
         **held,
-        "close_all_s": round(closing["seconds"], 1),
+        "close_all_s": round(close_s, 1),
         "gateway_cpu_ms_per_close": round((cpu_ms(gateway_pid) - close_cpu_before) / opened, 3)
         if opened
         else None,
@@ -484,6 +514,9 @@ async def main() -> None:
     )
     parser.add_argument(
         "--idle-ping-s", type=float, default=30.0, help="each idle socket pings this often"
+    )
+    parser.add_argument(
+        "--idle-clients", type=int, default=2, help="client processes opening the idle sockets"
     )
     parser.add_argument(
         "--scenarios",
@@ -550,6 +583,7 @@ async def main() -> None:
                     mock_settings,
                     args.idle_hold_s,
                     args.idle_ping_s,
+                    args.idle_clients,
                 )
             result["errors"] = sum(len(u.errors) for u in users)
         finally:
