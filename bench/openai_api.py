@@ -115,9 +115,10 @@ class Stack:
 async def run_clients(base_url: str, api_key: str, users: int, requests: int) -> dict[str, Any]:
     ttft: list[float] = []
     errors = 0
+    first_error: str | None = None
 
     async def user(index: int) -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
         for n in range(requests):
             started = time.perf_counter()
@@ -132,8 +133,9 @@ async def run_clients(base_url: str, api_key: str, users: int, requests: int) ->
                 async for chunk in stream:
                     if first is None and chunk.choices and chunk.choices[0].delta.content:
                         first = time.perf_counter()
-            except openai.OpenAIError:
+            except openai.OpenAIError as exc:
                 errors += 1
+                first_error = first_error or repr(exc)[:300]
                 continue
             if first is not None:
                 ttft.append((first - started) * 1000)
@@ -145,6 +147,7 @@ async def run_clients(base_url: str, api_key: str, users: int, requests: int) ->
     return {
         "requests": users * requests,
         "errors": errors,
+        **({"first_error": first_error} if first_error else {}),
         "requests_per_s": round((users * requests - errors) / elapsed, 1),
         "ttft_ms": {"p50": percentile(ttft, 50), "p99": percentile(ttft, 99)},
     }
@@ -181,6 +184,8 @@ async def main() -> None:
             )
             gateway = stack.start(
                 "gateway",
+                CONVOAI_AUTH_URL=auth,  # where the gateway checks API keys
+                CONVOAI_ALLOWED_MODELS=json.dumps([MODEL]),
                 CONVOAI_API_REQUESTS_PER_MINUTE="100000",
                 CONVOAI_MESSAGES_PER_MINUTE="100000",
             )
