@@ -29,6 +29,9 @@ One run prints:
   `pong` (uvicorn's protocol pings, every 20 s, are answered by the client library), with the
   gateway's RSS after each round: it must not grow;
 - `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
+
+Over 400 lines on purpose: one script to run and read; its measurements share the stack, the
+process table and the broker tap.
 """
 
 from __future__ import annotations

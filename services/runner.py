@@ -8,6 +8,9 @@ answers, print the URLs. A child that dies afterwards is restarted with backoff,
 
 A stack started with `--port-offset N` (or `--stack NAME`) is a separate stack: its own broker
 namespace and its own database, so two stacks run side by side without sharing data or queues.
+
+Over 400 lines on purpose: the supervisor (start, watch, restart with backoff, stop) and the
+plan of children it supervises change together; split, each half would need the other to read.
 """
 
 from __future__ import annotations

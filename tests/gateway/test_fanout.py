@@ -1,5 +1,9 @@
 """Live frames through the gateways, with the test playing the worker's side of shared/stream.py:
-fan-out to every socket on every gateway, reference-counted bindings, and the subscribe seam."""
+fan-out to every socket on every gateway, reference-counted bindings, and the subscribe seam.
+
+Over 400 lines on purpose: every test plays the same worker side of the frame contract with the
+same helpers; one module keeps that contract's cases side by side.
+"""
 
 from __future__ import annotations
 
