@@ -14,6 +14,8 @@ real `convoai serve analytics_consumer` process. Steps:
 Prints one JSON object. Not a test: numbers depend on the machine and its load.
 
     .venv/bin/python bench/analytics_ingest.py [--events 30000] [--replies 1000000]
+
+Over 400 lines on purpose: one script to run and read; its phases share the seeded stack.
 """
 
 from __future__ import annotations

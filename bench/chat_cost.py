@@ -22,9 +22,16 @@ One run prints:
   `rabbitmqctl list_bindings` reports (redeliveries are not counted; the default exchange is not
   tapped — the stack publishes nothing there);
 - `idle_sockets`: `--idle-sockets` authenticated sockets opened on the gateway (with
-  permessage-deflate offered, as browsers do): the gateway's RSS before and after, KiB per
-  socket, the open rate, and chat turns on another socket while they are all open;
+  permessage-deflate offered, as browsers do) and held by a child process: the gateway's RSS
+  before and after, KiB per socket, the open rate and the gateway's CPU per socket opened, and
+  chat turns on another socket (of this process) while they are all open; then, for
+  `--idle-hold-s`, every socket sends a `ping` frame every `--idle-ping-s` and must get its
+  `pong` (uvicorn's protocol pings, every 20 s, are answered by the client library), with the
+  gateway's RSS after each round: it must not grow;
 - `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
+
+Over 400 lines on purpose: one script to run and read; its measurements share the stack, the
+process table and the broker tap.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import subprocess
 import time
 from collections import Counter
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ import aio_pika
 import chat_load
 import httpx
 import openai
+import uvloop
 from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -301,16 +311,65 @@ async def measured_saturation(
     return result, broker
 
 
-async def idle_sockets(
-    gateway_ws: str,
-    count: int,
-    settings: ServiceSettings,
-    gateway_pid: int,
-    chatter: chat_load.VirtualUser,
-    mock: MockLLMSettings,
-) -> dict[str, Any]:
-    """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
-    run = os.urandom(3).hex()
+class IdleSockets:
+    """Idle authenticated sockets held by `clients` child processes, so the chat turns timed
+    meanwhile are not slowed by the client's own event loop answering 10 000 sockets' protocol
+    pings, and opening them is not limited to one client process's CPU."""
+
+    def __init__(self, gateway_ws: str, count: int, clients: int) -> None:
+        self._pipes: list[Connection] = []
+        self._processes = []
+        context = multiprocessing.get_context("spawn")
+        for n in range(clients):
+            ours, theirs = context.Pipe()
+            share = count // clients + (n < count % clients)
+            self._pipes.append(ours)
+            self._processes.append(
+                context.Process(
+                    target=hold_idle_sockets, args=(theirs, gateway_ws, share, n), daemon=True
+                )
+            )
+
+    async def ask(self, command: str) -> list[dict[str, Any]]:
+        """Every child's answer to `command`; they work on it at the same time."""
+        for pipe in self._pipes:
+            pipe.send(command)
+        return list(await asyncio.gather(*(asyncio.to_thread(p.recv) for p in self._pipes)))
+
+    async def open(self) -> dict[str, Any]:
+        for process in self._processes:
+            process.start()
+        await self.ask("ready")  # spawned and imported: only the opening is timed
+        answers = await self.ask("open")
+        failures: Counter[str] = Counter()
+        for answer in answers:
+            failures.update(answer["failures"])
+        return {
+            "opened": sum(a["opened"] for a in answers),
+            "failures": dict(failures),
+            "seconds": max(a["seconds"] for a in answers),
+        }
+
+    async def pongs(self) -> int:
+        return sum(a["pongs"] for a in await self.ask("ping"))
+
+    async def close(self) -> float:
+        answers = await self.ask("close")
+        for process in self._processes:
+            process.join(30)
+        return max(a["seconds"] for a in answers)
+
+
+def hold_idle_sockets(commands: Connection, gateway_ws: str, count: int, client: int) -> None:
+    """A child process: opens `count` sockets, then pings them or closes them on command."""
+    uvloop.run(_hold_idle_sockets(commands, gateway_ws, count, client))
+
+
+async def _hold_idle_sockets(
+    commands: Connection, gateway_ws: str, count: int, client: int
+) -> None:
+    settings = ServiceSettings()
+    run = f"{os.urandom(3).hex()}{client}"
     sockets: list[ClientConnection] = []
     failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(200)
@@ -327,31 +386,118 @@ async def idle_sockets(
             except Exception as exc:  # counted and reported
                 failures[type(exc).__name__] += 1
 
-    rss_before = rss_kib(gateway_pid)
-    started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(count)))
-    opened_s = time.perf_counter() - started
-    await asyncio.sleep(2.0)  # let the gateway settle (freed handshake buffers) before reading
-    rss_after = rss_kib(gateway_pid)
+    async def ping(socket: ClientConnection) -> bool:
+        async with gate:
+            try:
+                await socket.send('{"type":"ping"}')
+                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "pong":
+                    pass
+            except Exception:
+                return False
+            return True
+
+    while True:
+        command = await asyncio.to_thread(commands.recv)
+        started = time.perf_counter()
+        if command == "ready":
+            commands.send({})
+        elif command == "open":
+            await asyncio.gather(*(one(i) for i in range(count)))
+            commands.send(
+                {
+                    "opened": len(sockets),
+                    "failures": dict(failures),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+        elif command == "ping":
+            # Every socket sends a `ping` frame and must get its `pong` back (within 60 s).
+            pongs = sum(await asyncio.gather(*(ping(s) for s in sockets)))
+            commands.send({"pongs": pongs})
+        else:
+            await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+            commands.send({"seconds": time.perf_counter() - started})
+            return
+
+
+async def chat_turns(chatter: chat_load.VirtualUser, mock: MockLLMSettings, label: str):
     turns = []
     for n in range(20):
-        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} idle {n}"))
+        turns.append(await chatter.send(f"{chat_load.FAST_MARK} {chatter.name} {label} {n}"))
         await chat_load.wait_all(turns[-1:], 30)
-    verdict = chat_load.check(turns, mock, chat_load.FAST_TOKENS)
-    latency = chat_load.latencies(turns)
-    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
-    opened = len(sockets)
+    return chat_load.latencies(turns), vars(chat_load.check(turns, mock, chat_load.FAST_TOKENS))
+
+
+async def idle_sockets(
+    gateway_ws: str,
+    count: int,
+    gateway_pid: int,
+    chatter: chat_load.VirtualUser,
+    mock: MockLLMSettings,
+    hold_s: float,
+    ping_every_s: float,
+    clients: int,
+) -> dict[str, Any]:
+    """`count` authenticated sockets that do nothing, and chat turns on another one meanwhile."""
+    idle = IdleSockets(gateway_ws, count, clients)
+    rss_before = rss_kib(gateway_pid)
+    cpu_before = cpu_ms(gateway_pid)
+    opening = await idle.open()
+    open_cpu_ms = cpu_ms(gateway_pid) - cpu_before
+    opened = opening["opened"]
+    await asyncio.sleep(2.0)  # let the gateway settle (freed handshake buffers) before reading
+    rss_after = rss_kib(gateway_pid)
+    latency, verdict = await chat_turns(chatter, mock, "idle")
+    held: dict[str, Any] = {}
+    if hold_s > 0:
+        # Idle for `hold_s`, but for a ping from every socket every `ping_every_s`.
+        rounds = []
+        hold_started = time.perf_counter()
+        while time.perf_counter() - hold_started < hold_s:
+            await asyncio.sleep(ping_every_s)
+            answered = await idle.pongs()
+            rounds.append(
+                {
+                    "at_s": round(time.perf_counter() - hold_started, 1),
+                    "pongs": answered,
+                    "gateway_rss_mib": round(rss_kib(gateway_pid) / 1024, 1),
+                }
+            )
+        after_latency, after_verdict = await chat_turns(chatter, mock, "held")
+        held = {
+            "held_s": round(time.perf_counter() - hold_started, 1),
+            "ping_rounds": rounds,
+            "pings_sent": len(rounds) * opened,
+            "pongs": sum(r["pongs"] for r in rounds),
+            "rss_growth_mib_first_to_last_round": round(
+                rounds[-1]["gateway_rss_mib"] - rounds[0]["gateway_rss_mib"], 1
+            )
+            if rounds
+            else None,
+            "rss_growth_mib_since_opened": round((rss_kib(gateway_pid) - rss_after) / 1024, 1),
+            "turn_after_hold_ms": after_latency["time_to_complete_ms"],
+            "turn_after_hold_check": after_verdict,
+        }
+    close_cpu_before = cpu_ms(gateway_pid)
+    close_s = await idle.close()
     return {
         "requested": count,
         "opened": opened,
-        "failures": dict(failures),
-        "open_per_s": round(opened / opened_s, 1),
+        "failures": opening["failures"],
+        "client_processes": clients,
+        "open_per_s": round(opened / opening["seconds"], 1),
+        "gateway_cpu_ms_per_open": round(open_cpu_ms / opened, 3) if opened else None,
         "gateway_rss_mib_before": round(rss_before / 1024, 1),
         "gateway_rss_mib_after": round(rss_after / 1024, 1),
         "kib_per_socket": round((rss_after - rss_before) / opened, 1) if opened else None,
         "turn_while_open_ms": latency["time_to_complete_ms"],
         "turn_while_open_ttff_ms": latency["time_to_first_frame_ms"],
-        "turn_check": vars(verdict),
+        "turn_check": verdict,
+        **held,
+        "close_all_s": round(close_s, 1),
+        "gateway_cpu_ms_per_close": round((cpu_ms(gateway_pid) - close_cpu_before) / opened, 3)
+        if opened
+        else None,
     }
 
 
@@ -366,6 +512,15 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="messages/s per paced user")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per scenario")
     parser.add_argument("--idle-sockets", type=int, default=10_000, help="0 skips the scenario")
+    parser.add_argument(
+        "--idle-hold-s", type=float, default=0.0, help="keep the idle sockets open this long"
+    )
+    parser.add_argument(
+        "--idle-ping-s", type=float, default=30.0, help="each idle socket pings this often"
+    )
+    parser.add_argument(
+        "--idle-clients", type=int, default=2, help="client processes opening the idle sockets"
+    )
     parser.add_argument(
         "--scenarios",
         default="floor,direct,paced,saturation,idle",
@@ -424,7 +579,14 @@ async def main() -> None:
                     )
             if "idle" in scenarios and args.idle_sockets:
                 result["idle_sockets"] = await idle_sockets(
-                    gateway_ws, args.idle_sockets, settings, gateway_pid, users[0], mock_settings
+                    gateway_ws,
+                    args.idle_sockets,
+                    gateway_pid,
+                    users[0],
+                    mock_settings,
+                    args.idle_hold_s,
+                    args.idle_ping_s,
+                    args.idle_clients,
                 )
             result["errors"] = sum(len(u.errors) for u in users)
         finally:
@@ -437,4 +599,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The client on uvloop too: opening 10 000 sockets costs it as much CPU as the gateway, on
+    # the same two cores.
+    uvloop.run(main())

@@ -20,6 +20,9 @@ Scenarios, in one run (after two unmeasured warm-up turns per user):
 - saturation: the same users send back to back (next message when the reply completed);
 - streaming: `--streams` conversations each get one 200-token reply at 50 tokens/s at once;
   every reply must arrive complete, exact, with no lost, duplicated or reordered frame.
+
+Over 400 lines on purpose: a benchmark is one script to run and read; its scenarios share the
+virtual users and the exactness check.
 """
 
 from __future__ import annotations

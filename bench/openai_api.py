@@ -4,8 +4,8 @@
 Starts its own processes (`convoai serve` mock_llm, auth, gateway, chat_worker) on a throwaway
 database and broker namespace, creates a user and an API key, then reports for both: requests/s
 and time to first token p50/p99; for (b) also CPU-ms per request of the ConvoAI processes
-(gateway + worker, from /proc), and the measured cost of the budget and rate checks: the two
-ledger statements (`check_rate`, `reserve`) timed in a loop against an empty transaction.
+(gateway + worker, from /proc), and the measured cost of the budget and rate checks: the
+ledger's clauses in the message and final-reply statements, timed by bench/ledger_overhead.py.
 
 Prints one JSON object. Not a test: numbers depend on the machine and its load.
 
@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +29,8 @@ from typing import Any
 
 import httpx
 import openai
-from sqlalchemy import text
 
-from services.budgets import ledger
 from services.registry import MIGRATED_SCHEMAS
-from shared.db import create_engine, create_session_factory, transaction
 from shared.migrations import upgrade_to_head
 
 SERVER_URL = os.environ.get(
@@ -119,9 +115,10 @@ class Stack:
 async def run_clients(base_url: str, api_key: str, users: int, requests: int) -> dict[str, Any]:
     ttft: list[float] = []
     errors = 0
+    first_error: str | None = None
 
     async def user(index: int) -> None:
-        nonlocal errors
+        nonlocal errors, first_error
         client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
         for n in range(requests):
             started = time.perf_counter()
@@ -136,8 +133,9 @@ async def run_clients(base_url: str, api_key: str, users: int, requests: int) ->
                 async for chunk in stream:
                     if first is None and chunk.choices and chunk.choices[0].delta.content:
                         first = time.perf_counter()
-            except openai.OpenAIError:
+            except openai.OpenAIError as exc:
                 errors += 1
+                first_error = first_error or repr(exc)[:300]
                 continue
             if first is not None:
                 ttft.append((first - started) * 1000)
@@ -149,36 +147,9 @@ async def run_clients(base_url: str, api_key: str, users: int, requests: int) ->
     return {
         "requests": users * requests,
         "errors": errors,
+        **({"first_error": first_error} if first_error else {}),
         "requests_per_s": round((users * requests - errors) / elapsed, 1),
         "ttft_ms": {"p50": percentile(ttft, 50), "p99": percentile(ttft, 99)},
-    }
-
-
-async def ledger_overhead(database_url: str, samples: int) -> dict[str, Any]:
-    """Per request: check_rate + reserve (and the settle the worker does, approximated by
-    release) in one transaction, versus the same transaction doing only `SELECT 1`."""
-    engine = create_engine(database_url, pool_size=2)
-    sessions = create_session_factory(engine)
-    baseline: list[float] = []
-    checked: list[float] = []
-    for i in range(samples):
-        started = time.perf_counter()
-        async with transaction(sessions) as session:
-            await session.execute(text("SELECT 1"))
-        baseline.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        async with transaction(sessions) as session:
-            await session.execute(text("SELECT 1"))
-            await ledger.check_rate(session, "benchuser0000000", 10**6)
-            await ledger.reserve(session, "benchuser0000000", f"b{i:09d}", 100)
-        checked.append((time.perf_counter() - started) * 1000)
-    await engine.dispose()
-    extra = statistics.median(checked) - statistics.median(baseline)
-    return {
-        "samples": samples,
-        "transaction_ms_p50": round(statistics.median(baseline), 3),
-        "with_rate_and_reserve_ms_p50": round(statistics.median(checked), 3),
-        "budget_and_rate_checks_ms_per_request": round(extra, 3),
     }
 
 
@@ -193,6 +164,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.ledger_overhead import ledger_overhead
     from tests.infra import create_database, drop_database  # the same throwaway database helpers
 
     run = secrets.token_hex(4)
@@ -212,6 +184,8 @@ async def main() -> None:
             )
             gateway = stack.start(
                 "gateway",
+                CONVOAI_AUTH_URL=auth,  # where the gateway checks API keys
+                CONVOAI_ALLOWED_MODELS=json.dumps([MODEL]),
                 CONVOAI_API_REQUESTS_PER_MINUTE="100000",
                 CONVOAI_MESSAGES_PER_MINUTE="100000",
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -71,6 +72,10 @@ async def wait_for_database(
             return
 
 
+GC_YOUNG_OBJECTS = 20_000
+"""Allocations (less deallocations) between two collections of the youngest generation."""
+
+
 class GracefulServer(uvicorn.Server):
     """Exits 0 after a signal-initiated graceful shutdown (uvicorn re-raises the signal)."""
 
@@ -89,6 +94,15 @@ async def _serve(spec: ServiceSpec, settings: object, host: str, port: int) -> i
             print(f"convoai serve {spec.name}: {exc}", file=sys.stderr)
             return EXIT_DEPENDENCY_UNAVAILABLE
     app = spec.create_app(settings)  # type: ignore[arg-type]
+    # What importing and building the app made lives as long as the process: kept out of every
+    # garbage collection from now on (each full collection walked those hundreds of thousands
+    # of objects again). And a young generation of 20 000 objects rather than 700: a busy
+    # process allocates and frees thousands per millisecond, almost all freed by reference
+    # counting. Opening 6 000 sockets took 1.03 ms of the gateway's CPU each, 0.33 of it in
+    # 1 300 collections (8 full); with both, 0.73 ms and 45 collections (gc.callbacks timing).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_OBJECTS, *gc.get_threshold()[1:])
     config = uvicorn.Config(
         app,
         host=host,

@@ -8,6 +8,9 @@ answers, print the URLs. A child that dies afterwards is restarted with backoff,
 
 A stack started with `--port-offset N` (or `--stack NAME`) is a separate stack: its own broker
 namespace and its own database, so two stacks run side by side without sharing data or queues.
+
+Over 400 lines on purpose: the supervisor (start, watch, restart with backoff, stop) and the
+plan of children it supervises change together; split, each half would need the other to read.
 """
 
 from __future__ import annotations
@@ -268,7 +271,8 @@ def plan_children(workers: int, host: str, llm_key: str, port_offset: int = 0) -
         llm_env = {"CONVOAI_LLM_BASE_URL": f"http://127.0.0.1:{8009 + port_offset}/v1"}
     children.append(child("auth", "auth", 8001))
     children.append(child("analytics", "analytics_consumer", 8002))
-    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset)))
+    # The gateway reads the model list from the same endpoint (CONVOAI_MODELS_SOURCE=server).
+    children.append(child("gateway", "gateway", 8000, **_gateway_env(port_offset), **llm_env))
     # Workers listen on 8003, 8004, … (health and metrics only), stepping over mock_llm's 8009.
     worker_ports = (p for p in range(8003, 8100) if p != 8009)
     for n, port in zip(range(1, workers + 1), worker_ports, strict=False):

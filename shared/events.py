@@ -217,6 +217,8 @@ class ReplyStarted(Event):
     reply_to: str
     model: str
     attempt: int = 1
+    api_key_id: str | None = None
+    """The API key of a `/v1` request (None: WebSocket chat, REST, or an access token)."""
 
 
 class SourceRef(BaseModel):
@@ -245,6 +247,10 @@ class ReplyCompleted(Event):
     finish_reason: str | None = None
     sources: list[SourceRef] = Field(default_factory=list)
     """Knowledge-file chunks the prompt included (empty without an assistant's files)."""
+    usage_estimated: bool = False
+    """The model reported no usage: the token counts were estimated from the text."""
+    api_key_id: str | None = None
+    """The API key of a `/v1` request (None: WebSocket chat, REST, or an access token)."""
 
 
 class ReplyFailed(Event):
@@ -257,6 +263,8 @@ class ReplyFailed(Event):
     model: str | None = None
     error_code: str
     duration_ms: float = 0.0
+    api_key_id: str | None = None
+    """The API key of a `/v1` request (None: WebSocket chat, REST, or an access token)."""
 
 
 class ReplyCancelled(Event):
@@ -270,6 +278,10 @@ class ReplyCancelled(Event):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     duration_ms: float = 0.0
+    usage_estimated: bool = False
+    """True when the counts were estimated from the text (a stopped stream reports no usage)."""
+    api_key_id: str | None = None
+    """The API key of a `/v1` request (None: WebSocket chat, REST, or an access token)."""
 
 
 # --- knowledge files -----------------------------------------------------------------------

@@ -181,3 +181,20 @@ def install_input_guards(
     # arrive through `shared.health.answer_503_while_database_unavailable`, which owns DBAPIError.
     app.add_exception_handler(UnicodeEncodeError, _unstorable_text)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=exempt)
+    _document_input_free_422s(app)
+
+
+def _document_input_free_422s(app: FastAPI) -> None:
+    """The OpenAPI document shows the 422 the service sends: FastAPI's `ValidationError`
+    schema offers `input` and `ctx`, which these bodies never carry."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = build().get("components", {}).get("schemas", {})
+            fields = schemas.get("ValidationError", {}).get("properties", {})
+            for echoed in ("input", "ctx"):
+                fields.pop(echoed, None)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -76,6 +76,15 @@ def _kv(value: Any) -> str:
     return text
 
 
+class _DropAcceptedSocketLines(logging.Filter):
+    """uvicorn's INFO line for every accepted WebSocket: at thousands of sockets a second it
+    cost ~0.2 ms of the gateway's CPU each, a sixth of opening one (py-spy), and says nothing
+    the open-sockets gauge does not. Refused sockets (403) are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.endswith("[accepted]"))
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "kv") -> None:
     """Route every logger (ours, uvicorn's, FastStream's) through one redacting formatter."""
     handler = logging.StreamHandler(sys.stderr)
@@ -87,6 +96,9 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "kv") -> Non
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropAcceptedSocketLines) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(_DropAcceptedSocketLines())
     # aiormq/aio_pika are chatty at INFO during reconnects; warnings are enough.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)

@@ -5,12 +5,14 @@ path, so a chat message reaches a worker without waiting for a poll). Anything t
 not publish — broker down, process killed after commit — stays in the table and the relay loop
 publishes it later. Several instances relay side by side: a relay leases a batch (moves its
 `created_at` forward, under `FOR UPDATE SKIP LOCKED`) and publishes it outside any transaction.
-Consumers are idempotent on `event_id`, so the rare double publish (a fast path or a relay
-slower than the grace period) is harmless.
+While a process still publishes a row on its fast path it renews that row's lease, so a
+confirm slower than the grace period (a busy broker) does not have other instances' relays publish
+the event a second time. Consumers are idempotent on `event_id`, so the rare double publish (a
+process stalled longer than the grace period) is harmless.
 
 Longer than ~400 lines on purpose: the fast path and the relay are one object because they share
 state no other module should touch: the ids in flight (the relay skips what the fast path is
-publishing) and the batched forget/release of rows both paths settle.
+publishing, and their leases are renewed) and the batched forget/release of rows both paths settle.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -58,6 +61,11 @@ RELAY_ATTEMPT_TIMEOUT_S = 30.0
 """Two confirm timeouts and two connects per event fit in it: the publisher's own bounds fire
 first, so a stuck channel is replaced rather than the whole attempt abandoned."""
 RELAY_RETRY_DELAY_S = 0.2
+LEASE_RENEWALS_PER_GRACE = 3
+"""How often per grace period the rows of events still in flight on the fast path are leased
+again: measured under load, broker confirms took up to 9 s, and every row its own relay was not
+quick enough to lease again was published a second time by another instance's relay (1.5
+`reply.*` events per turn instead of 1)."""
 """After a failed attempt the relay tries again this soon, on a fresh channel: a dead node must
 not leave events waiting for the next poll."""
 
@@ -142,9 +150,11 @@ class Outbox:
         self._batch_size = batch_size
         self._background: set[asyncio.Task[None]] = set()
         self._published: list[str] = []
-        # Committed here and not yet forgotten: the relay leaves these to the fast path, so an
-        # overloaded process does not publish its own events twice.
-        self._in_flight: set[str] = set()
+        # Committed here and not yet forgotten, with when each row's lease was last taken
+        # (monotonic): this relay leaves them to the fast path, and `_keep_leases` keeps the
+        # other instances' relays off them, so a slow confirm does not publish an event twice.
+        self._in_flight: dict[str, float] = {}
+        self._leasing: asyncio.Task[None] | None = None
         self._forgetting: asyncio.Task[None] | None = None
         self._unpublished: list[str] = []
         self._releasing: asyncio.Task[None] | None = None
@@ -187,7 +197,11 @@ class Outbox:
         """The fast path for events whose rows a committed statement wrote to the table."""
         if not staged:
             return
-        self._in_flight.update(s.event_id for s in staged)
+        now = time.monotonic()
+        self._in_flight.update((s.event_id, now) for s in staged)
+        if self._relay_grace and (self._leasing is None or self._leasing.done()):
+            # Not among `_background`: nothing waits for it, it ends when nothing is in flight.
+            self._leasing = asyncio.create_task(self._keep_leases())
         if wait:
             await self._publish_after_commit(staged)
         else:
@@ -209,7 +223,8 @@ class Outbox:
                 extra={"error": repr(exc)[:300], "pending": len(staged) - len(published)},
             )
             unpublished = [s.event_id for s in staged[len(published) :]]
-            self._in_flight.difference_update(unpublished)
+            for event_id in unpublished:
+                self._in_flight.pop(event_id, None)
             # The publisher already tried a fresh channel: hand the rows to the relay now, not
             # a grace period after they were written (a dead node must not add to their age).
             self._unpublished.extend(unpublished)
@@ -258,7 +273,35 @@ class Outbox:
         except Exception as exc:
             log.warning("outbox cleanup failed", extra={"error": repr(exc)})
         finally:
-            self._in_flight.difference_update(event_ids)
+            for event_id in event_ids:
+                self._in_flight.pop(event_id, None)
+
+    async def _keep_leases(self) -> None:
+        """Lease again the rows of events in flight here for a while, until none is left.
+
+        Costs nothing while confirms come back within a fraction of the grace period; one
+        UPDATE per interval while they do not.
+        """
+        interval_s = self._relay_grace.total_seconds() / LEASE_RENEWALS_PER_GRACE
+        t = self._table
+        while self._in_flight:
+            await asyncio.sleep(interval_s)
+            due = time.monotonic() - interval_s
+            stale = [event_id for event_id, leased in self._in_flight.items() if leased <= due]
+            if not stale:
+                continue
+            leased_at = time.monotonic()
+            try:
+                async with transaction(self._sessions) as session:
+                    await session.execute(
+                        update(t).where(t.c.event_id.in_(stale)).values(created_at=func.now())
+                    )
+            except Exception as exc:
+                log.warning("outbox lease renewal failed", extra={"error": repr(exc)[:300]})
+                continue
+            for event_id in stale:
+                if event_id in self._in_flight:
+                    self._in_flight[event_id] = leased_at
 
     async def relay_once(self) -> int:
         """Publish one batch of rows older than the grace period; return how many were sent.
@@ -414,3 +457,7 @@ class Outbox:
         for task in list(self._background):
             with suppress(Exception):
                 await task
+        if self._leasing is not None:
+            self._leasing.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._leasing

@@ -60,6 +60,8 @@ class ReplyCompletedFrame(_Frame):
     type: Literal["reply.completed"] = "reply.completed"
     content: str
     usage: Usage
+    usage_estimated: bool = False
+    """The model reported no usage: `usage` was estimated from the text."""
     finish_reason: str | None = None
     model: str
     sources: list[SourceRef] = Field(default_factory=list)

@@ -55,3 +55,14 @@ def test_domain_packages_import_no_process() -> None:
 def test_only_the_launcher_sits_beside_the_packages() -> None:
     modules = {p.name for p in (ROOT / "services").glob("*.py")} - {"__init__.py"}
     assert modules == LAUNCHER
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in a conftest.py or a helper module, never in a test_*.py."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            module = node.module if isinstance(node, ast.ImportFrom) else None
+            if module and module.split(".")[-1].startswith("test_"):
+                offenders.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert offenders == []

@@ -276,6 +276,19 @@ def test_every_close_code_is_documented():
     assert missing == set(), f"close codes missing from the document: {sorted(missing)}"
 
 
+def test_close_codes_named_by_settings_and_the_readme_are_ones_the_gateway_sends():
+    """An operator reads the close code in a setting's description (.env.example) or the
+    README; the socket cap's once said 4429 while sockets closed with 4029."""
+    from services.gateway.settings import GatewaySettings
+
+    texts = [f.description or "" for f in GatewaySettings.model_fields.values()]
+    texts.append((ROOT / "README.md").read_text())
+    named_code = re.compile(r"(?:close[sd]?(?: code)?(?: with)?|\()\s*(4\d{3})\b")
+    named = {int(code) for text in texts for code in named_code.findall(text)}
+    assert named >= {4001, 4029}, "the scan no longer finds the codes it looks for"
+    assert named - protocol.CLOSE_CODES == set(), "close codes that do not exist"
+
+
 def test_every_model_error_code_is_documented_here_and_in_the_model_guide():
     codes = model_failure_codes()
     for name, table in (

@@ -72,7 +72,8 @@ class UserDelta:
     def row(self, user_id: str) -> dict[str, Any]:
         return {
             "user_id": user_id,
-            "username": self.username,
+            # A deleted account is anonymous, whatever name a later (older) event carries.
+            "username": None if self.deleted_at is not None else self.username,
             "roles": self.roles,
             "roles_set_at": self.roles_set_at,
             "is_active": True if self.is_active is None else self.is_active,
@@ -129,6 +130,27 @@ class ConversationDelta:
             "reply_duration_ms_total": self.reply_duration_ms_total,
             "ttft_ms_total": self.ttft_ms_total,
             **self.counters,
+        }
+
+
+@dataclass
+class ApiKeyDelta:
+    """What a batch's `api_key.*` events say about one key."""
+
+    user_id: str | None = None
+    name: str | None = None
+    prefix: str | None = None
+    created_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def row(self, key_id: str) -> dict[str, Any]:
+        return {
+            "key_id": key_id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
         }
 
 

@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics_consumer import models, repository
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.repository import (
     DateRange,
     UsersRankedBy,
+    estimated_counts,
     money,
 )
 from services.analytics_consumer.schemas import (
@@ -31,6 +31,7 @@ from services.analytics_consumer.schemas import (
     TrackActivity,
     UserRow,
 )
+from services.budgets.pricing import PriceTable
 from shared.db import transaction
 from shared.pagination import Limit, Page, ReportLimit, Skip
 from shared.security import Role, require_roles
@@ -48,7 +49,7 @@ StartDay = Annotated[date | None, Query(description="First UTC day, inclusive (Y
 EndDay = Annotated[date | None, Query(description="Last UTC day, inclusive (YYYY-MM-DD).")]
 
 
-def _date_range(start: date | None, end: date | None) -> DateRange:
+def date_range(start: date | None, end: date | None) -> DateRange:
     if start is not None and end is not None and start > end:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="start is after end")
     return DateRange(start, end)
@@ -110,6 +111,7 @@ async def summary(session: DbSession) -> Summary:
         total_tokens=int(t["prompt_tokens"]) + int(t["completion_tokens"]),
         prompt_tokens=int(t["prompt_tokens"]),
         completion_tokens=int(t["completion_tokens"]),
+        **estimated_counts(t),
         total_cost_usd=money(t["cost_usd"]),
         total_api_calls=api_calls,
         avg_response_time=_avg(float(t["reply_duration_ms_total"]), completed),
@@ -139,7 +141,7 @@ async def user_activities(
         session,
         user_id=user_id,
         activity_type=activity_type,
-        days=_date_range(start, end),
+        days=date_range(start, end),
         skip=skip,
         limit=limit,
     )
@@ -218,7 +220,7 @@ async def conversations(
     limit: ReportLimit = 50,
 ) -> Page[ConversationRow]:
     rows, total = await repository.list_conversations(
-        session, user_id=user_id, days=_date_range(start, end), skip=skip, limit=limit
+        session, user_id=user_id, days=date_range(start, end), skip=skip, limit=limit
     )
     items = [
         ConversationRow(
@@ -255,7 +257,7 @@ async def api_usage(
     limit: ReportLimit = 50,
 ) -> Page[ApiUsageRow]:
     rows, total = await repository.api_usage(
-        session, service=service, days=_date_range(start, end), skip=skip, limit=limit
+        session, service=service, days=date_range(start, end), skip=skip, limit=limit
     )
     items = []
     for r in rows:
@@ -287,7 +289,7 @@ async def model_stats(
     limit: ReportLimit = 50,
 ) -> Page[ModelRow]:
     """Per model over the date range; time-to-first-token percentiles are lifetime."""
-    rows = await repository.model_usage(session, _date_range(start, end))
+    rows = await repository.model_usage(session, date_range(start, end))
     percentiles = await repository.ttft_percentiles(session)
     items = []
     for r in rows:
@@ -303,6 +305,7 @@ async def model_stats(
                 prompt_tokens=int(r["prompt_tokens"]),
                 completion_tokens=int(r["completion_tokens"]),
                 total_tokens=int(r["prompt_tokens"]) + int(r["completion_tokens"]),
+                **estimated_counts(r),
                 cost_usd=money(r["cost_usd"]),
                 price_known=price is not None,
                 unpriced_replies=int(r["unpriced_replies"]),

@@ -7,10 +7,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.analytics_consumer import api, daily_api
+from services.analytics_consumer import api, daily_api, key_usage
 from services.analytics_consumer.handlers import ConsumerConfig, EventConsumer
 from services.analytics_consumer.ingest import EventIngestor
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.settings import AnalyticsSettings
 from shared.revocations import MAX_ACCESS_TOKEN_AGE_S, RevocationFeed, RevocationList
 from shared.runtime import ServiceRuntime
@@ -23,7 +22,7 @@ SERVICE = "analytics_consumer"
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     settings = settings or AnalyticsSettings()
     runtime = ServiceRuntime.build(SERVICE, settings)
-    prices = PriceTable(settings.price_table())
+    prices = settings.price_table()
     topology = runtime.topology
     # A deactivated or demoted admin's token stops reading and writing analytics at once.
     revocations = RevocationList(MAX_ACCESS_TOKEN_AGE_S)
@@ -67,5 +66,5 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             "token_verifier": TokenVerifier.from_settings(settings, revocations),
         },
         readiness={"consumer": consumer.check_connected, "revocations": revocation_feed.check},
-        routers=[api.public, api.readers, daily_api.readers],
+        routers=[api.public, api.readers, daily_api.readers, key_usage.readers, key_usage.own],
     )

@@ -10,7 +10,7 @@ from fastapi import Query
 
 from services.analytics_consumer import repository
 from services.analytics_consumer.api import MAX_DAYS, DbSession, readers_router
-from services.analytics_consumer.repository import DateRange, money
+from services.analytics_consumer.repository import ESTIMATED_COLUMNS, DateRange, money
 from services.analytics_consumer.schemas import DailyRow, TtftDay
 from shared.pagination import Page
 
@@ -85,6 +85,7 @@ def _daily_row(day: date, row: Any) -> DailyRow:
                     "total_tokens",
                     "api_calls",
                     "api_server_errors",
+                    *ESTIMATED_COLUMNS,
                 ),
                 0,
             ),
@@ -105,6 +106,7 @@ def _daily_row(day: date, row: Any) -> DailyRow:
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         total_tokens=row.prompt_tokens + row.completion_tokens,
+        **{name: getattr(row, name) for name in ESTIMATED_COLUMNS},
         cost_usd=money(row.cost_usd),
         avg_response_time_ms=(
             row.reply_duration_ms_total / row.replies_completed if row.replies_completed else None

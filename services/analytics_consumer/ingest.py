@@ -18,9 +18,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.projection import BatchEffects
 from services.analytics_consumer.upserts import claim_new_events, write_effects, write_replies
+from services.budgets.pricing import PriceTable
 from shared.events import Event
 
 

@@ -164,6 +164,10 @@ class ReplyMetrics(Base):
     status: Mapped[str] = mapped_column(String(16))
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    """The model reported no usage: the worker estimated the token counts from the text."""
+    api_key_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    """The API key of a `/v1` request."""
     cost_usd: Mapped[Decimal] = mapped_column(Money)
     price_known: Mapped[bool] = mapped_column(Boolean)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
@@ -196,6 +200,9 @@ class DailyStats(Base):
     replies_cancelled: Mapped[int] = mapped_column(BigInteger, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_replies: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
     reply_duration_ms_total: Mapped[float] = mapped_column(Float, server_default="0")
     ttft_ms_total: Mapped[float] = mapped_column(Float, server_default="0")
@@ -236,9 +243,48 @@ class DailyModelStats(Base):
     unpriced_replies: Mapped[int] = mapped_column(BigInteger, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_replies: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
     reply_duration_ms_total: Mapped[float] = mapped_column(Float, server_default="0")
     ttft_ms_total: Mapped[float] = mapped_column(Float, server_default="0")
+
+
+class ApiKey(Base):
+    """An API key as its events describe it: whose, its name and prefix, when it was revoked."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    prefix: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_api_keys_user", "user_id"),)
+
+
+class DailyApiKeyStats(Base):
+    """Replies to `/v1` requests per UTC day and API key (a key has one owner, `user_id`)."""
+
+    __tablename__ = "daily_api_key_stats"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    replies_completed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    replies_failed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    replies_cancelled: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_replies: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_prompt_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    estimated_completion_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Money, server_default="0")
+
+    __table_args__ = (Index("ix_daily_api_key_stats_user_day", "user_id", "day"),)
 
 
 class TtftHistogram(Base):

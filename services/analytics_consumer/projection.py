@@ -1,7 +1,8 @@
 """Events → metric deltas: what each event type changes, as pure code (no I/O, no clock).
 
 `BatchEffects.add` dispatches through `EVENT_HANDLERS`, a table from routing key to handler;
-a new event type that analytics should count gets one method and one row there.
+a new event type that analytics should count gets one method and one row there. (Over 400
+lines: the handlers and their table are one unit, read together.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from services.analytics_consumer import models
 from services.analytics_consumer.accumulators import (
+    ApiKeyDelta,
     ConversationDelta,
     ReplyRow,
     Sums,
@@ -25,8 +27,10 @@ from services.analytics_consumer.accumulators import (
     ttft_bucket,
     utc_day,
 )
-from services.analytics_consumer.pricing import PriceTable
+from services.budgets.pricing import PriceTable
 from shared.events import (
+    ApiKeyCreated,
+    ApiKeyRevoked,
     ConversationCreated,
     ConversationDeleted,
     ConversationEnded,
@@ -65,9 +69,16 @@ class BatchEffects:
     daily_models: defaultdict[tuple[date, str], Sums] = field(
         default_factory=lambda: defaultdict(Sums)
     )
+    daily_api_keys: defaultdict[tuple[date, str, str], Sums] = field(
+        default_factory=lambda: defaultdict(Sums)
+    )
+    """Per (day, API key, its owner)."""
+    api_keys: dict[str, ApiKeyDelta] = field(default_factory=dict)
     ttft: defaultdict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
     api: dict[tuple[date, str, str, str, int], list[float]] = field(default_factory=dict)
     counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    deleted_users: set[str] = field(default_factory=set)
+    """Users deleted by this batch: their names go, from their row and their activities."""
 
     # -- touching rows --
 
@@ -191,10 +202,29 @@ class BatchEffects:
             user.is_active_set_at = event.occurred_at
 
     def _user_deleted(self, event: UserDeleted) -> None:
+        """Anonymise: the account's name goes (here, and from its activities in `upserts.py`);
+        its metrics stay under the opaque user id."""
         self._activity(event, "account_deleted", details={"actor_id": event.actor_id})
         if event.user_id:
             user = self._user(event.user_id, event.occurred_at)
             user.deleted_at = earliest(user.deleted_at, event.occurred_at)
+            user.username = None
+            self.deleted_users.add(event.user_id)
+
+    def _api_key(self, key_id: str, event: Event) -> ApiKeyDelta:
+        key = self.api_keys.setdefault(key_id[: models.ID_LENGTH], ApiKeyDelta())
+        key.user_id = key.user_id or event.user_id
+        return key
+
+    def _api_key_created(self, event: ApiKeyCreated) -> None:
+        key = self._api_key(event.key_id, event)
+        key.name = clip(event.name, models.NAME_LENGTH)
+        key.prefix = clip(event.prefix, 32)
+        key.created_at = earliest(key.created_at, event.occurred_at)
+
+    def _api_key_revoked(self, event: ApiKeyRevoked) -> None:
+        key = self._api_key(event.key_id, event)
+        key.revoked_at = earliest(key.revoked_at, event.occurred_at)
 
     def _conversation_created(self, event: ConversationCreated) -> None:
         conversation = self._conversation(event.conversation_id, event.occurred_at)
@@ -246,6 +276,7 @@ class BatchEffects:
         model = clip(event.model, models.MODEL_LENGTH) or models.UNKNOWN_MODEL
         prompt_tokens = getattr(event, "prompt_tokens", 0)
         completion_tokens = getattr(event, "completion_tokens", 0)
+        usage_estimated = getattr(event, "usage_estimated", False)
         cost = self.prices.cost(model, prompt_tokens, completion_tokens)
         ttft: float | None = None
         finish: str | None = None
@@ -267,6 +298,8 @@ class BatchEffects:
                 "status": status,
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
+                "usage_estimated": usage_estimated,
+                "api_key_id": clip(event.api_key_id, models.ID_LENGTH),
                 "cost_usd": cost.usd,
                 "price_known": cost.price_known,
                 "ttft_ms": ttft,
@@ -301,6 +334,18 @@ class BatchEffects:
         conversation.cost_usd += cost
         for name, value in tokens.items():
             conversation.counters[name] += value
+        if row["usage_estimated"]:
+            # Estimated counts are in the totals above, and counted apart so a reader can tell.
+            for sums in (daily, per_model):
+                self._add_estimated(sums, row)
+        if row["api_key_id"] is not None:
+            per_key = self.daily_api_keys[(day, row["api_key_id"], event.user_id or "")]
+            per_key.add(counter, 1)
+            per_key.add("cost_usd", cost)
+            for name, value in tokens.items():
+                per_key.add(name, value)
+            if row["usage_estimated"]:
+                self._add_estimated(per_key, row)
         if not row["price_known"]:
             per_model.add("unpriced_replies", 1)
             self.counters["unpriced_replies"] += 1
@@ -324,6 +369,12 @@ class BatchEffects:
             for name, value in tokens.items():
                 user.counters[name] += value
                 active.add(name, value)
+
+    @staticmethod
+    def _add_estimated(sums: Sums, row: dict[str, Any]) -> None:
+        sums.add("estimated_replies", 1)
+        sums.add("estimated_prompt_tokens", row["prompt_tokens"])
+        sums.add("estimated_completion_tokens", row["completion_tokens"])
 
     def _count_file_event(self, event: FileUploaded | FileProcessed | FileFailed) -> None:
         """Knowledge files: how many were uploaded, indexed and refused (by reason)."""
@@ -368,6 +419,8 @@ EVENT_HANDLERS: dict[str, Callable[[BatchEffects, Any], None]] = {
     UserLoggedOut.routing_key: BatchEffects._user_logged_out,
     UserUpdated.routing_key: BatchEffects._user_updated,
     UserDeleted.routing_key: BatchEffects._user_deleted,
+    ApiKeyCreated.routing_key: BatchEffects._api_key_created,
+    ApiKeyRevoked.routing_key: BatchEffects._api_key_revoked,
     ConversationCreated.routing_key: BatchEffects._conversation_created,
     ConversationRenamed.routing_key: BatchEffects._conversation_touched,
     ConversationEnded.routing_key: BatchEffects._conversation_ended,

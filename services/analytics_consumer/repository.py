@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -18,6 +18,14 @@ from shared.ids import ANONYMOUS_OWNER_PREFIX
 from shared.like_pattern import LIKE_ESCAPE, contains_pattern
 
 UsersRankedBy = Literal["messages", "tokens"]
+
+ESTIMATED_COLUMNS = ("estimated_replies", "estimated_prompt_tokens", "estimated_completion_tokens")
+"""Rollup columns counting, apart, the replies (and their tokens) whose usage was estimated."""
+
+
+def estimated_counts(row: Mapping[str, Any]) -> dict[str, int]:
+    """The `ESTIMATED_COLUMNS` of a rollup row or sum, as ints (a NULL sum is 0)."""
+    return {name: int(row.get(name) or 0) for name in ESTIMATED_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,7 @@ async def _histogram_percentiles(
     return values
 
 
-async def _count(session: AsyncSession, query: Select[Any] | Any) -> int:
+async def count_rows(session: AsyncSession, query: Select[Any] | Any) -> int:
     total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
     return int(total or 0)
 
@@ -172,7 +180,7 @@ async def list_activities(
     if activity_type is not None:
         query = query.where(a.activity_type == activity_type)
     query = _in_range(query, a.occurred_at, days)
-    total = await _count(session, query)
+    total = await count_rows(session, query)
     page = await session.scalars(
         query.order_by(a.occurred_at.desc(), a.id.desc()).offset(skip).limit(limit)
     )
@@ -225,7 +233,7 @@ async def top_users(
         .join(u, u.user_id == source.c.user_id)
         .where(u.deleted_at.is_(None), metric > 0)
     )
-    total = await _count(session, query)
+    total = await count_rows(session, query)
     rows = await session.execute(
         query.order_by(metric.desc(), source.c.user_id).offset(skip).limit(limit)
     )
@@ -241,7 +249,7 @@ async def list_users(
         query = query.where(u.is_active.is_(True))
     if q:
         query = query.where(u.username.ilike(contains_pattern(q), escape=LIKE_ESCAPE))
-    total = await _count(session, query)
+    total = await count_rows(session, query)
     page = await session.scalars(
         query.order_by(u.first_seen_at.desc(), u.user_id).offset(skip).limit(limit)
     )
@@ -258,7 +266,7 @@ async def list_conversations(
     query = _in_range(select(c), c.started_at, days)
     if user_id is not None:
         query = query.where(c.user_id == user_id)
-    total = await _count(session, query)
+    total = await count_rows(session, query)
     page = await session.scalars(
         query.order_by(c.started_at.desc(), c.conversation_id).offset(skip).limit(limit)
     )
@@ -285,7 +293,7 @@ async def api_usage(
         query = query.where(a.day >= days.start)
     if days.end is not None:
         query = query.where(a.day <= days.end)
-    total = await _count(session, query)
+    total = await count_rows(session, query)
     rows = await session.execute(
         query.order_by(func.sum(a.calls).desc(), a.service, a.route, a.method)
         .offset(skip)

@@ -28,6 +28,15 @@ class Summary(BaseModel):
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int
+    estimated_replies: int = Field(
+        default=0, description="Replies whose model reported no usage (token counts estimated)."
+    )
+    estimated_prompt_tokens: int = Field(
+        default=0, description="The part of prompt_tokens that was estimated, not reported."
+    )
+    estimated_completion_tokens: int = Field(
+        default=0, description="The part of completion_tokens that was estimated, not reported."
+    )
     total_cost_usd: float
     total_api_calls: int
     avg_response_time: float | None = Field(
@@ -145,6 +154,15 @@ class DailyRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated_replies: int = Field(
+        default=0, description="Replies whose model reported no usage (token counts estimated)."
+    )
+    estimated_prompt_tokens: int = Field(
+        default=0, description="The part of prompt_tokens that was estimated, not reported."
+    )
+    estimated_completion_tokens: int = Field(
+        default=0, description="The part of completion_tokens that was estimated, not reported."
+    )
     cost_usd: float
     avg_response_time_ms: float | None
     api_calls: int
@@ -166,6 +184,15 @@ class ModelRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated_replies: int = Field(
+        default=0, description="Replies whose model reported no usage (token counts estimated)."
+    )
+    estimated_prompt_tokens: int = Field(
+        default=0, description="The part of prompt_tokens that was estimated, not reported."
+    )
+    estimated_completion_tokens: int = Field(
+        default=0, description="The part of completion_tokens that was estimated, not reported."
+    )
     cost_usd: float
     price_known: bool
     unpriced_replies: int
@@ -175,6 +202,35 @@ class ModelRow(BaseModel):
     avg_ttft_ms: float | None
     ttft_p50_ms: float | None = Field(description="Lifetime, nearest-rank.")
     ttft_p95_ms: float | None = Field(description="Lifetime, nearest-rank.")
+
+
+class ApiKeyUsageRow(BaseModel):
+    """Replies to `/v1` requests made with one API key over the date range."""
+
+    api_key_id: str
+    user_id: str | None
+    username: str | None
+    name: str | None = Field(description="The key's name (null if its creation was not seen).")
+    prefix: str | None
+    created_at: datetime | None
+    revoked_at: datetime | None
+    requests: int = Field(description="Requests answered: replies completed, failed or cancelled.")
+    replies_completed: int
+    replies_failed: int
+    replies_cancelled: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated_replies: int = Field(
+        default=0, description="Replies whose model reported no usage (token counts estimated)."
+    )
+    estimated_prompt_tokens: int = Field(
+        default=0, description="The part of prompt_tokens that was estimated, not reported."
+    )
+    estimated_completion_tokens: int = Field(
+        default=0, description="The part of completion_tokens that was estimated, not reported."
+    )
+    cost_usd: float
 
 
 class AnalyticsHealth(BaseModel):

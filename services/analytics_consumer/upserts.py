@@ -24,6 +24,7 @@ _DAILY_USERS = BulkUpsert.additive(
     models.DailyUserStats, ("day", "user_id"), returning="day, (xmax = 0) AS inserted"
 )
 _DAILY_MODELS = BulkUpsert.additive(models.DailyModelStats, ("day", "model"))
+_DAILY_API_KEYS = BulkUpsert.additive(models.DailyApiKeyStats, ("day", "api_key_id", "user_id"))
 _TTFT = BulkUpsert.additive(models.TtftHistogram, ("model", "bucket_ms"))
 _API = BulkUpsert(
     table_of(models.DailyApiUsage),
@@ -81,7 +82,9 @@ _USERS = BulkUpsert(
     ("user_id",),
     {
         **{c: f"t.{c} + excluded.{c}" for c in (*USER_COUNTERS, "cost_usd")},
-        "username": "COALESCE(excluded.username, t.username)",
+        # A deleted account is anonymous: its name never comes back with a late event.
+        "username": "CASE WHEN COALESCE(excluded.deleted_at, t.deleted_at) IS NOT NULL "
+        "THEN NULL ELSE COALESCE(excluded.username, t.username) END",
         "roles": f"CASE WHEN {_NEWER_ROLES} THEN excluded.roles ELSE t.roles END",
         "roles_set_at": f"CASE WHEN {_NEWER_ROLES} THEN excluded.roles_set_at "
         "ELSE t.roles_set_at END",
@@ -119,6 +122,18 @@ _CONVERSATIONS = BulkUpsert(
         "deleted_at": "LEAST(t.deleted_at, excluded.deleted_at)",
     },
 )
+_API_KEYS = BulkUpsert(
+    table_of(models.ApiKey),
+    tuple(c.name for c in table_of(models.ApiKey).columns),
+    ("key_id",),
+    {
+        "user_id": "COALESCE(t.user_id, excluded.user_id)",
+        "name": "COALESCE(excluded.name, t.name)",
+        "prefix": "COALESCE(excluded.prefix, t.prefix)",
+        "created_at": "LEAST(t.created_at, excluded.created_at)",
+        "revoked_at": "LEAST(t.revoked_at, excluded.revoked_at)",
+    },
+)
 _COUNTERS = BulkUpsert(
     table_of(models.SystemMetric),
     ("name", "value"),
@@ -130,6 +145,24 @@ _GAUGES = BulkUpsert(
     ("name", "value"),
     ("name",),
     {"value": "excluded.value", "updated_at": "now()"},
+)
+# Per user, one transaction at a time stores activities or a deletion: a consumer storing a
+# (late) activity of a user another consumer is deleting sees that deletion once it commits.
+# Taken in key order, before any row `write_effects` writes, so these locks cannot deadlock.
+_LOCK_USERS = text(
+    "SELECT pg_advisory_xact_lock(:space, hashtext(user_id)) "
+    "FROM unnest(CAST(:ids AS text[])) AS user_id ORDER BY user_id"
+)
+_USER_LOCK_SPACE = 0x616E6F6E  # "anon": apart from other advisory locks on the database
+# What an activity says about a person: a deleted account's activities keep only their kind and
+# time (and the opaque user id), like its metrics.
+_ANONYMISE_ACTIVITIES = text(
+    "UPDATE analytics.user_activities AS a "
+    "SET username = NULL, ip = NULL, user_agent = NULL "
+    "FROM analytics.users AS u "
+    "WHERE u.user_id = ANY(CAST(:ids AS text[])) AND u.deleted_at IS NOT NULL "
+    "AND a.user_id = u.user_id "
+    "AND (a.username IS NOT NULL OR a.ip IS NOT NULL OR a.user_agent IS NOT NULL)"
 )
 _CLAIM = text(
     "INSERT INTO analytics.processed_events (event_id, event_type) "
@@ -161,6 +194,11 @@ async def write_effects(
     conn: AsyncConnection, effects: BatchEffects, gauges: Mapping[str, float]
 ) -> None:
     """Every table a batch touches, one statement each (replies first: `write_replies`)."""
+    named = sorted(
+        {a["user_id"] for a in effects.activities if a["user_id"]} | effects.deleted_users
+    )
+    if named:
+        await conn.execute(_LOCK_USERS, {"space": _USER_LOCK_SPACE, "ids": named})
     users = [effects.users[user_id].row(user_id) for user_id in sorted(effects.users)]
     for row in users:
         row["roles"] = None if row["roles"] is None else json.dumps(row["roles"])
@@ -169,6 +207,8 @@ async def write_effects(
         details = activity["details"]
         activity["details"] = None if details is None else json.dumps(details)
     await _ACTIVITIES.execute(conn, effects.activities)
+    if named:
+        await conn.execute(_ANONYMISE_ACTIVITIES, {"ids": named})
     await _CONVERSATIONS.execute(
         conn,
         [effects.conversations[c].row(c) for c in sorted(effects.conversations)],
@@ -183,6 +223,10 @@ async def write_effects(
     await _DAILY_MODELS.execute(
         conn, sum_rows(_DAILY_MODELS.keys, _DAILY_MODELS.columns, effects.daily_models)
     )
+    await _DAILY_API_KEYS.execute(
+        conn, sum_rows(_DAILY_API_KEYS.keys, _DAILY_API_KEYS.columns, effects.daily_api_keys)
+    )
+    await _API_KEYS.execute(conn, [effects.api_keys[k].row(k) for k in sorted(effects.api_keys)])
     await _TTFT.execute(
         conn,
         [

@@ -196,7 +196,10 @@ async def logout(body: RefreshRequest, accounts: AccountsDep, client: Client) ->
 
 @router.post("/auth/logout-all", status_code=status.HTTP_204_NO_CONTENT)
 async def logout_everywhere(user: CurrentUser, accounts: AccountsDep) -> Response:
-    """End every session of the caller, this one included, on every service within a second."""
+    """Log out everywhere: end every session of the caller, this one included, on every service
+    within about a second. Every refresh token of the account is revoked at once; access tokens
+    issued before now are refused (REST 401) and open chat sockets closed (WebSocket close
+    4001) by the gateways and analytics. Log in again for a new session."""
     async with accounts.unit_of_work() as uow:
         await uow.log_out_everywhere(user.id)
     log.info("logged out everywhere", extra={"user_id": user.id})
@@ -266,7 +269,8 @@ async def update_user(user_id: str, body: UserUpdate, caller: Admin, accounts: A
 
 @router.post("/users/{user_id}/unlock", status_code=status.HTTP_204_NO_CONTENT)
 async def unlock_user(user_id: str, caller: Admin, accounts: AccountsDep) -> Response:
-    """Forget the account's failed logins, so every address may try again at once."""
+    """Unlock an account (admin): forget its failed logins from every address, so a lockout
+    (429 with `Retry-After` at `POST /auth/token`) ends at once. 204; 404 for an unknown user."""
     async with accounts.unit_of_work() as uow:
         await uow.unlock(user_id)
     log.info("user unlocked", extra={"user_id": user_id, "actor_id": caller.id})

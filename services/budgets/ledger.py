@@ -1,208 +1,133 @@
-"""Reserve, settle, release: every change to the ledger is one SQL statement.
+"""Settle, release, set limits: every change to the ledger besides admission is one statement.
 
-- `check_rate`: one upsert counts the request in the user's current clock minute, only while
-  under `requests_per_minute` (cluster-wide: every gateway counts in the same row).
-- `reserve`: one statement adds the worst case to the day's `reserved_tokens` only while
-  `used + reserved + worst case <= tokens_per_day`, and records the reservation under the user
-  message's id. Run in the edge's transaction with the message itself, so a refused
-  reservation stores no message, and a stored message always has its reservation.
-- `SETTLE_CTE`: the clause the worker's final-reply statement includes: deletes the
-  reservation and moves its tokens from reserved to the real usage, in the same transaction
-  that stores the reply. A worker killed mid-reply settles nothing; the redelivered request's
-  final statement does. `release_stale` releases what was never settled (no worker answered).
+- Admission (count, reserve or refuse) is a clause of the gateway's message statement:
+  `admission.py`.
+- `SETTLE_CTE`: the clause the worker's final-reply statement includes: deletes the reservation
+  and moves its worst case from reserved to the real usage (tokens, and their cost at the prices
+  reserved with it) in the day and month rows of the user and of the key, in the same
+  transaction that stores the reply. A worker killed mid-reply settles nothing; the redelivered
+  request's final statement does. `release_stale` releases what was never settled (no worker
+  answered).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.budgets.models import DAILY_USAGE, LIMITS, RATE_WINDOWS, RESERVATIONS
-
-UNLIMITED = 2**62
+from services.budgets.models import COUNTERS, LIMITS, RESERVATIONS
 
 
-class OverLimit(Exception):
-    """Refused by the ledger; `reason` is `rate_limited` or `budget_exceeded`."""
+def _charge_ctes(released: str, prompt_tokens: str, completion_tokens: str) -> str:
+    """CTEs moving the reservations in `released` (deleted rows of `reservations`) from
+    reserved to used, charging `prompt_tokens` and `completion_tokens` (SQL expressions).
 
-    def __init__(self, reason: str, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.retry_after_s = retry_after_s
-
-
-def _today(now: datetime) -> date:
-    return now.astimezone(UTC).date()
-
-
-_CHECK_RATE = text(
-    f"""
-    INSERT INTO {RATE_WINDOWS} AS w (user_id, window_start, count)
-    SELECT CAST(:user_id AS varchar), CAST(:window AS timestamptz), 1
-    WHERE coalesce((SELECT requests_per_minute FROM {LIMITS} WHERE user_id = :user_id),
-                   CAST(:default AS integer)) >= 1
-    ON CONFLICT (user_id, window_start) DO UPDATE SET count = w.count + 1
-    WHERE w.count < coalesce(
-        (SELECT requests_per_minute FROM {LIMITS} WHERE user_id = :user_id),
-        CAST(:default AS integer))
-    RETURNING count
-    """  # noqa: S608 (table names only)
-)
-
-
-async def check_rate(
-    session: AsyncSession, user_id: str, default_per_minute: int, now: datetime | None = None
-) -> None:
-    now = now or datetime.now(UTC)
-    window = now.replace(second=0, microsecond=0)
-    row = (
-        await session.execute(
-            _CHECK_RATE, {"user_id": user_id, "window": window, "default": default_per_minute}
-        )
-    ).first()
-    if row is None:
-        retry = (window + timedelta(minutes=1) - now).total_seconds()
-        raise OverLimit("rate_limited", "Too many requests this minute", retry)
+    Counter rows are locked in key order first, as admission upserts them: a settlement and
+    an admission of the same user never wait on each other in a cycle."""
+    prompt, completion = prompt_tokens, completion_tokens
+    return f"""settling AS (
+    SELECT subject.id AS subject_id, period.name AS period,
+           date_trunc(period.name, r.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS starts,
+           r.tokens, r.usd, {prompt} + {completion} AS used_tokens,
+           ({prompt} * r.input_usd_per_million
+            + {completion} * r.output_usd_per_million) / 1000000 AS used_usd
+    FROM {released} AS r
+    CROSS JOIN LATERAL (VALUES (r.user_id), (r.key_id)) AS subject(id)
+    CROSS JOIN (VALUES ('day'), ('month')) AS period(name)
+    WHERE subject.id IS NOT NULL
+), settled_sums AS (
+    SELECT subject_id, period, starts, sum(tokens) AS tokens, sum(usd) AS usd,
+           sum(used_tokens) AS used_tokens, sum(used_usd) AS used_usd
+    FROM settling GROUP BY subject_id, period, starts
+), locked AS (
+    SELECT c.subject_id, c.period, c.starts
+    FROM {COUNTERS} AS c
+    JOIN settled_sums AS s USING (subject_id, period, starts)
+    ORDER BY c.subject_id, c.period, c.starts
+    FOR UPDATE OF c
+), charged AS (
+    UPDATE {COUNTERS} AS c
+    SET reserved_tokens = c.reserved_tokens - s.tokens,
+        used_tokens = c.used_tokens + s.used_tokens,
+        reserved_usd = c.reserved_usd - s.usd,
+        used_usd = c.used_usd + s.used_usd
+    FROM settled_sums AS s JOIN locked AS l USING (subject_id, period, starts)
+    WHERE c.subject_id = s.subject_id AND c.period = s.period AND c.starts = s.starts
+    RETURNING c.subject_id
+)"""  # noqa: S608 (names and expressions of our own code only)
 
 
-_RESERVE = text(
-    f"""
-    WITH lim AS (
-        SELECT coalesce((SELECT tokens_per_day FROM {LIMITS} WHERE user_id = :user_id),
-                        {UNLIMITED}) AS tokens_per_day
-    ), counted AS (
-        INSERT INTO {DAILY_USAGE} AS d (user_id, day, used_tokens, reserved_tokens, requests)
-        SELECT CAST(:user_id AS varchar), CAST(:day AS date), 0, CAST(:tokens AS bigint), 1
-        FROM lim WHERE CAST(:tokens AS bigint) <= lim.tokens_per_day
-        ON CONFLICT (user_id, day) DO UPDATE
-        SET reserved_tokens = d.reserved_tokens + CAST(:tokens AS bigint), requests = d.requests + 1
-        WHERE d.used_tokens + d.reserved_tokens + CAST(:tokens AS bigint)
-              <= (SELECT tokens_per_day FROM lim)
-        RETURNING user_id
-    )
-    INSERT INTO {RESERVATIONS} (message_id, user_id, day, tokens)
-    SELECT CAST(:message_id AS varchar), user_id, CAST(:day AS date), CAST(:tokens AS bigint)
-    FROM counted
-    RETURNING message_id
-    """  # noqa: S608 (table names only)
-)
-
-
-async def reserve(
-    session: AsyncSession, user_id: str, message_id: str, tokens: int, now: datetime | None = None
-) -> None:
-    now = now or datetime.now(UTC)
-    params = {"user_id": user_id, "day": _today(now), "tokens": tokens, "message_id": message_id}
-    if (await session.execute(_RESERVE, params)).first() is None:
-        tomorrow = datetime.combine(_today(now) + timedelta(days=1), datetime.min.time(), UTC)
-        raise OverLimit(
-            "budget_exceeded",
-            f"Daily token budget exhausted (this request reserves {tokens} tokens)",
-            (tomorrow - now).total_seconds(),
-        )
-
-
-def SETTLE_CTE(finished: str, used_tokens: str) -> str:
+def SETTLE_CTE(finished: str, prompt_tokens: str, completion_tokens: str) -> str:
     """CTEs settling the reservation of the user message `finished` answers.
 
-    `finished` is a CTE returning `reply_to`; `used_tokens` the SQL expression of the real
-    usage (prompt + completion tokens, 0 when the reply failed before any)."""
+    `finished` is a CTE returning `reply_to`; `prompt_tokens` and `completion_tokens` the SQL
+    expressions of the real usage (0 when the reply failed before any)."""
     return f"""settled AS (
     DELETE FROM {RESERVATIONS} AS r USING {finished} AS f
     WHERE r.message_id = f.reply_to
-    RETURNING r.user_id, r.day, r.tokens
-), charged AS (
-    UPDATE {DAILY_USAGE} AS d
-    SET reserved_tokens = d.reserved_tokens - s.tokens,
-        used_tokens = d.used_tokens + {used_tokens}
-    FROM settled AS s WHERE d.user_id = s.user_id AND d.day = s.day
-    RETURNING d.user_id
-)"""  # noqa: S608 (names and expressions of our own code only)
+    RETURNING r.*
+), {_charge_ctes("settled", prompt_tokens, completion_tokens)}"""  # noqa: S608
 
 
 _RELEASE_STALE = text(
     f"""
     WITH stale AS (
         DELETE FROM {RESERVATIONS} WHERE created_at < CAST(:before AS timestamptz)
-        RETURNING user_id, day, tokens
-    ), sums AS (SELECT user_id, day, sum(tokens) AS tokens FROM stale GROUP BY user_id, day)
-    UPDATE {DAILY_USAGE} AS d SET reserved_tokens = d.reserved_tokens - sums.tokens
-    FROM sums WHERE d.user_id = sums.user_id AND d.day = sums.day
+        RETURNING *
+    ), {_charge_ctes("stale", "0", "0")}
+    SELECT count(*) FROM stale
     """  # noqa: S608 (table names only)
 )
 
-
-async def release_stale(session: AsyncSession, older_than: timedelta) -> None:
-    """Give back reservations no reply settled in `older_than` (no worker ever answered)."""
-    await session.execute(_RELEASE_STALE, {"before": datetime.now(UTC) - older_than})
-
-
-@dataclass(frozen=True)
-class UsageToday:
-    used_tokens: int
-    reserved_tokens: int
-    requests: int
-    tokens_per_day: int | None
-    requests_per_minute: int | None
-
-    @property
-    def remaining_tokens(self) -> int | None:
-        if self.tokens_per_day is None:
-            return None
-        return max(0, self.tokens_per_day - self.used_tokens - self.reserved_tokens)
-
-
-_USAGE = text(
-    f"""
-    SELECT coalesce(d.used_tokens, 0) AS used_tokens,
-           coalesce(d.reserved_tokens, 0) AS reserved_tokens,
-           coalesce(d.requests, 0) AS requests,
-           l.tokens_per_day, l.requests_per_minute
-    FROM (SELECT 1) AS one
-    LEFT JOIN {DAILY_USAGE} AS d ON d.user_id = :user_id AND d.day = :day
-    LEFT JOIN {LIMITS} AS l ON l.user_id = :user_id
-    """  # noqa: S608 (table names only)
+_FORGET_OLD_MINUTES = text(
+    f"DELETE FROM {COUNTERS} WHERE period = 'minute' AND starts < CAST(:before AS timestamptz)"  # noqa: S608
 )
 
 
-async def usage_today(session: AsyncSession, user_id: str) -> UsageToday:
-    row = (
-        await session.execute(_USAGE, {"user_id": user_id, "day": _today(datetime.now(UTC))})
-    ).one()
-    return UsageToday(
-        row.used_tokens,
-        row.reserved_tokens,
-        row.requests,
-        row.tokens_per_day,
-        row.requests_per_minute,
-    )
+async def release_stale(session: AsyncSession, older_than: timedelta) -> int:
+    """Give back reservations no reply settled in `older_than` (no worker ever answered), and
+    forget request counts of minutes long past. Returns how many reservations were released."""
+    now = datetime.now(UTC)
+    released = await session.scalar(_RELEASE_STALE, {"before": now - older_than})
+    await session.execute(_FORGET_OLD_MINUTES, {"before": now - timedelta(minutes=2)})
+    return int(released or 0)
 
 
 _SET_LIMITS = text(
     f"""
-    INSERT INTO {LIMITS} (user_id, requests_per_minute, tokens_per_day)
-    VALUES (CAST(:user_id AS varchar), CAST(:rpm AS integer), CAST(:tpd AS bigint))
-    ON CONFLICT (user_id) DO UPDATE
-    SET requests_per_minute = EXCLUDED.requests_per_minute,
-        tokens_per_day = EXCLUDED.tokens_per_day, updated_at = now()
+    INSERT INTO {LIMITS}
+        (subject_id, owner_id, requests_per_minute, tokens_per_day, cost_per_month_usd)
+    VALUES (CAST(:subject AS varchar), CAST(:owner AS varchar), CAST(:rpm AS integer),
+            CAST(:tpd AS bigint), CAST(:cpm AS numeric))
+    ON CONFLICT (subject_id) DO UPDATE
+    SET owner_id = EXCLUDED.owner_id,
+        requests_per_minute = EXCLUDED.requests_per_minute,
+        tokens_per_day = EXCLUDED.tokens_per_day,
+        cost_per_month_usd = EXCLUDED.cost_per_month_usd, updated_at = now()
     """  # noqa: S608 (table names only)
 )
 
 
 async def set_limits(
-    session: AsyncSession, user_id: str, requests_per_minute: int | None, tokens_per_day: int | None
+    session: AsyncSession,
+    subject_id: str,
+    owner_id: str,
+    *,
+    requests_per_minute: int | None,
+    tokens_per_day: int | None,
+    cost_per_month_usd: Decimal | None,
 ) -> None:
+    """Replace a subject's limits (a user: `owner_id == subject_id`; a key: its owner)."""
     await session.execute(
-        _SET_LIMITS, {"user_id": user_id, "rpm": requests_per_minute, "tpd": tokens_per_day}
+        _SET_LIMITS,
+        {
+            "subject": subject_id,
+            "owner": owner_id,
+            "rpm": requests_per_minute,
+            "tpd": tokens_per_day,
+            "cpm": cost_per_month_usd,
+        },
     )
-
-
-def worst_case_tokens(prompt_chars: int, messages: int, max_tokens: int) -> int:
-    """An upper estimate of the prompt (a token is at least ~3 characters in practice, plus
-    the per-message overhead tokenizers add) plus the most the reply may use."""
-    return math.ceil(prompt_chars / 3) + 8 * (messages + 1) + max_tokens

@@ -1,4 +1,5 @@
-"""Gives back reservations nothing settled (e.g. no worker ever answered the request)."""
+"""Gives back reservations nothing settled (e.g. no worker ever answered the request) and
+forgets request counts of past minutes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ async def release_stale_forever(sessions: async_sessionmaker[AsyncSession], ttl_
         await asyncio.sleep(interval_s)
         try:
             async with transaction(sessions) as session:
-                await ledger.release_stale(session, timedelta(seconds=ttl_s))
+                released = await ledger.release_stale(session, timedelta(seconds=ttl_s))
+            if released:
+                log.info("unsettled budget reservations released", extra={"count": released})
         except Exception as exc:
             log.warning("budget release failed, retrying later", extra={"error": repr(exc)})

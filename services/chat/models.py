@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import cast
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -42,6 +43,7 @@ outbox = outbox_table(Base.metadata)
 MAX_TITLE_LENGTH = 200
 MAX_SYSTEM_PROMPT_LENGTH = 8000
 MAX_MODEL_NAME_LENGTH = 100
+MAX_WORKER_ID_LENGTH = 100
 
 
 ORIGIN_CHAT = "chat"
@@ -100,6 +102,8 @@ class Conversation(Base):
     origin: Mapped[str] = mapped_column(String(8), default=ORIGIN_CHAT, server_default=ORIGIN_CHAT)
     """`api`: made by one `/v1/chat/completions` request, not shown in the chat's lists."""
     api_key_id: Mapped[str | None] = mapped_column(String(16))
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    """The most tokens a reply may have (a `/v1` request's `max_tokens`); NULL: the worker's."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -130,9 +134,14 @@ class Message(Base):
     seq: Mapped[int] = mapped_column(Integer, default=0)
     """For a reply: the stream `seq` its stored `content` includes (partial or final)."""
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    worker_id: Mapped[str | None] = mapped_column(String(MAX_WORKER_ID_LENGTH))
+    """For a reply: the chat worker instance that generates (or generated) its current
+    `attempt`; a subscribing gateway asks that worker alone what it has streamed so far."""
     model: Mapped[str | None] = mapped_column(String(MAX_MODEL_NAME_LENGTH))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    """The model reported no usage: the token counts were estimated from the text."""
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     finish_reason: Mapped[str | None] = mapped_column(String(32))

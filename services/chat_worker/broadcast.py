@@ -6,16 +6,22 @@ order from a queue, so frames of one reply never overtake each other and the hot
 appends to a list.
 
 The control queue is bound to `conv.*`: every worker hears every command and acts on those for
-replies it holds. Commands are rare (a cancel, a resync per subscribe while a reply streams),
+replies it holds. A gateway that knows the holder from the reply row (`messages.worker_id`)
+sends a command to that worker's queue alone instead, through the default exchange; the worker
+then always answers, so "it holds nothing there" and "it is gone" (the broker returns a command
+for a queue that no longer exists) are both known at once.
+
+Why a wildcard: commands are rare (a cancel, a resync per subscribe while a reply streams),
 whereas binding and unbinding `conv.<id>` around every reply costs two broker round trips that
-are serialised per channel; measured under load they added up to a second before a reply
-could start. A wildcard binding also cannot miss a command sent between a reply's start and
-its binding.
+are serialised per channel; measured under load they added up to a second before a reply could
+start. A wildcard binding also cannot miss a command sent between a reply's start and its
+binding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -50,12 +56,16 @@ RECONNECT_POLL_S = 0.1
 CommandHandler = Callable[[ControlCommand], Awaitable[bool]]
 """Applies a command; True when this worker acted on it (then a `reply_to` gets an answer)."""
 
+DEFAULT_EXCHANGE = ""
+"""What a delivery names as its exchange when it was sent to this worker's queue alone."""
+
 
 class FrameChannel:
     def __init__(self, amqp_url: str, topology: Topology, instance_id: str) -> None:
         self._amqp_url = amqp_url
         self._topology = topology
-        self._instance_id = instance_id
+        self.instance_id = instance_id
+        """Names this worker's control queue, and the replies it holds (their `worker_id`)."""
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._stream: AbstractRobustExchange | None = None
@@ -68,7 +78,7 @@ class FrameChannel:
 
     async def start(self, on_command: CommandHandler) -> None:
         self._connection = await aio_pika.connect_robust(
-            self._amqp_url, client_properties={"connection_name": f"{self._instance_id}-frames"}
+            self._amqp_url, client_properties={"connection_name": f"{self.instance_id}-frames"}
         )
         publish_channel: AbstractRobustChannel = await self._connection.channel(
             publisher_confirms=False
@@ -82,7 +92,7 @@ class FrameChannel:
         self._control = await control_channel.declare_exchange(
             topology.control.name, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        spec = topology.worker_control_queue(self._instance_id)
+        spec = topology.worker_control_queue(self.instance_id)
         self._control_queue = await control_channel.declare_queue(
             spec.name, exclusive=True, auto_delete=True, durable=False
         )
@@ -95,10 +105,13 @@ class FrameChannel:
                 return
             try:
                 acted = await on_command(command)
-                if acted and message.reply_to:
+                # A broadcast is answered only by a worker that acted (the others stay silent);
+                # a command addressed to this worker alone is always answered.
+                addressed = message.exchange == DEFAULT_EXCHANGE
+                if message.reply_to and (acted or addressed):
                     await control_channel.default_exchange.publish(
                         aio_pika.Message(
-                            b'{"type":"control.answer"}',
+                            json.dumps({"type": "control.answer", "acted": acted}).encode(),
                             correlation_id=message.correlation_id,
                             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                         ),

@@ -50,6 +50,7 @@ class Claim:
             reply_to=self.request.message_id,
             model=self.request.model,
             attempt=self.attempt,
+            api_key_id=self.request.api_key_id,
         )
 
 
@@ -64,7 +65,10 @@ class ReplyClaims:
         engine: AsyncEngine,
         outbox: Outbox,
         metrics: WorkerMetrics,
+        worker_id: str,
     ) -> None:
+        self._worker_id = worker_id
+        """Written into each reply this worker claims: gateways ask it alone about the reply."""
         self._settings = settings
         self._engine = engine
         self._outbox = outbox
@@ -82,6 +86,7 @@ class ReplyClaims:
                 reply_id,
                 default_model=self._settings.default_model,
                 default_system_prompt=self._settings.default_system_prompt,
+                worker_id=self._worker_id,
             )
         if request is None:
             log.info("request for a missing message dropped", extra={"id": event.message_id})
@@ -120,7 +125,7 @@ class ReplyClaims:
             session,
             claim.reply_id,
             existing.attempt,
-            {"attempt": claim.attempt, "content": "", "seq": 0},
+            {"attempt": claim.attempt, "content": "", "seq": 0, "worker_id": self._worker_id},
         )
         await self._outbox.stage(session, claim.started_event())
         self._metrics.regenerated += 1

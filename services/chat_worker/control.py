@@ -2,7 +2,9 @@
 
 Every worker hears every command (its control queue is bound to `conv.*`), so each handler says
 whether this worker acted on it: the gateway that asked waits for such an answer (`reply_to`)
-to tell "a reply was there to cancel" from "nothing is being generated".
+to tell "a reply was there to cancel" from "nothing is being generated". A resync sent to the
+holder a reply row names is answered either way (broadcast.py), so a subscribe never waits for a
+reply its holder no longer has.
 """
 
 from __future__ import annotations

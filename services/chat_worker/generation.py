@@ -26,6 +26,13 @@ from shared.stream import ReplyError
 log = logging.getLogger(__name__)
 
 
+def reply_token_limit(requested: int | None, settings: ChatWorkerSettings) -> int | None:
+    """`max_tokens` for the model call: the request's own (a `/v1` request's), else the
+    worker's `max_reply_tokens`, never above `max_reply_tokens_cap`; None: the model's default."""
+    limit = requested if requested is not None else settings.max_reply_tokens
+    return None if limit is None else min(limit, settings.max_reply_tokens_cap)
+
+
 class ModelFailed(Exception):
     def __init__(self, failure: ModelFailure) -> None:
         super().__init__(failure.code)
@@ -64,6 +71,8 @@ class ReplyGeneration:
             self._settings.context_budget_tokens,
             knowledge.prompt,
         )
+        reply.prompt = messages
+        max_tokens = reply_token_limit(claim.request.max_tokens, self._settings)
         retries = 0
         while True:
             outcome = StreamOutcome()
@@ -74,7 +83,7 @@ class ReplyGeneration:
                         model=claim.request.model,
                         messages=messages,
                         temperature=claim.request.temperature,
-                        max_tokens=self._settings.max_reply_tokens,
+                        max_tokens=max_tokens,
                         outcome=outcome,
                     ):
                         frame = reply.add_delta(delta)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import openai
 
+from services.chat_worker.llm import is_timeout
 from services.chat_worker.settings import ChatWorkerSettings
 from shared.health import NotReady
 
@@ -41,7 +42,7 @@ def _missing_v1(base_url: str) -> bool:
 def describe_failure(exc: BaseException, settings: ChatWorkerSettings) -> str:
     """The likely cause of a failed `GET /models`, naming the URL and the setting to change."""
     url = settings.llm_base_url
-    if isinstance(exc, openai.APITimeoutError):
+    if is_timeout(exc):
         return f"model endpoint {url} did not answer within {PROBE_TIMEOUT_S:.0f}s"
     if isinstance(exc, openai.APIConnectionError):
         return (

@@ -33,10 +33,9 @@ class ReplyOutcomes:
         self, reply: ActiveReply, claim: Claim, outcome: StreamOutcome
     ) -> None:
         flush_pending(self._frames, reply)
-        usage = outcome.usage or Usage(
-            completion_tokens=outcome.chunks, total_tokens=outcome.chunks
-        )
-        frame = reply.completed_frame(usage, outcome.finish_reason)
+        estimated = outcome.usage is None
+        usage = outcome.usage or reply.estimated_usage(outcome.chunks)
+        frame = reply.completed_frame(usage, outcome.finish_reason, estimated)
         ttft_ms, duration_ms = reply.ttft_ms(), reply.elapsed_ms()
         await self._store_outcome(
             reply,
@@ -45,6 +44,7 @@ class ReplyOutcomes:
                 status=MessageStatus.COMPLETE,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                usage_estimated=estimated,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 finish_reason=outcome.finish_reason,
@@ -53,6 +53,7 @@ class ReplyOutcomes:
                 **_event_fields(reply, claim),
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                usage_estimated=estimated,
                 ttft_ms=ttft_ms,
                 duration_ms=duration_ms,
                 finish_reason=outcome.finish_reason,
@@ -83,16 +84,29 @@ class ReplyOutcomes:
         flush_pending(self._frames, reply)
         frame = reply.cancelled_frame()
         duration_ms = reply.elapsed_ms()
+        # A stopped stream never reaches its usage chunk; what the model read and wrote until
+        # then is estimated (no usage at all if the model was never called).
+        estimated = reply.prompt is not None
+        usage = reply.estimated_usage(chunks=0) if estimated else Usage()
         await self._store_outcome(
             reply,
             frame,
             repository.FinalReply(
                 status=MessageStatus.CANCELLED,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                usage_estimated=estimated,
                 finish_reason="cancelled",
                 ttft_ms=reply.ttft_ms(),
                 duration_ms=duration_ms,
             ),
-            ReplyCancelled(**_event_fields(reply, claim), duration_ms=duration_ms),
+            ReplyCancelled(
+                **_event_fields(reply, claim),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                usage_estimated=estimated,
+                duration_ms=duration_ms,
+            ),
         )
 
     async def _store_outcome(
@@ -139,4 +153,5 @@ def _event_fields(reply: ActiveReply, claim: Claim) -> dict[str, Any]:
         "message_id": reply.message_id,
         "reply_to": reply.reply_to,
         "model": reply.model,
+        "api_key_id": claim.request.api_key_id,
     }

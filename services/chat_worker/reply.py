@@ -6,6 +6,10 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from services.chat_worker.usage_estimate import (
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+)
 from shared.events import SourceRef
 from shared.stream import (
     ReplyCancelledFrame,
@@ -50,6 +54,9 @@ class ActiveReply:
     cancel_requested_by: str | None = None
     sources: list[SourceRef] = field(default_factory=list)
     """Knowledge-file chunks this attempt's prompt included."""
+    prompt: list[dict[str, str]] | None = None
+    """The messages sent to the model, once built: its usage is estimated from them only when
+    the model reports none."""
     task: asyncio.Task[object] | None = None
     _sent: list[str] = field(default_factory=list)
     _pending: list[str] = field(default_factory=list)
@@ -127,12 +134,23 @@ class ActiveReply:
         self.last_frame_at = time.monotonic() if now is None else now
         return ReplyDeltaFrame(**self._ids(), delta=delta)
 
-    def completed_frame(self, usage: Usage, finish_reason: str | None) -> ReplyCompletedFrame:
+    def estimated_usage(self, chunks: int) -> Usage:
+        """Usage estimated from the prompt and the text generated (`usage_estimate.py`)."""
+        prompt = estimate_prompt_tokens(self.prompt) if self.prompt is not None else 0
+        completion = estimate_completion_tokens(self.full_text, chunks)
+        return Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+    def completed_frame(
+        self, usage: Usage, finish_reason: str | None, usage_estimated: bool = False
+    ) -> ReplyCompletedFrame:
         self.seq += 1
         return ReplyCompletedFrame(
             **self._ids(),
             content=self.sent_text,
             usage=usage,
+            usage_estimated=usage_estimated,
             finish_reason=finish_reason,
             model=self.model,
             sources=self.sources,

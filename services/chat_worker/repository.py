@@ -49,16 +49,22 @@ class Request:
     history: list[Turn]
     assistant_id: str | None = None
     """The assistant the conversation was started from, whose files the prompt may draw on."""
+    api_key_id: str | None = None
+    """The API key a `/v1` request came with; its reply's events name it for analytics."""
+    max_tokens: int | None = None
+    """The request's own limit on the reply (a `/v1` request's `max_tokens`)."""
 
 
 _PROMPT_STATUSES = ", ".join(f"'{status.value}'" for status in PROMPT_STATUSES)
 
 # One statement: read the message `$1` with its conversation and assistant (defaults `$3`,
 # `$5`) and the newest `$4` earlier questions, each with its answer if that answer has text and
-# `PROMPT_STATUSES`; and create the (streaming) reply `$2` unless the message already has one.
+# `PROMPT_STATUSES`; and create the (streaming) reply `$2`, held by worker `$6`, unless the
+# message already has one.
 _CLAIM_REQUEST = f"""
 WITH request AS (
     SELECT m.id, m.conversation_id, m.content, m.created_at, c.owner_id, c.assistant_id,
+           c.api_key_id, c.max_tokens,
            coalesce(c.model, a.model, $3) AS model,
            coalesce(c.temperature, a.temperature) AS temperature,
            coalesce(nullif(c.system_prompt, ''), nullif(a.system_prompt, ''), $5) AS system_prompt
@@ -68,9 +74,9 @@ WITH request AS (
     WHERE m.id = $1 AND m.role = '{MessageRole.USER.value}'
 ), inserted AS (
     INSERT INTO {MESSAGES}
-        (id, conversation_id, role, content, status, reply_to, seq, attempt, model)
+        (id, conversation_id, role, content, status, reply_to, seq, attempt, model, worker_id)
     SELECT $2, conversation_id, '{MessageRole.ASSISTANT.value}', '',
-           '{MessageStatus.STREAMING.value}', id, 0, 1, model
+           '{MessageStatus.STREAMING.value}', id, 0, 1, model, $6
     FROM request
     ON CONFLICT ON CONSTRAINT uq_messages_reply_to DO NOTHING
     RETURNING id
@@ -99,10 +105,11 @@ async def claim_request(
     *,
     default_model: str,
     default_system_prompt: str,
+    worker_id: str,
 ) -> tuple[Request | None, bool]:
     """The request to answer (None: no such user message) and whether its reply `reply_id`
-    was created now (False: the message already has a reply). The conversation's model and
-    system prompt, else its assistant's, else the defaults."""
+    was created now, held by `worker_id` (False: the message already has a reply). The
+    conversation's model and system prompt, else its assistant's, else the defaults."""
     row = await connection.fetchrow(
         _CLAIM_REQUEST,
         message_id,
@@ -110,6 +117,7 @@ async def claim_request(
         default_model,
         HISTORY_MESSAGES,
         default_system_prompt,
+        worker_id,
     )
     if row is None:
         return None, False
@@ -132,6 +140,8 @@ async def claim_request(
         system_prompt=row["system_prompt"],
         history=history,
         assistant_id=row["assistant_id"],
+        api_key_id=row["api_key_id"],
+        max_tokens=row["max_tokens"],
     )
     return request, bool(row["inserted"])
 
@@ -155,6 +165,7 @@ class FinalReply:
     status: MessageStatus
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    usage_estimated: bool = False
     ttft_ms: float | None = None
     duration_ms: float | None = None
     finish_reason: str | None = None
@@ -167,11 +178,11 @@ WITH finished AS (
     UPDATE {MESSAGES}
     SET content = $3, seq = $4, status = $5, prompt_tokens = $6, completion_tokens = $7,
         ttft_ms = $8, duration_ms = $9, finish_reason = $10, error_code = $11,
-        updated_at = now()
+        usage_estimated = $12, updated_at = now()
     WHERE id = $1 AND attempt = $2 AND status = '{MessageStatus.STREAMING.value}'
     RETURNING id, reply_to
-), {outbox_rows_for(OUTBOX, "finished", 12)},
-{SETTLE_CTE("finished", "coalesce($6::int, 0) + coalesce($7::int, 0)")}
+), {outbox_rows_for(OUTBOX, "finished", 13)},
+{SETTLE_CTE("finished", "coalesce($6::int, 0)", "coalesce($7::int, 0)")}
 SELECT (SELECT count(*) FROM finished) AS finished,
        EXISTS (SELECT 1 FROM {MESSAGES}
                WHERE id = $1 AND attempt = $2 AND status = $5 AND seq = $4) AS already
@@ -211,6 +222,7 @@ async def finish_reply(
         final.duration_ms,
         final.finish_reason,
         final.error_code,
+        final.usage_estimated,
         *event.parameters(),
     )
     assert row is not None

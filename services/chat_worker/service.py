@@ -72,7 +72,9 @@ class ChatReplies:
         # opens and closes overflow connections, and each new one costs more than a query
         # (measured: the worker's CPU per reply fell from ~43 to ~27 ms without that churn).
         self.db_slots = asyncio.Semaphore(self.settings.db_pool_size)
-        self.claims = ReplyClaims(self.settings, self.engine, self.outbox, self.metrics)
+        self.claims = ReplyClaims(
+            self.settings, self.engine, self.outbox, self.metrics, self.frames.instance_id
+        )
         self.generation = ReplyGeneration(
             self.settings,
             self.client,

@@ -1,29 +1,19 @@
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from services.chat.settings import ReplySettings
 
 
-class ChatWorkerSettings(ServiceSettings):
+class ChatWorkerSettings(ReplySettings):
     """Settings of a chat worker (env prefix CONVOAI_)."""
 
     llm_base_url: str = "http://127.0.0.1:8009/v1"
     llm_api_key: str = Field(default="", repr=False)
-    default_model: str = "gpt-4o-mini"
     default_system_prompt: str = Field(
         default="You are a helpful assistant. Answer clearly and concisely.",
         description="Used when neither the conversation nor its assistant has a system prompt.",
     )
     prefetch: int = Field(
         default=256, ge=1, le=5000, description="In-flight chat requests per worker process."
-    )
-    context_budget_tokens: int = Field(
-        default=3000,
-        ge=100,
-        description="Approximate tokens of system prompt + history sent to the model; "
-        "older messages are dropped first.",
-    )
-    max_reply_tokens: int | None = Field(
-        default=None, ge=1, description="max_tokens sent to the model (none: its default)."
     )
     llm_timeout_s: float = Field(
         default=60.0, gt=0, description="Longest wait for the model's next bytes (stall)."

@@ -13,7 +13,15 @@ from fastapi.responses import JSONResponse
 from services.chat.models import ConversationStatus, Message, MessageRole
 from services.chat.replies import is_finished
 from services.gateway.context import Gateway, gateway_dependency
-from services.gateway.errors import ChatError, Conflict, InvalidInput, NotFound, RateLimited
+from services.gateway.errors import (
+    BudgetExceeded,
+    ChatError,
+    Conflict,
+    InvalidInput,
+    LimitReached,
+    NotFound,
+    RateLimited,
+)
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.schemas import (
     MAX_SEARCH_LENGTH,
@@ -51,6 +59,7 @@ _STATUS_OF_ERROR: dict[type[ChatError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,
     RateLimited: status.HTTP_429_TOO_MANY_REQUESTS,
+    BudgetExceeded: status.HTTP_429_TOO_MANY_REQUESTS,
 }
 
 
@@ -60,10 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, InvalidInput):
             return unprocessable(exc.message)
         headers = {}
-        if isinstance(exc, RateLimited):
-            headers["Retry-After"] = str(int(exc.retry_after_s))
+        body: dict[str, object] = {"detail": exc.message, "code": exc.code}
+        if isinstance(exc, LimitReached):
+            headers["Retry-After"] = str(exc.retry_after_s)
+            body["limit"] = exc.limit
         return JSONResponse(
-            {"detail": exc.message},
+            body,
             status_code=_STATUS_OF_ERROR.get(type(exc), status.HTTP_400_BAD_REQUEST),
             headers=headers,
         )
@@ -79,7 +90,9 @@ async def create_assistant(
     body: AssistantCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.create_assistant(session, principal.user_id, body)
+        assistant = await gw.chat.create_assistant(
+            session, principal.user_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -109,7 +122,9 @@ async def update_assistant(
     assistant_id: str, body: AssistantUpdate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> AssistantOut:
     async with gw.unit_of_work() as session:
-        assistant = await gw.chat.update_assistant(session, principal.user_id, assistant_id, body)
+        assistant = await gw.chat.update_assistant(
+            session, principal.user_id, assistant_id, body, principal.roles
+        )
     return AssistantOut.model_validate(assistant)
 
 
@@ -127,7 +142,9 @@ async def create_conversation(
     body: ConversationCreate, principal: CurrentPrincipal, gw: GatewayDep
 ) -> ConversationOut:
     async with gw.unit_of_work() as session:
-        conversation = await gw.chat.create_conversation(session, principal.user_id, body)
+        conversation = await gw.chat.create_conversation(
+            session, principal.user_id, body, principal.roles
+        )
     return ConversationOut.model_validate(conversation)
 
 

@@ -7,16 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.budgets import api as budgets_api
 from services.budgets.release import release_stale_forever
 from services.chat import models
-from services.gateway import api, files_api, openai_api, ws
+from services.gateway import api, budgets_api, files_api, openai_api, ws
 from services.gateway.account_erasure import AccountEraser
+from services.gateway.admissions import AdmissionPolicy
 from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.context import Gateway
 from services.gateway.fanout import StreamFanout
+from services.gateway.model_access import ModelAccess, ServedModels
 from services.gateway.open_sockets import OpenSockets
-from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.service import ChatService
 from services.gateway.settings import GatewaySettings
 from services.gateway.webapp import install_webapp
@@ -53,15 +53,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     revocation_feed.add_key_listener(api_keys.forget_key)
     knowledge_outbox = Outbox(knowledge_models.outbox, runtime.sessions, runtime.publisher)
     fanout = StreamFanout(settings.amqp_url, runtime.topology, runtime.instance_id)
+    admissions = AdmissionPolicy.from_settings(settings)
+    model_access = ModelAccess(settings.allowed_models, settings.role_models)
+    served_models = ServedModels(
+        model_access, settings.llm_base_url, settings.llm_api_key, settings.models_refresh_s
+    )
     gateway = Gateway(
         settings=settings,
         chat=ChatService(
             runtime.engine,
             outbox,
             max_message_length=settings.max_message_length,
-            rate_limiter=MessageRateLimiter(settings.messages_per_minute),
-            anonymous_rate_limiter=MessageRateLimiter(settings.anonymous_messages_per_minute),
-            allowed_models=frozenset(settings.allowed_models),
+            admissions=admissions,
+            models=model_access,
         ),
         fanout=fanout,
         verifier=verifier,
@@ -77,11 +81,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             producer=SERVICE,
         ),
         outbox=outbox,
+        admissions=admissions,
         api_keys=api_keys,
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.models_source == "server":
+            # Read once before serving (the settings' list stands in if this fails), then kept
+            # up to date in the background.
+            await served_models.refresh()
+            runtime.run_in_background(served_models.refresh_forever(), "model-list-refresh")
         await runtime.start()
         await fanout.start()
         await revocation_feed.start()
@@ -117,7 +127,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             files_api.router,
             openai_api.router,
             budgets_api.router,
-            ws.router,
             asyncapi_router(runtime.topology),
         ],
         metrics_refresh=[
@@ -129,4 +138,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     api.install_error_handlers(app)
     files_api.install_error_handlers(app)
     install_webapp(app, settings)
+    # Added last, so it is the outermost of the app's own middleware.
+    app.add_middleware(ws.ChatSocketDoor)
     return app

@@ -10,6 +10,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from services.gateway.admissions import AdmissionPolicy
 from services.gateway.api_keys import ApiKeyDirectory
 from services.gateway.fanout import StreamFanout
 from services.gateway.open_sockets import OpenSockets
@@ -29,6 +30,8 @@ class Gateway:
     sockets: OpenSockets
     knowledge: KnowledgeFiles
     outbox: Outbox
+    admissions: AdmissionPolicy
+    """What each door asks of the budget ledger."""
     api_keys: ApiKeyDirectory
 
     @asynccontextmanager

@@ -33,9 +33,19 @@ class ModelNotAllowed(ChatError):
         super().__init__(f"model {model[:64]!r} is not allowed; use one of {sorted(allowed)}")
 
 
-class RateLimited(ChatError):
+class LimitReached(ChatError):
+    """Refused by a limit until `retry_after_s` (whole seconds) have passed; `limit` names it
+    (`requests_per_minute`, `tokens_per_day`, `cost_per_month_usd`)."""
+
+    def __init__(self, message: str, retry_after_s: int, limit: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.limit = limit
+
+
+class RateLimited(LimitReached):
     code = "rate_limited"
 
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"too many messages; retry after {retry_after_s:.0f}s")
-        self.retry_after_s = retry_after_s
+
+class BudgetExceeded(LimitReached):
+    code = "budget_exceeded"

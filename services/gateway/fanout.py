@@ -10,6 +10,7 @@ consumer, then `StreamFanout` tells every watcher, so they can resynchronise wha
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from typing import Protocol
@@ -45,6 +46,16 @@ class StreamUnavailable(ConnectionError):
     """The broker connection is down; live frames cannot be watched right now."""
 
 
+def worker_acted(answer: bytes) -> bool:
+    """What a worker's answer to a command sent with `reply_to` says: whether it acted. An
+    answer without `acted` comes from a worker that answers only when it did."""
+    try:
+        acted = json.loads(answer).get("acted", True)
+    except (ValueError, AttributeError):
+        return True
+    return acted is not False
+
+
 class StreamFanout:
     def __init__(self, amqp_url: str, topology: Topology, instance_id: str) -> None:
         self._amqp_url = amqp_url
@@ -54,11 +65,12 @@ class StreamFanout:
         self._unbound: set[str] = set()
         """Watched conversations whose binding failed during an outage (made on recovery)."""
         self._binding_lock = asyncio.Lock()
-        self._answers: dict[str, asyncio.Future[None]] = {}
+        self._answers: dict[str, asyncio.Future[bool]] = {}
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
         self._stream: AbstractExchange | None = None
         self._control: AbstractExchange | None = None
+        self._direct: AbstractExchange | None = None
         self.frames_received = 0
 
     async def start(self) -> None:
@@ -75,6 +87,7 @@ class StreamFanout:
         self._control = await channel.declare_exchange(
             self._topology.control.name, aio_pika.ExchangeType.TOPIC, durable=True
         )
+        self._direct = channel.default_exchange
         spec = self._topology.gateway_stream_queue(self._instance_id)
         self._queue = await channel.declare_queue(
             spec.name, exclusive=True, auto_delete=True, durable=False
@@ -154,17 +167,39 @@ class StreamFanout:
         """Send `command` and wait for the worker that acts on it to say so: True when one did
         within `answer_timeout_s`. Every worker hears every command (`conv.*`), so only an
         answer tells "a reply was there to cancel" from "nothing is being generated"."""
+        return bool(await self._ask(command, answer_timeout_s))
+
+    async def ask_worker(
+        self, worker_id: str, command: ResyncCommand, answer_timeout_s: float
+    ) -> bool | None:
+        """Send `command` to the worker `worker_id` alone (the holder a reply row names) and
+        wait for its answer: whether it holds a reply in the command's conversation. False at
+        once when that worker no longer runs: its exclusive control queue went with its
+        connection, so the broker returns the command. None when it did not answer in time."""
+        return await self._ask(command, answer_timeout_s, worker_id)
+
+    async def _ask(
+        self,
+        command: CancelCommand | ResyncCommand,
+        answer_timeout_s: float,
+        worker_id: str | None = None,
+    ) -> bool | None:
         if self._queue is None:
             raise StreamUnavailable("stream connection is not open")
         correlation_id = secrets.token_urlsafe(12)
-        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._answers[correlation_id] = answered
         try:
-            await self.publish_control(
-                command, reply_to=self._queue.name, correlation_id=correlation_id
+            routed = await self.publish_control(
+                command,
+                reply_to=self._queue.name,
+                correlation_id=correlation_id,
+                worker_id=worker_id,
             )
+            if not routed:
+                return False
             done, _ = await asyncio.wait({answered}, timeout=answer_timeout_s)
-            return bool(done)
+            return answered.result() if done else None
         finally:
             self._answers.pop(correlation_id, None)
 
@@ -174,17 +209,23 @@ class StreamFanout:
         *,
         reply_to: str | None = None,
         correlation_id: str | None = None,
+        worker_id: str | None = None,
     ) -> bool:
-        """Send a command to whichever worker holds the conversation's reply (transient).
+        """Send a command to whichever worker holds the conversation's reply (transient), or
+        to the worker `worker_id` alone.
 
-        False when no worker's control queue took it, i.e. no worker is running (each binds
-        `conv.*` for its whole life rather than per reply). True does not mean a reply is
-        streaming here: only a worker holding one acts on the command.
+        False when no worker's control queue took it: no worker is running (each binds
+        `conv.*` for its whole life rather than per reply), or `worker_id`'s is gone. True does
+        not mean a reply is streaming there: only a worker holding one acts on the command.
         """
-        if self._control is None or not self.connected:
+        exchange, routing_key = self._control, conversation_routing_key(command.conversation_id)
+        if worker_id is not None:
+            exchange = self._direct
+            routing_key = self._topology.worker_control_queue(worker_id).name
+        if exchange is None or not self.connected:
             raise StreamUnavailable("stream connection is not open")
         try:
-            confirmation = await self._control.publish(
+            confirmation = await exchange.publish(
                 aio_pika.Message(
                     command.model_dump_json().encode(),
                     content_type="application/json",
@@ -192,7 +233,7 @@ class StreamFanout:
                     reply_to=reply_to,
                     correlation_id=correlation_id,
                 ),
-                routing_key=conversation_routing_key(command.conversation_id),
+                routing_key=routing_key,
                 mandatory=True,
                 timeout=5,
             )
@@ -204,7 +245,7 @@ class StreamFanout:
         answered = self._answers.get(message.correlation_id or "")
         if answered is not None:
             if not answered.done():
-                answered.set_result(None)
+                answered.set_result(worker_acted(message.body))
             return
         try:
             frame = stream_frame_adapter.validate_json(message.body)

@@ -87,6 +87,7 @@ async def on_start_conversation(socket: ChatSocket, frame: StartConversationFram
                 assistant_id=frame.assistant_id,
                 model=frame.model,
             ),
+            socket.roles,
         )
     if socket.auth.anonymous:
         socket.ephemeral.append(conversation.id)

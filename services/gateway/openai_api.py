@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions` (DESIGN §5).
+"""The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions` (docs/openai-api.md).
 
 A completion request travels the chat path: the gateway stores it as a conversation of origin
 `api` (hidden from the chat's lists) holding the request's messages, the last user message is
@@ -8,6 +8,10 @@ replaced like in a chat turn, and analytics counts it like any reply.
 
 Contents are kept only while the reply is generated (the worker reads the history from the
 database), then blanked, unless the key says `store_content`; usage and timings stay.
+
+Over 400 lines on purpose: one request's whole life (admission, dispatch, the streamed and the
+whole answer, cancel on disconnect) is one object, `_Completion`, whose steps share its state;
+the request schemas live in `openai_schemas.py` and the caller check in `api_caller.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import update
 
-from services.budgets import ledger
+from services.budgets.admission import Admission
 from services.chat.models import (
     ORIGIN_API,
     Conversation,
@@ -40,7 +43,7 @@ from services.chat.replies import is_finished
 from services.gateway.api_caller import CallerRefused, CallerUncheckable, resolve_caller
 from services.gateway.api_keys import KeyOwner
 from services.gateway.context import Gateway, get_gateway
-from services.gateway.errors import ChatError, RateLimited
+from services.gateway.errors import ChatError, LimitReached, RateLimited
 from services.gateway.fanout import StreamUnavailable
 from services.gateway.openai_schemas import ChatCompletionRequest, error_body
 from services.gateway.service import PRODUCER
@@ -102,7 +105,7 @@ async def _caller(request: Request, gw: Gateway) -> KeyOwner:
 async def list_models(request: Request) -> Response:
     gw = get_gateway(request)
     try:
-        await _caller(request, gw)
+        caller = await _caller(request, gw)
     except ApiError as exc:
         return exc.response()
     return JSONResponse(
@@ -110,7 +113,7 @@ async def list_models(request: Request) -> Response:
             "object": "list",
             "data": [
                 {"id": name, "object": "model", "created": 0, "owned_by": "convoai"}
-                for name in gw.settings.api_models
+                for name in gw.chat.models.usable_by(caller.roles)
             ],
         }
     )
@@ -121,7 +124,7 @@ async def chat_completions(request: Request) -> Response:
     gw = get_gateway(request)
     try:
         caller = await _caller(request, gw)
-        body = _parse(await request.body(), gw)
+        body = _parse(await request.body(), gw, caller)
         completion = _Completion(gw, caller, body)
         await completion.dispatch()
     except ApiError as exc:
@@ -137,7 +140,7 @@ async def chat_completions(request: Request) -> Response:
     return await completion.whole()
 
 
-def _parse(raw: bytes, gw: Gateway) -> ChatCompletionRequest:
+def _parse(raw: bytes, gw: Gateway, caller: KeyOwner) -> ChatCompletionRequest:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -150,7 +153,8 @@ def _parse(raw: bytes, gw: Gateway) -> ChatCompletionRequest:
         first = exc.errors(include_url=False, include_input=False)[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise _invalid(f"{param}: {first['msg']}", param) from None
-    if body.model not in gw.settings.api_models:
+    if body.model not in gw.chat.models.usable_by(caller.roles):
+        # As OpenAI answers a model the key may not use: it does not exist for this caller.
         raise ApiError(
             404,
             f"The model `{body.model}` does not exist",
@@ -183,6 +187,13 @@ def _turns(body: ChatCompletionRequest) -> tuple[str | None, list[tuple[str, str
     return ("\n\n".join(system) if system else None), turns
 
 
+def _usage(frame: ReplyCompletedFrame) -> dict[str, Any]:
+    """OpenAI's usage object, plus `estimated`: true when the model reported no usage and the
+    counts were estimated from the text (documented in docs/openai-api.md), never passed off
+    as exact."""
+    return {**frame.usage.model_dump(), "estimated": frame.usage_estimated}
+
+
 class _FrameQueue:
     """A fan-out watcher that queues this request's frames."""
 
@@ -204,6 +215,7 @@ class _Completion:
         self.conversation_id = new_id(IdKind.CONVERSATION)
         self.message_id = ""
         self.created = int(time.time())
+        self.reply_tokens = gw.admissions.reply_tokens(body.reply_limit)
         self.frames = _FrameQueue()
         self.watching = False
         self.finished = False
@@ -229,6 +241,8 @@ class _Completion:
                         status=ConversationStatus.ACTIVE.value,
                         origin=ORIGIN_API,
                         api_key_id=self.caller.key_id,
+                        # The model is held to what the budget reserves for the reply.
+                        max_tokens=self.reply_tokens,
                     )
                 )
                 await session.flush()
@@ -247,30 +261,20 @@ class _Completion:
                     self.watching = True
                 except StreamUnavailable:
                     pass  # the database poll alone still finds the reply
-                await ledger.check_rate(session, owner, self.gw.settings.api_requests_per_minute)
+                # The message's statement admits it through the ledger (the user's and the key's
+                # limits): refused, nothing of this transaction is stored or sent.
                 accepted = await self.gw.chat.send_message(
-                    session, owner, self.conversation_id, last, None
+                    session, owner, self.conversation_id, last, None, admission=self._admission()
                 )
                 self.message_id = accepted.message.id
-                # In the message's own transaction: refused, nothing is stored or sent.
-                await ledger.reserve(session, owner, self.message_id, self._worst_case())
-        except ledger.OverLimit as exc:
+        except LimitReached as exc:
             await self._unwatch()
             raise ApiError(
                 429,
                 exc.message,
-                "rate_limit_exceeded" if exc.reason == "rate_limited" else "insufficient_quota",
-                exc.reason,
-                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))},
-            ) from None
-        except RateLimited as exc:
-            await self._unwatch()
-            raise ApiError(
-                429,
-                exc.message,
-                "rate_limit_exceeded",
-                "rate_limited",
-                headers={"Retry-After": str(max(1, int(exc.retry_after_s + 0.999)))},
+                "rate_limit_exceeded" if isinstance(exc, RateLimited) else "insufficient_quota",
+                exc.code,
+                headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
         except ChatError as exc:
             await self._unwatch()
@@ -279,10 +283,14 @@ class _Completion:
             await self._unwatch()
             raise
 
-    def _worst_case(self) -> int:
-        chars = sum(len(m.text) for m in self.body.messages)
-        limit = self.body.reply_limit or self.gw.settings.api_default_max_tokens
-        return ledger.worst_case_tokens(chars, len(self.body.messages), limit)
+    def _admission(self) -> Admission:
+        return self.gw.admissions.api_request(
+            self.caller.user_id,
+            self.caller.key_id,
+            sum(len(m.text) for m in self.body.messages),
+            len(self.body.messages),
+            self.reply_tokens,
+        )
 
     def _add_history(self, session: Any, turns: list[tuple[str, str]]) -> None:
         # Earlier than the message being answered (stored with the transaction's now()), in order.
@@ -360,6 +368,7 @@ class _Completion:
                     "completion_tokens": completion,
                     "total_tokens": prompt + completion,
                 },
+                usage_estimated=reply.usage_estimated,
                 finish_reason=reply.finish_reason,
                 model=reply.model or self.body.model,
             )
@@ -431,7 +440,7 @@ class _Completion:
                             "created": self.created,
                             "model": self.body.model,
                             "choices": [],
-                            "usage": frame.usage.model_dump(),
+                            "usage": _usage(frame),
                         }
                         yield f"data: {json.dumps(usage)}\n\n"
                 elif isinstance(frame, ReplyFailedFrame | ReplyCancelledFrame):
@@ -469,7 +478,7 @@ class _Completion:
                             "finish_reason": terminal.finish_reason or "stop",
                         }
                     ],
-                    "usage": terminal.usage.model_dump(),
+                    "usage": _usage(terminal),
                 }
             )
         message = (

@@ -70,7 +70,7 @@ ERROR_CODES = (
     BAD_FRAME_CODES
     | AUTH_ERROR_CODES
     | CHAT_ERROR_CODES
-    | frozenset({"rate_limited", "unavailable", "nothing_to_cancel"})
+    | frozenset({"rate_limited", "budget_exceeded", "unavailable", "nothing_to_cancel"})
 )
 
 # --- server frame types ---------------------------------------------------------------------

@@ -10,7 +10,9 @@ import asyncpg
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.budgets.admission import REFUSAL, Admission, admission_ctes
 from services.chat.models import (
+    ASSISTANTS,
     CONVERSATIONS,
     MESSAGES,
     ORIGIN_CHAT,
@@ -128,14 +130,25 @@ class StoreOutcome:
     stored_id: str | None
 
 
-# One statement, so one round trip and atomic without BEGIN/COMMIT: the ownership check, the
-# resend check, the message, the conversation's `updated_at` and the outbox row together.
-# `earlier` also matches the message's own id: a retry after a lost connection whose first
-# attempt did commit finds that copy instead of storing a second.
-_STORE_USER_MESSAGE = f"""
+_ADMISSION_FIRST = 12
+
+
+def store_statement(*, with_admission: bool = True) -> str:
+    """The statement of `store_user_message`. Without admission: only for the benchmark that
+    measures what admission adds (bench/ledger_overhead.py)."""
+    admission = ""
+    refusal = ""
+    if with_admission:
+        model = "(SELECT model FROM conversation)"
+        admission = f",\n{admission_ctes('stored', model, _ADMISSION_FIRST)}"
+        refusal = f",\n       {REFUSAL}"
+    # $n: conversation, owner, message, client id, content, the event (5), the default model,
+    # then the admission's.
+    return f"""
 WITH conversation AS (
-    SELECT id, status FROM {CONVERSATIONS}
-    WHERE id = $1 AND owner_id = $2
+    SELECT c.id, c.status, coalesce(c.model, a.model, $11) AS model
+    FROM {CONVERSATIONS} AS c LEFT JOIN {ASSISTANTS} AS a ON a.id = c.assistant_id
+    WHERE c.id = $1 AND c.owner_id = $2
 ), earlier AS (
     SELECT id FROM {MESSAGES}
     WHERE conversation_id = $1 AND (id = $3 OR client_message_id = $4)
@@ -151,11 +164,19 @@ WITH conversation AS (
 ), touched AS (
     UPDATE {CONVERSATIONS} SET updated_at = now()
     WHERE id = (SELECT conversation_id FROM stored)
-), {outbox_rows_for(OUTBOX, "stored", 6)}
+), {outbox_rows_for(OUTBOX, "stored", 6)}{admission}
 SELECT (SELECT status FROM conversation) AS conversation_status,
        (SELECT id FROM earlier) AS earlier_id,
-       (SELECT id FROM stored) AS stored_id
+       (SELECT id FROM stored) AS stored_id{refusal}
 """  # noqa: S608 (only table names and enum values are interpolated; data are $n parameters)
+
+
+# One statement, so one round trip and atomic without BEGIN/COMMIT: the ownership check, the
+# resend check, the message, the conversation's `updated_at`, the outbox row and the budget
+# ledger's admission together (a refusal raises, undoing all of it). `earlier` also matches
+# the message's own id: a retry after a lost connection whose first attempt did commit finds
+# that copy instead of storing a second.
+_STORE_USER_MESSAGE = store_statement()
 
 
 async def store_user_message(
@@ -167,9 +188,13 @@ async def store_user_message(
     content: str,
     client_message_id: str | None,
     event: StagedEvent,
+    default_model: str,
+    admission: Admission,
+    prices_json: str,
 ) -> StoreOutcome:
     """Store a user message and its event's outbox row unless the conversation is not the
-    owner's, has ended, or already holds this message (by client id or id)."""
+    owner's, has ended, or already holds this message (by client id or id); a message stored
+    is admitted by the ledger or the statement raises (`admission.over_limit_from`)."""
     row = await connection.fetchrow(
         _STORE_USER_MESSAGE,
         conversation_id,
@@ -178,6 +203,8 @@ async def store_user_message(
         client_message_id,
         content,
         *event.parameters(),
+        default_model,
+        *admission.parameters(prices_json),
     )
     assert row is not None
     return StoreOutcome(row["conversation_status"], row["earlier_id"], row["stored_id"])

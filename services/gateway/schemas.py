@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.chat.models import (
     MAX_MODEL_NAME_LENGTH,
@@ -113,6 +113,8 @@ class MessageOut(BaseModel):
     model: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    usage_estimated: bool = False
+    """For a reply: the model reported no usage, the token counts were estimated from the text."""
     ttft_ms: float | None
     duration_ms: float | None
     finish_reason: str | None
@@ -120,6 +122,12 @@ class MessageOut(BaseModel):
     created_at: datetime
     sources: list[SourceRef] = Field(default_factory=list)
     """For a reply: the knowledge-file chunks its prompt included."""
+
+    @field_validator("usage_estimated", mode="before")
+    @classmethod
+    def _unset_is_not_estimated(cls, value: object) -> object:
+        # A message not yet flushed has no value for it (the database's default is false).
+        return False if value is None else value
 
 
 class MessageAccepted(BaseModel):

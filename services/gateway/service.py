@@ -7,16 +7,17 @@ commits. The one exception is the user message itself: a single statement that s
 with its event, run alone in autocommit when the edge's unit has not begun (the hot path).
 
 Over 400 lines on purpose: one small method per operation of the two edges, and `send_message`
-kept whole so its rate-limit, retry and duplicate decisions read in one place.
+kept whole so its admission, retry and duplicate decisions read in one place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from services.budgets.admission import Admission, OverLimit, over_limit_from
 from services.chat.models import (
     Assistant,
     Conversation,
@@ -26,14 +27,16 @@ from services.chat.models import (
     MessageStatus,
 )
 from services.gateway import repository
+from services.gateway.admissions import AdmissionPolicy
 from services.gateway.errors import (
+    BudgetExceeded,
     Conflict,
     InvalidInput,
-    ModelNotAllowed,
+    LimitReached,
     NotFound,
     RateLimited,
 )
-from services.gateway.rate_limit import MessageRateLimiter
+from services.gateway.model_access import ModelAccess
 from services.gateway.schemas import (
     AssistantCreate,
     AssistantUpdate,
@@ -78,28 +81,23 @@ class ChatService:
         outbox: Outbox,
         *,
         max_message_length: int,
-        rate_limiter: MessageRateLimiter,
-        anonymous_rate_limiter: MessageRateLimiter | None = None,
-        allowed_models: frozenset[str] = frozenset(),
+        admissions: AdmissionPolicy,
+        models: ModelAccess,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._max_message_length = max_message_length
-        self._rate_limiter = rate_limiter
-        self._anonymous_rate_limiter = anonymous_rate_limiter or rate_limiter
-        self._allowed_models = allowed_models
-
-    def _check_model(self, model: str | None) -> None:
-        """Only models the operator allows: a client must not pick the most expensive one."""
-        if model is not None and model not in self._allowed_models:
-            raise ModelNotAllowed(model, self._allowed_models)
+        self._admissions = admissions
+        self.models = models
+        """Only models the operator allows a caller's roles: a client must not pick the most
+        expensive one."""
 
     # --- assistants ----------------------------------------------------------------------
 
     async def create_assistant(
-        self, session: AsyncSession, owner_id: str, data: AssistantCreate
+        self, session: AsyncSession, owner_id: str, data: AssistantCreate, roles: Collection[str]
     ) -> Assistant:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         assistant = Assistant(
             id=new_id(IdKind.ASSISTANT),
             owner_id=owner_id,
@@ -124,9 +122,14 @@ class ChatService:
         return await repository.list_assistants(session, owner_id, skip, limit)
 
     async def update_assistant(
-        self, session: AsyncSession, owner_id: str, assistant_id: str, data: AssistantUpdate
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        assistant_id: str,
+        data: AssistantUpdate,
+        roles: Collection[str],
     ) -> Assistant:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         assistant = await self._owned_assistant(session, owner_id, assistant_id)
         for field, value in data.model_dump(exclude_unset=True).items():
             if field in ("name", "system_prompt") and value is None:
@@ -155,9 +158,13 @@ class ChatService:
     # --- conversations -------------------------------------------------------------------
 
     async def create_conversation(
-        self, session: AsyncSession, owner_id: str, data: ConversationCreate
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        data: ConversationCreate,
+        roles: Collection[str],
     ) -> Conversation:
-        self._check_model(data.model)
+        self.models.check(data.model, roles)
         system_prompt, model, temperature = data.system_prompt, data.model, None
         if data.assistant_id is not None:
             assistant = await self._owned_assistant(session, owner_id, data.assistant_id)
@@ -165,6 +172,9 @@ class ChatService:
             system_prompt = system_prompt if system_prompt is not None else assistant.system_prompt
             model = model or assistant.model
             temperature = assistant.temperature
+            # The assistant's model was allowed when it was saved; the list or the caller's
+            # roles may have changed since.
+            self.models.check(model, roles)
         conversation = Conversation(
             id=new_id(IdKind.CONVERSATION),
             owner_id=owner_id,
@@ -308,15 +318,20 @@ class ChatService:
         client_message_id: str | None,
         *,
         rate_key: str | None = None,
+        admission: Admission | None = None,
     ) -> AcceptedMessage:
         """Store a user message and its `message.sent` in one statement; the edge's unit of
         work publishes the event once it has committed (the statement joins that unit if it has
         begun, else it commits on its own).
 
+        The same statement admits the message through the budget ledger (`admission`, by
+        default a chat message's, charged to `rate_key` if given, else to the owner): over a
+        limit, nothing is stored and `RateLimited` or `BudgetExceeded` is raised.
+
         A `client_message_id` seen before in this conversation returns the stored message and
         creates nothing, whether the first copy was committed long ago or a moment ago by a
-        concurrent resend (the unique constraint decides the race). Resends are not counted
-        against the rate limit.
+        concurrent resend (the unique constraint decides the race). Resends are neither counted
+        nor reserved: only a message the statement stores is admitted.
         """
         if not content.strip():
             raise InvalidInput("content must not be empty")
@@ -324,17 +339,10 @@ class ChatService:
             raise InvalidInput(f"content longer than {self._max_message_length} characters")
         if not is_valid_id(conversation_id, IdKind.CONVERSATION):
             raise NotFound("Conversation not found")
-        rate_key = rate_key or owner_id
-        limiter = self._anonymous_rate_limiter if is_anonymous(owner_id) else self._rate_limiter
-        try:
-            limiter.check(rate_key)
-        except RateLimited:
-            earlier = await self._find_copy(
-                session, owner_id, conversation_id, client_message_id, None
+        if admission is None:
+            admission = self._admissions.chat_message(
+                rate_key or owner_id, content, anonymous=is_anonymous(owner_id)
             )
-            if earlier is None:
-                raise
-            return AcceptedMessage(earlier, duplicate=True)
         message = Message(
             id=new_id(IdKind.MESSAGE),
             conversation_id=conversation_id,
@@ -354,11 +362,7 @@ class ChatService:
                 content_length=len(content),
             )
         )
-        try:
-            outcome = await self._store_message(session, owner_id, message, event)
-        except BaseException:
-            limiter.refund(rate_key)
-            raise
+        outcome = await self._store_message(session, owner_id, message, event, admission)
         # `earlier_id == message.id`: a retry found its own first try, committed after all.
         stored = outcome.stored_id is not None or outcome.earlier_id == message.id
         if (
@@ -373,7 +377,6 @@ class ChatService:
         if stored:
             self._outbox.publish_after_commit(session, event)
             return AcceptedMessage(message, duplicate=False)
-        limiter.refund(rate_key)
         if outcome.conversation_status is None:
             raise NotFound("Conversation not found")
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
@@ -386,18 +389,35 @@ class ChatService:
         return AcceptedMessage(earlier, duplicate=True)
 
     async def _store_message(
-        self, session: AsyncSession, owner_id: str, message: Message, event: StagedEvent
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        message: Message,
+        event: StagedEvent,
+        admission: Admission,
     ) -> repository.StoreOutcome:
         try:
-            return await self._store_message_once(session, owner_id, message, event)
-        except DatabaseConnectionLost:
-            # Once more: a pooled connection may have died with a database restart. Safe to
-            # repeat: the statement finds its own first copy if that one committed. (Raised
-            # only by a statement that ran alone, never inside the edge's transaction.)
-            return await self._store_message_once(session, owner_id, message, event)
+            try:
+                return await self._store_message_once(session, owner_id, message, event, admission)
+            except DatabaseConnectionLost:
+                # Once more: a pooled connection may have died with a database restart. Safe
+                # to repeat: the statement finds its own first copy if that one committed.
+                # (Raised only by a statement that ran alone, never inside the edge's
+                # transaction.)
+                return await self._store_message_once(session, owner_id, message, event, admission)
+        except Exception as exc:
+            refusal = over_limit_from(exc)
+            if refusal is None:
+                raise
+            raise _limit_reached(refusal) from None
 
     async def _store_message_once(
-        self, session: AsyncSession, owner_id: str, message: Message, event: StagedEvent
+        self,
+        session: AsyncSession,
+        owner_id: str,
+        message: Message,
+        event: StagedEvent,
+        admission: Admission,
     ) -> repository.StoreOutcome:
         async with statement_connection(session, self._engine) as connection:
             return await repository.store_user_message(
@@ -408,6 +428,9 @@ class ChatService:
                 content=message.content,
                 client_message_id=message.client_message_id,
                 event=event,
+                default_model=self._admissions.default_model,
+                admission=admission,
+                prices_json=self._admissions.prices_json,
             )
 
     async def _find_copy(
@@ -426,3 +449,8 @@ class ChatService:
         if client_message_id is None:
             return None
         return await repository.find_by_client_id(session, conversation_id, client_message_id)
+
+
+def _limit_reached(refusal: OverLimit) -> LimitReached:
+    error = RateLimited if refusal.reason == RateLimited.code else BudgetExceeded
+    return error(refusal.message, refusal.retry_after_s, refusal.limit)

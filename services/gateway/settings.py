@@ -1,9 +1,12 @@
+from typing import Literal
+
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from services.budgets.pricing import PricingSettings
+from services.chat.settings import ReplySettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ReplySettings, PricingSettings):
     """Settings of the gateway (env prefix CONVOAI_)."""
 
     allowed_origins: list[str] = Field(
@@ -36,7 +39,11 @@ class GatewaySettings(ServiceSettings):
         description="Largest WebSocket frame the gateway parses; larger ones get an error frame.",
     )
     messages_per_minute: int = Field(
-        default=30, ge=1, le=100_000, description="User messages per minute per user and gateway."
+        default=30,
+        ge=1,
+        le=100_000,
+        description="Chat messages (WebSocket and REST) per minute per user across all gateways, "
+        "unless an admin set the user's own requests_per_minute.",
     )
     ws_auth_timeout_s: float = Field(
         default=10.0, gt=0, le=300, description="How long a socket may stay unauthenticated."
@@ -59,7 +66,8 @@ class GatewaySettings(ServiceSettings):
         default=1.0,
         gt=0,
         le=30,
-        description="How long a subscribe waits for the streaming worker's reply.snapshot.",
+        description="How long a subscribe waits for the streaming worker's reply.snapshot (a "
+        "worker that is gone, or says it holds no reply there, is not waited for).",
     )
     control_answer_timeout_s: float = Field(
         default=1.0,
@@ -72,26 +80,52 @@ class GatewaySettings(ServiceSettings):
         default=60.0, gt=0, le=600, description="Longest wait of POST .../messages?wait=true."
     )
     max_sockets_per_user: int = Field(
-        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4429)."
+        default=20, ge=1, le=10_000, description="Open chat sockets per user and gateway (4029)."
     )
     max_anonymous_sockets_per_address: int = Field(
         default=5,
         ge=1,
         le=10_000,
-        description="Open anonymous chat sockets per client address and gateway (4429).",
+        description="Open anonymous chat sockets per client address and gateway (4029).",
     )
     allowed_models: list[str] = Field(
         default_factory=lambda: ["gpt-4o-mini"],
-        description="Models a conversation or assistant may name (others: 400 / "
-        "`model_not_allowed`); without a model the chat worker's default is used.",
+        description="Models a conversation, an assistant or an OpenAI API request may name "
+        "(others: REST 400 / `model_not_allowed`, API 404 `model_not_found`); without a model "
+        "the chat worker's default is used. With models_source=server: used until the model "
+        "server's list has been read.",
     )
+    models_source: Literal["settings", "server"] = Field(
+        default="settings",
+        description="`server`: the allow-list is what the model server's GET /models lists, "
+        "read at start and every models_refresh_s (the last list read is kept while it cannot "
+        "be reached); `settings`: allowed_models.",
+    )
+    models_refresh_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="How often the model server's list is read."
+    )
+    role_models: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Per role, the allowed models it may use, e.g. {"user": ["gpt-4o-mini"]}; '
+        "a caller may use those of any of its roles, a role not named here every allowed "
+        "model, admins always every one; anonymous sockets count as role `anonymous`.",
+    )
+    llm_base_url: str = Field(
+        default="http://127.0.0.1:8009/v1",
+        description="The model server (OpenAI API root, with /v1), read for its models when "
+        "models_source=server; the chat worker's setting of the same name.",
+    )
+    llm_api_key: str = Field(default="", repr=False)
     allow_anonymous: bool = Field(
         default=False,
         description='Sockets may authenticate with {"type":"auth","anonymous":true}: one '
         "ephemeral conversation, deleted when the socket closes, strict per-address limit.",
     )
     anonymous_messages_per_minute: int = Field(
-        default=5, ge=1, le=10_000, description="Anonymous messages per minute per client address."
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Anonymous messages per minute per client address across all gateways.",
     )
     knowledge_max_file_bytes: int = Field(
         default=10 * 2**20, ge=1, description="Largest knowledge file an assistant accepts."
@@ -102,10 +136,6 @@ class GatewaySettings(ServiceSettings):
     knowledge_max_bytes_per_user: int = Field(
         default=200 * 2**20, ge=1, description="Total bytes of knowledge files per user."
     )
-    api_models: list[str] = Field(
-        default_factory=lambda: ["gpt-4o-mini"],
-        description="Models GET /v1/models lists and POST /v1/chat/completions accepts.",
-    )
     api_requests_per_minute: int = Field(
         default=600,
         ge=1,
@@ -115,7 +145,8 @@ class GatewaySettings(ServiceSettings):
     api_default_max_tokens: int = Field(
         default=4096,
         ge=1,
-        description="Reply tokens reserved from the budget when a request sets no max_tokens.",
+        description="Reply tokens reserved from the budget when an API request sets no "
+        "max_tokens, and for a chat message when max_reply_tokens is not set.",
     )
     reservation_ttl_s: float = Field(
         default=900.0,

@@ -1,9 +1,17 @@
 """The snapshot hand-over of a subscription (the resubscribe seam): what is stored, completed
 by the workers' memory of replies still streaming, sent as one `snapshot` frame, after which the
-watch forwards only what comes later."""
+watch forwards only what comes later.
+
+A streaming reply's row names the worker holding it (`worker_id`): that worker alone is asked,
+and it always answers, so a reply left `streaming` by a worker that died (the broker returns
+the command: the worker's control queue is gone) costs no wait. Every worker binds `conv.*`, so
+a command broadcast to the conversation always looks routed; the broadcast remains only for
+what no row names a holder of.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -28,6 +36,15 @@ def stored_partials(messages: Sequence[Message]) -> dict[str, Partial]:
         for m in messages
         if is_streaming_reply(m)
     }
+
+
+def holders(messages: Sequence[Message]) -> dict[str, set[str]]:
+    """Worker id → the streaming replies among `messages` whose rows name it as their holder."""
+    held: dict[str, set[str]] = {}
+    for m in messages:
+        if is_streaming_reply(m) and m.worker_id is not None:
+            held.setdefault(m.worker_id, set()).add(m.id)
+    return held
 
 
 def merge_worker_snapshots(
@@ -79,18 +96,50 @@ async def send_snapshot(
     awaiting = awaiting_reply(messages, datetime.now(UTC))
     if partials or awaiting:
         request_id = secrets.token_urlsafe(12)
+        command = ResyncCommand(conversation_id=conversation_id, request_id=request_id)
+        timeout_s = gateway.settings.resync_timeout_s
         watch.expect_snapshots(request_id, set(partials), awaiting)
-        try:
-            routed = await gateway.fanout.publish_control(
-                ResyncCommand(conversation_id=conversation_id, request_id=request_id)
-            )
-        except StreamUnavailable:
-            routed = False
+        held = holders(messages)
+        asks = [
+            asyncio.create_task(_ask_holder(gateway, watch, worker_id, ids, command))
+            for worker_id, ids in held.items()
+        ]
+        unheld = set(partials).difference(*held.values())
+        routed = False
+        if unheld or awaiting:
+            try:
+                routed = await gateway.fanout.publish_control(command)
+            except StreamUnavailable:
+                routed = False
         # Unrouted: no worker is running, so none will answer; whatever starts from now on
         # arrives live on the binding made before the read.
-        answers = await watch.wait_snapshots(gateway.settings.resync_timeout_s if routed else 0)
+        try:
+            answers = await watch.wait_snapshots(timeout_s if routed or asks else 0)
+        finally:
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
         partials = merge_worker_snapshots(partials, answers)
     stored = [m for m in messages if m.id not in partials]
     ordered = in_stream_order(streaming_ids, partials)
     send(snapshot_frame(conversation_id, stored, ordered))
     watch.go_live(stored, ordered)
+
+
+async def _ask_holder(
+    gateway: Gateway,
+    watch: ConversationWatch,
+    worker_id: str,
+    reply_ids: set[str],
+    command: ResyncCommand,
+) -> None:
+    """Ask `worker_id` alone for its snapshots of `reply_ids`; stop waiting for them when it
+    is gone or holds none of them (a worker that does not answer in time is waited out)."""
+    try:
+        holds = await gateway.fanout.ask_worker(
+            worker_id, command, gateway.settings.resync_timeout_s
+        )
+    except StreamUnavailable:
+        holds = False
+    if holds is False:
+        watch.expect_no_snapshots(reply_ids)

@@ -34,6 +34,17 @@ BadFrameHandler = Callable[[BadFrame], None]
 class SocketAuth:
     """The principal of one socket, from the handshake until the socket closes."""
 
+    __slots__ = (
+        "_admit",
+        "_expiry",
+        "_gw",
+        "_io",
+        "_on_bad_frame",
+        "_settings",
+        "anonymous",
+        "principal",
+    )
+
     def __init__(
         self,
         io: SocketIO,

@@ -112,6 +112,12 @@ class ConversationWatch:
         self._snapshots_complete.clear()
         self._check_snapshots_complete()
 
+    def expect_no_snapshots(self, message_ids: set[str]) -> None:
+        """No worker holds the replies `message_ids` (their holder is gone, or says it has
+        none of them): what is stored of them is all there is."""
+        self._snapshots_expected -= message_ids
+        self._check_snapshots_complete()
+
     async def wait_snapshots(self, timeout_s: float) -> dict[str, ReplySnapshotFrame]:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._snapshots_complete.wait(), timeout_s)

@@ -76,6 +76,7 @@ class FaultRequest(BaseModel):
     reply_tokens: int | None = Field(default=None, ge=1, le=100_000)
     write_window_ms: float | None = Field(default=None, ge=0)
     content: str | None = Field(default=None, min_length=1, max_length=100_000)
+    omit_usage: bool = False
     times: int = Field(default=1, ge=-1)
     match: str | None = None
 
@@ -132,7 +133,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
     if _wrong_key(mock, request):
         return _error(401, "Incorrect API key.", "invalid_request_error", "invalid_api_key")
     messages = [m.model_dump() for m in body.messages]
-    mock.recorded.append({"kind": "chat", "model": body.model, "messages": messages})
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    mock.recorded.append(
+        {"kind": "chat", "model": body.model, "messages": messages, "max_tokens": max_tokens}
+    )
     prompt = last_user_message(messages)
     fault = mock.faults.take(prompt)
     if fault is not None and fault.status is not None:
@@ -141,7 +145,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
     reply = expected_reply(
         messages,
         mock.settings,
-        body.max_completion_tokens or body.max_tokens,
+        max_tokens,
         fault.reply_tokens if fault is not None else None,
         fault.content if fault is not None else None,
     )
@@ -152,12 +156,17 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, mock: 
         else mock.settings.write_window_ms
     ) / 1000
     completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+    omit_usage = mock.settings.omit_usage or (fault is not None and fault.omit_usage)
     if not body.stream:
         duration_s = ttft_s + ((reply.completion_tokens - 1) / tps if tps else 0.0)
         if duration_s:
             await asyncio.sleep(duration_s)
-        return JSONResponse(_completion(completion_id, body.model, reply))
+        completion = _completion(completion_id, body.model, reply)
+        if omit_usage:
+            del completion["usage"]
+        return JSONResponse(completion)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    include_usage = include_usage and not omit_usage
     chunks = _stream_chunks(
         mock, completion_id, body.model, reply, include_usage, ttft_s, tps, window_s, fault
     )

@@ -123,6 +123,8 @@ class FaultRule:
     """Pace and length overrides: a rule may also just shape the calls it matches."""
     content: str | None = None
     """Reply with this text instead of the hashed words (e.g. hostile Markdown for the web app)."""
+    omit_usage: bool = False
+    """Send no usage, even when asked (`stream_options.include_usage`), as some servers do."""
     times: int = 1
     match: str | None = None
     """Only calls whose last user message contains this text (so parallel tests do not collide)."""

@@ -28,6 +28,11 @@ class MockLLMSettings(BaseSettings):
     api_key: str = Field(
         default="", repr=False, description="When set, requests must carry it as a bearer token."
     )
+    omit_usage: bool = Field(
+        default=False,
+        description="Never report usage (as some OpenAI-compatible servers do); a fault rule's "
+        "omit_usage does it for the calls it matches.",
+    )
     seed: str = Field(default="convoai", description="Changes every reply while keeping it stable.")
     recorded_requests: int = Field(
         default=200, ge=0, le=100_000, description="Latest requests kept for GET /_requests."

@@ -20,6 +20,7 @@ READS = [
     "/daily-stats",
     "/models",
     "/ttft-daily",
+    "/api-keys",
 ]
 ACTIVITY = {"activity_type": "manual_note", "user_id": "u-someone", "details": {"note": "hi"}}
 
@@ -45,6 +46,19 @@ def _call(client: httpx.Client, path: str | None) -> int:
 def test_authorization_matrix(stack, consumer, path, roles, read_status, write_status):
     with stack.client(consumer, *roles) as client:
         assert _call(client, path) == (write_status if path is None else read_status)
+
+
+@pytest.mark.parametrize(
+    ("roles", "status"),
+    [((), 401), (("user",), 200), (("manager",), 200), (("admin",), 200)],
+    ids=["anonymous", "user", "manager", "admin"],
+)
+def test_own_key_usage_is_for_any_signed_in_user(stack, consumer, roles, status):
+    with stack.client(consumer, *roles) as client:
+        response = client.get("/me/api-keys")
+    assert response.status_code == status
+    if status == 200:
+        assert response.json()["items"] == []  # this caller has no keys
 
 
 @pytest.mark.parametrize(

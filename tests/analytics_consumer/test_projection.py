@@ -9,20 +9,23 @@ import pytest
 
 from services.analytics_consumer import models
 from services.analytics_consumer.accumulators import ttft_bucket, utc_day
-from services.analytics_consumer.pricing import PriceTable
 from services.analytics_consumer.projection import EVENT_HANDLERS, BatchEffects
-from services.analytics_consumer.settings import ModelPrice
+from services.budgets.pricing import ModelPrice, PriceTable
 from shared.events import (
     EVENT_TYPES,
+    ApiKeyCreated,
+    ApiKeyRevoked,
     ConversationCreated,
     ConversationEnded,
     Event,
     HttpRequestCompleted,
     HttpRequestRecord,
     MessageSent,
+    ReplyCancelled,
     ReplyCompleted,
     ReplyFailed,
     ReplyStarted,
+    UserDeleted,
     UserLoggedIn,
     UserRegistered,
     UserUpdated,
@@ -72,6 +75,18 @@ def test_registration_and_login_count_for_the_day_and_the_user():
     assert user.registered_at == user.last_login_at == NOON
     assert [a["activity_type"] for a in effects.activities] == ["registration", "login"]
     assert effects.daily_users[(DAY, "u1")].values == {"logins": 1}
+
+
+def test_a_deleted_user_has_no_name_even_from_an_older_event_after_the_deletion():
+    effects = _effects(
+        UserRegistered(producer="t", user_id="u1", username="alice", occurred_at=NOON),
+        UserDeleted(producer="t", user_id="u1", occurred_at=NOON + timedelta(minutes=5)),
+        UserLoggedIn(producer="t", user_id="u1", username="alice", occurred_at=NOON),
+    )
+    row = effects.users["u1"].row("u1")
+    assert (row["username"], row["deleted_at"]) == (None, NOON + timedelta(minutes=5))
+    assert (row["logins"], effects.daily[DAY].values["new_users"]) == (1, 1)  # metrics stay
+    assert effects.deleted_users == {"u1"}  # its activities are anonymised when written
 
 
 def test_the_newest_role_change_wins_whatever_the_arrival_order():
@@ -149,6 +164,77 @@ def test_unpriced_models_are_counted_not_failed():
     assert effects.replies["r1"].row["price_known"] is False
     assert effects.counters["unpriced_replies"] == 1
     assert effects.daily_models[(DAY, "no-such-model")].values["unpriced_replies"] == 1
+
+
+def test_estimated_usage_is_in_the_totals_and_counted_apart():
+    effects = _effects(_completed("r1"), _completed("r2", usage_estimated=True))
+    for reply in list(effects.replies.values()):
+        effects.add_reply(reply)
+    assert effects.replies["r2"].row["usage_estimated"] is True
+    assert effects.replies["r1"].row["usage_estimated"] is False
+    for sums in (effects.daily[DAY].values, effects.daily_models[(DAY, "priced")].values):
+        assert (sums["prompt_tokens"], sums["completion_tokens"]) == (200, 100)
+        assert sums["estimated_replies"] == 1
+        assert (sums["estimated_prompt_tokens"], sums["estimated_completion_tokens"]) == (100, 50)
+
+
+def test_replies_to_api_key_requests_add_up_per_day_key_and_owner():
+    cancelled = ReplyCancelled(
+        producer="t",
+        user_id="u1",
+        conversation_id="c2",
+        message_id="r3",
+        reply_to="m3",
+        model="priced",
+        prompt_tokens=10,
+        completion_tokens=4,
+        usage_estimated=True,
+        api_key_id="k1",
+        occurred_at=NOON,
+    )
+    effects = _effects(
+        _completed("r1", api_key_id="k1"),
+        _completed("r2"),
+        cancelled,  # r2: no key (chat)
+    )
+    for reply in list(effects.replies.values()):
+        effects.add_reply(reply)
+    assert effects.replies["r1"].row["api_key_id"] == "k1"
+    assert effects.replies["r2"].row["api_key_id"] is None
+    assert list(effects.daily_api_keys) == [(DAY, "k1", "u1")]
+    assert effects.daily_api_keys[(DAY, "k1", "u1")].values == {
+        "replies_completed": 1,
+        "replies_cancelled": 1,
+        "prompt_tokens": 110,
+        "completion_tokens": 54,
+        "cost_usd": Decimal("0.0002") + Decimal("0.000018"),
+        "estimated_replies": 1,
+        "estimated_prompt_tokens": 10,
+        "estimated_completion_tokens": 4,
+    }
+
+
+def test_api_key_events_describe_the_key_whatever_their_order():
+    revoked = ApiKeyRevoked(
+        producer="auth", user_id="u1", key_id="k1", actor_id="admin", occurred_at=NOON
+    )
+    created = ApiKeyCreated(
+        producer="auth",
+        user_id="u1",
+        key_id="k1",
+        name="laptop",
+        prefix="cvai-abcdefg",
+        occurred_at=NOON - timedelta(days=1),
+    )
+    key = _effects(revoked, created).api_keys["k1"]
+    assert key.row("k1") == {
+        "key_id": "k1",
+        "user_id": "u1",
+        "name": "laptop",
+        "prefix": "cvai-abcdefg",
+        "created_at": NOON - timedelta(days=1),
+        "revoked_at": NOON,
+    }
 
 
 def test_http_batches_roll_up_per_route_and_status_class():

@@ -1,4 +1,8 @@
-"""Login, token contents, refresh rotation, logout, lockout, rate limits and token attacks."""
+"""Login, token contents, refresh rotation, logout, lockout, rate limits and token attacks.
+
+Over 400 lines on purpose: one module per auth flow would repeat the same account fixtures; these
+are the token flows' cases read together.
+"""
 
 from __future__ import annotations
 

@@ -73,13 +73,26 @@ async def test_a_claim_run_twice_creates_one_reply(engine):
     reply_id = new_id(IdKind.MESSAGE)
     async with driver_connection(engine) as connection:
         request, created = await repository.claim_request(
-            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+            connection,
+            asked.id,
+            reply_id,
+            default_model="m",
+            default_system_prompt="s",
+            worker_id="w",
         )
         again, created_again = await repository.claim_request(
-            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+            connection,
+            asked.id,
+            reply_id,
+            default_model="m",
+            default_system_prompt="s",
+            worker_id="w",
         )
     assert request is not None and created
     assert again == request and not created_again
+    async with engine.connect() as connection:
+        holder = await connection.scalar(select(Message.worker_id).where(Message.id == reply_id))
+    assert holder == "w"  # gateways ask this worker alone about the reply
     started = StagedEvent.of(
         ReplyStarted(
             producer="test",
@@ -106,7 +119,12 @@ async def test_finishing_twice_is_recognised_and_stages_one_event(engine):
     retry = completed(reply_id, asked.id, asked.conversation_id)
     async with driver_connection(engine) as connection:
         await repository.claim_request(
-            connection, asked.id, reply_id, default_model="m", default_system_prompt="s"
+            connection,
+            asked.id,
+            reply_id,
+            default_model="m",
+            default_system_prompt="s",
+            worker_id="w",
         )
         assert await repository.finish_reply(connection, reply_id, 1, text, 3, final, first) is (
             FinishOutcome.STORED

@@ -63,6 +63,8 @@ async def test_kill_9_mid_stream_another_worker_regenerates_exactly_one_reply(
     turn = await probe.send(content)
     await _wait_deltas(turn, 3)
     holder = _holder(workers)
+    [streaming] = await probe.replies(turn)
+    assert streaming.worker_id == holder.instance_id  # the row names who to ask about it
     holder.kill()
     terminal = await turn.until_terminal(30)
     expected = turn.expected_text(mock_settings)
@@ -74,3 +76,5 @@ async def test_kill_9_mid_stream_another_worker_regenerates_exactly_one_reply(
     assert assert_clean_stream(turn, attempt=2) == expected
     [reply] = await probe.replies(turn)
     assert (reply.status, reply.attempt, reply.content) == (MessageStatus.COMPLETE, 2, expected)
+    survivors = {w.instance_id for w in workers if w is not holder}
+    assert reply.worker_id in survivors  # the take-over wrote its own worker

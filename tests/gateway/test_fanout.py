@@ -1,5 +1,9 @@
 """Live frames through the gateways, with the test playing the worker's side of shared/stream.py:
-fan-out to every socket on every gateway, reference-counted bindings, and the subscribe seam."""
+fan-out to every socket on every gateway, reference-counted bindings, and the subscribe seam.
+
+Over 400 lines on purpose: every test plays the same worker side of the frame contract with the
+same helpers; one module keeps that contract's cases side by side.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ async def collect_reply(socket, until: str = "reply.completed") -> list[dict[str
 
 
 async def store_streaming_reply(
-    engine: AsyncEngine, cid: str, content: str, seq: int
+    engine: AsyncEngine, cid: str, content: str, seq: int, worker_id: str | None = None
 ) -> tuple[str, str]:
     """A user message and its half-streamed reply, as a worker would have persisted them."""
     user_mid, reply_mid = new_id(IdKind.MESSAGE), new_id(IdKind.MESSAGE)
@@ -75,6 +79,7 @@ async def store_streaming_reply(
                 reply_to=user_mid,
                 seq=seq,
                 attempt=1,
+                worker_id=worker_id,
             )
         )
     return user_mid, reply_mid
@@ -294,6 +299,80 @@ async def test_subscribe_before_the_reply_row_exists_gets_the_workers_in_memory_
     rest = await collect_reply(socket)
     assert snapshot["partial"]["content"] + rest[0]["delta"] == rest[-1]["content"]
     await socket.close()
+
+
+async def test_subscribe_asks_the_worker_its_reply_row_names_and_believes_its_answer(
+    gateway, new_user, broker_line: BrokerLine, engine
+):
+    """Each worker's control queue takes every command (`conv.*`), so a broadcast resync always
+    looked routed and waited the resync timeout (issue 11, item 18); the holder named in the row
+    is asked alone and answers either way."""
+    alice = new_user()
+    cid = (await create_conversation(gateway, alice))["id"]
+    holder = f"w-{new_id(IdKind.MESSAGE)}"
+    user_mid, reply_mid = await store_streaming_reply(engine, cid, "ab", seq=2, worker_id=holder)
+    assert broker_line.channel is not None
+    holder_queue = await broker_line.channel.declare_queue(
+        broker_line.topology.worker_control_queue(holder).name, exclusive=True, auto_delete=True
+    )
+    bystander = await broker_line.control_queue(cid)  # another worker, bound to `conv.*`
+    socket = await open_socket(gateway, alice)
+
+    # Holding the reply: it answers with a snapshot of its memory.
+    await socket.send({"type": "subscribe", "conversation_id": cid})
+    asked = await next_raw_message(holder_queue)
+    resync = json.loads(asked.body)
+    assert (resync["type"], resync["conversation_id"]) == ("resync", cid)
+    assert asked.reply_to and asked.correlation_id
+    await broker_line.publish_frame(
+        frame(
+            "reply.snapshot",
+            cid,
+            reply_mid,
+            user_mid,
+            4,
+            content="abcd",
+            request_id=resync["request_id"],
+        )
+    )
+    await answer(broker_line, asked, acted=True)
+    snapshot = await socket.recv()
+    assert (snapshot["partial"]["content"], snapshot["partial"]["seq"]) == ("abcd", 4)
+
+    # No longer holding it: the stored partial is the snapshot, without waiting for anything.
+    await socket.send({"type": "subscribe", "conversation_id": cid})
+    asked = await next_raw_message(holder_queue)
+    await answer(broker_line, asked, acted=False)
+    snapshot = await socket.recv()
+    assert (snapshot["partial"]["content"], snapshot["partial"]["seq"]) == ("ab", 2)
+    assert await bystander.get(no_ack=True, fail=False) is None  # nothing was broadcast
+    await socket.close()
+
+
+async def next_raw_message(
+    queue: aio_pika.abc.AbstractQueue, timeout_s: float = 10
+) -> aio_pika.abc.AbstractIncomingMessage:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.02)
+    raise TimeoutError("no message on the queue")
+
+
+async def answer(
+    line: BrokerLine, asked: aio_pika.abc.AbstractIncomingMessage, *, acted: bool
+) -> None:
+    """Answer a command as the worker it was sent to does (chat_worker/broadcast.py)."""
+    assert line.channel is not None and asked.reply_to
+    await line.channel.default_exchange.publish(
+        aio_pika.Message(
+            json.dumps({"type": "control.answer", "acted": acted}).encode(),
+            correlation_id=asked.correlation_id,
+        ),
+        routing_key=asked.reply_to,
+    )
 
 
 class StalledClient:

@@ -11,6 +11,7 @@ import pytest
 
 from services.gateway import frame_handlers, ws
 from services.gateway.errors import (
+    BudgetExceeded,
     ChatError,
     Conflict,
     InvalidInput,
@@ -94,7 +95,8 @@ def test_server_inventory_covers_reply_frames_and_every_refusal_code():
     assert {
         e.code for e in (ChatError, NotFound, Conflict, InvalidInput, ModelNotAllowed)
     } == CHAT_ERROR_CODES
-    assert RateLimited.code in ERROR_CODES and CHAT_ERROR_CODES < ERROR_CODES
+    assert {RateLimited.code, BudgetExceeded.code} < ERROR_CODES
+    assert CHAT_ERROR_CODES < ERROR_CODES
     assert {1000, 1008, 1009, 1013, 4001, 4029} == CLOSE_CODES
 
 
@@ -118,7 +120,7 @@ async def test_dispatch_turns_refusals_into_error_frames_with_the_frame_context(
     socket, sent = _socket()
 
     async def refuse(_socket: Any, frame: Any) -> None:
-        raise RateLimited(7)
+        raise BudgetExceeded("over the daily token budget; retry in 7 s", 7, "tokens_per_day")
 
     async def missing(_socket: Any, frame: Any) -> None:
         raise NotFound("Conversation not found")
@@ -134,9 +136,10 @@ async def test_dispatch_turns_refusals_into_error_frames_with_the_frame_context(
     assert sent == [
         {
             "type": "error",
-            "code": "rate_limited",
-            "message": "too many messages; retry after 7s",
+            "code": "budget_exceeded",
+            "message": "over the daily token budget; retry in 7 s",
             "retry_after": 7,
+            "limit": "tokens_per_day",
             "client_message_id": "k",
             "conversation_id": "c",
         },

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.chat.models import Message
+from services.gateway.fanout import worker_acted
 from services.gateway.snapshot import (
+    holders,
     in_stream_order,
     merge_worker_snapshots,
     snapshot_frame,
@@ -91,3 +93,31 @@ async def test_waiting_for_snapshots_gives_up_after_the_timeout():
     watch.start_buffering()
     watch.expect_snapshots("q", {"r1"}, set())
     assert await watch.wait_snapshots(timeout_s=0) == {}
+
+
+async def test_replies_no_worker_holds_are_not_waited_for():
+    watch = ConversationWatch("c", lambda _f: None, lambda _w: None)
+    watch.start_buffering()
+    watch.expect_snapshots("q", {"r1", "r2"}, set())
+    watch.deliver(_snap("r1", 3))
+    watch.expect_no_snapshots({"r1", "r2"})  # their holder went away after all
+    answers = await watch.wait_snapshots(timeout_s=5)
+    assert {m: s.seq for m, s in answers.items()} == {"r1": 3}  # what did arrive counts
+
+
+def test_the_holder_of_each_streaming_reply_is_read_from_its_row():
+    messages = [
+        _message("r1", "assistant", "streaming", worker_id="w1"),
+        _message("r2", "assistant", "streaming", worker_id="w1"),
+        _message("r3", "assistant", "streaming", worker_id="w2"),
+        _message("r4", "assistant", "streaming"),  # stored before rows named their worker
+        _message("r5", "assistant", "complete", worker_id="w3"),
+    ]
+    assert holders(messages) == {"w1": {"r1", "r2"}, "w2": {"r3"}}
+
+
+def test_a_workers_answer_says_whether_it_acted():
+    assert worker_acted(b'{"type":"control.answer","acted":false}') is False
+    assert worker_acted(b'{"type":"control.answer","acted":true}') is True
+    # Workers that answer only when they act send no `acted`.
+    assert worker_acted(b'{"type":"control.answer"}') is True

@@ -1,5 +1,5 @@
 """Unit tests of the gateway's pure parts: frame parsing, the per-socket frame filter, the
-message rate limiter."""
+ordering of a conversation's reply frames."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from typing import Any
 import pytest
 
 from services.chat.models import Message
-from services.gateway.errors import RateLimited
 from services.gateway.protocol import BadFrame, SendMessageFrame, parse_client_frame
-from services.gateway.rate_limit import MessageRateLimiter
 from services.gateway.socket_io import FrameRate
 from services.gateway.watch import ConversationWatch, Partial
 from shared.stream import stream_frame_adapter
@@ -115,37 +113,6 @@ def test_a_terminal_frame_of_a_reply_already_stored_as_finished_is_not_repeated(
     )
     watch.go_live([stored], [])
     assert sent == []
-
-
-def test_rate_limiter_counts_per_key_and_refunds():
-    limiter = MessageRateLimiter(2)
-    limiter.check("a")
-    limiter.check("a")
-    with pytest.raises(RateLimited) as limited:
-        limiter.check("a")
-    assert 0 < limited.value.retry_after_s <= 60
-    limiter.check("b")
-    limiter.refund("a")
-    limiter.check("a")
-
-
-def test_rate_limiter_window_slides_and_idle_users_are_forgotten():
-    now = [100.0]
-    limiter = MessageRateLimiter(2, window_s=60, clock=lambda: now[0])
-    limiter.check("a")
-    now[0] += 30
-    limiter.check("a")
-    with pytest.raises(RateLimited) as limited:
-        limiter.check("a")
-    assert limited.value.retry_after_s == 30  # when the first of the two leaves the window
-    now[0] += 30
-    limiter.check("a")  # the first left the window; the second still counts
-    with pytest.raises(RateLimited):
-        limiter.check("a")
-    now[0] += 61
-    limiter.check("b")
-    assert "a" not in limiter._sent
-    limiter.check("a")
 
 
 def test_frame_rate_allows_a_burst_then_the_sustained_rate():

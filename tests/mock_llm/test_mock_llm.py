@@ -229,3 +229,29 @@ async def test_a_rule_can_set_the_reply_text_streamed_word_by_word(client, mock_
     assert usage.completion_tokens == len(deltas) and finish_reason == "stop"
     other, _, _ = await _stream(client, [{"role": "user", "content": "[content]"}])
     assert len(other) == REPLY_TOKENS
+
+
+async def test_a_rule_can_omit_usage_from_the_calls_it_matches(client, mock_llm, settings):
+    _fault(mock_llm, omit_usage=True, match="no usage", times=2)
+    messages = [{"role": "user", "content": "no usage please"}]
+    deltas, finish_reason, usage = await _stream(client, messages)
+    # The whole reply and its finish, without the usage chunk it was asked for.
+    assert "".join(deltas) == expected_reply(messages, settings).text
+    assert finish_reason == "stop" and usage is None
+    whole = await client.chat.completions.create(model="mock-gpt", messages=messages)
+    assert whole.choices[0].message.content == expected_reply(messages, settings).text
+    assert whole.usage is None
+    # Calls it does not match still report usage.
+    _, _, usage = await _stream(client, [{"role": "user", "content": "with usage"}])
+    assert usage is not None and usage.completion_tokens == REPLY_TOKENS
+
+
+async def test_recorded_requests_show_the_max_tokens_the_model_was_given(client, mock_llm):
+    httpx.delete(f"{mock_llm.url}/_requests")
+    await _stream(client, [{"role": "user", "content": "limited"}], max_tokens=7)
+    await _stream(client, [{"role": "user", "content": "unlimited"}])
+    recorded = httpx.get(f"{mock_llm.url}/_requests").json()["requests"]
+    assert [(r["messages"][-1]["content"], r["max_tokens"]) for r in recorded] == [
+        ("limited", 7),
+        ("unlimited", None),
+    ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from services.registry import MIGRATED_SCHEMAS
@@ -64,7 +65,7 @@ def stack(
         **common,
     )
     gateway_env = {
-        "CONVOAI_API_MODELS": '["gpt-4o-mini","mock-model"]',
+        "CONVOAI_ALLOWED_MODELS": '["gpt-4o-mini","mock-model"]',
         "CONVOAI_AUTH_URL": auth.url,
         **common,
     }
@@ -139,3 +140,22 @@ async def create_key(auth_http: httpx.AsyncClient, user: ApiUser, **body: Any) -
     assert response.status_code == 201, response.text
     key: dict[str, Any] = response.json()
     return key
+
+
+async def set_limits(stack: Stack, admin: dict[str, str], user_id: str, **limits: Any) -> None:
+    async with httpx.AsyncClient(base_url=stack.gateway_a.url, timeout=30) as client:
+        response = await client.put(f"/admin/budgets/{user_id}", json=limits, headers=admin)
+    assert response.status_code == 200, response.text
+
+
+async def usage(stack: Stack, headers: dict[str, str]) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=stack.gateway_b.url, timeout=30) as client:
+        response = await client.get("/me/usage", headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def sdk(stack: Stack, api_key: str, gateway: str = "a") -> openai.AsyncOpenAI:
+    process = stack.gateway_a if gateway == "a" else stack.gateway_b
+    return openai.AsyncOpenAI(base_url=f"{process.url}/v1", api_key=api_key, max_retries=0)

@@ -12,23 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.openai_api.conftest import STARTUP_TIMEOUT_S, Stack, create_key
+from tests.openai_api.conftest import STARTUP_TIMEOUT_S, create_key, set_limits, usage
 
 pytestmark = pytest.mark.e2e
-
-
-async def set_limits(stack: Stack, admin: dict[str, str], user_id: str, **limits: Any) -> None:
-    async with httpx.AsyncClient(base_url=stack.gateway_a.url, timeout=30) as client:
-        response = await client.put(f"/admin/budgets/{user_id}", json=limits, headers=admin)
-    assert response.status_code == 200, response.text
-
-
-async def usage(stack: Stack, headers: dict[str, str]) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=stack.gateway_b.url, timeout=30) as client:
-        response = await client.get("/me/usage", headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def completion(prompt: str, **extra: Any) -> dict[str, Any]:

@@ -9,16 +9,11 @@ import pytest
 
 from services.mock_llm.service import expected_reply
 from services.mock_llm.settings import MockLLMSettings
-from tests.openai_api.conftest import Stack, create_key
+from tests.openai_api.conftest import create_key, sdk
 
 pytestmark = pytest.mark.e2e
 
 SYSTEM = "You are terse."
-
-
-def sdk(stack: Stack, api_key: str, gateway: str = "a") -> openai.AsyncOpenAI:
-    process = stack.gateway_a if gateway == "a" else stack.gateway_b
-    return openai.AsyncOpenAI(base_url=f"{process.url}/v1", api_key=api_key, max_retries=0)
 
 
 def expected(prompt: str):

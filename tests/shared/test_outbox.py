@@ -177,3 +177,43 @@ async def test_an_event_the_fast_path_could_not_publish_is_due_for_the_relay_at_
     finally:
         await publisher.close()
         proxy.close()
+
+
+class _GatedPublisher:
+    """A publisher whose confirms wait until the test opens the gate (a busy broker)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.published: list[str] = []
+
+    async def publish_raw(self, routing_key, body, message_id, correlation_id=None, headers=None):
+        await self.gate.wait()
+        self.published.append(message_id)
+
+
+async def test_a_confirm_slower_than_the_grace_does_not_have_another_relay_publish_it_again(
+    database, own_outbox
+):
+    """Two processes share an outbox table (the gateway and the chat workers share `chat`'s):
+    while one still waits for its fast-path confirm, the other's relay must leave the row."""
+    grace = timedelta(seconds=0.3)
+    slow, other = _GatedPublisher(), _GatedPublisher()
+    other.gate.set()
+    writer = Outbox(own_outbox, database, slow, relay_grace=grace)  # type: ignore[arg-type]
+    relay = Outbox(own_outbox, database, other, relay_grace=grace)  # type: ignore[arg-type]
+    event = ConversationCreated(producer="test", conversation_id="s" * 12, user_id="u" * 16)
+    async with writer.unit_of_work(wait_for_publish=False) as session:
+        await writer.stage(session, event)
+    committed_at = asyncio.get_running_loop().time()
+    # Well past the grace period, several times over, while the confirm still has not come.
+    while asyncio.get_running_loop().time() - committed_at < 5 * grace.total_seconds():
+        await relay.relay_once()
+        await asyncio.sleep(0.05)
+    assert other.published == [], "another relay published an event still in flight"
+    slow.gate.set()
+    async with asyncio.timeout(10):
+        while await _outbox_rows(database, own_outbox):
+            await asyncio.sleep(0.05)
+    await writer.drain_background()
+    assert slow.published == [str(event.event_id)]
+    assert other.published == []
