@@ -8,7 +8,21 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 
-class Summary(BaseModel):
+class EstimatedUsage(BaseModel):
+    """How much of a row's token counts was estimated (the model's stream carried no usage)."""
+
+    estimated_replies: int = Field(
+        default=0, description="Replies whose model reported no usage (token counts estimated)."
+    )
+    estimated_prompt_tokens: int = Field(
+        default=0, description="The part of prompt_tokens that was estimated, not reported."
+    )
+    estimated_completion_tokens: int = Field(
+        default=0, description="The part of completion_tokens that was estimated, not reported."
+    )
+
+
+class Summary(EstimatedUsage):
     total_users: int = Field(
         description="Accounts known from events and not deleted (anonymous owners excluded)."
     )
@@ -28,15 +42,6 @@ class Summary(BaseModel):
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int
-    estimated_replies: int = Field(
-        default=0, description="Replies whose model reported no usage (token counts estimated)."
-    )
-    estimated_prompt_tokens: int = Field(
-        default=0, description="The part of prompt_tokens that was estimated, not reported."
-    )
-    estimated_completion_tokens: int = Field(
-        default=0, description="The part of completion_tokens that was estimated, not reported."
-    )
     total_cost_usd: float
     total_api_calls: int
     avg_response_time: float | None = Field(
@@ -140,7 +145,7 @@ class ApiUsageRow(BaseModel):
     max_latency_ms: float
 
 
-class DailyRow(BaseModel):
+class DailyRow(EstimatedUsage):
     date: date
     new_users: int
     active_users: int
@@ -154,15 +159,6 @@ class DailyRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    estimated_replies: int = Field(
-        default=0, description="Replies whose model reported no usage (token counts estimated)."
-    )
-    estimated_prompt_tokens: int = Field(
-        default=0, description="The part of prompt_tokens that was estimated, not reported."
-    )
-    estimated_completion_tokens: int = Field(
-        default=0, description="The part of completion_tokens that was estimated, not reported."
-    )
     cost_usd: float
     avg_response_time_ms: float | None
     api_calls: int
@@ -176,7 +172,7 @@ class TtftDay(BaseModel):
     ttft_p95_ms: float | None
 
 
-class ModelRow(BaseModel):
+class ModelRow(EstimatedUsage):
     model: str
     replies_completed: int
     replies_failed: int
@@ -184,15 +180,6 @@ class ModelRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    estimated_replies: int = Field(
-        default=0, description="Replies whose model reported no usage (token counts estimated)."
-    )
-    estimated_prompt_tokens: int = Field(
-        default=0, description="The part of prompt_tokens that was estimated, not reported."
-    )
-    estimated_completion_tokens: int = Field(
-        default=0, description="The part of completion_tokens that was estimated, not reported."
-    )
     cost_usd: float
     price_known: bool
     unpriced_replies: int
@@ -204,7 +191,7 @@ class ModelRow(BaseModel):
     ttft_p95_ms: float | None = Field(description="Lifetime, nearest-rank.")
 
 
-class ApiKeyUsageRow(BaseModel):
+class ApiKeyUsageRow(EstimatedUsage):
     """Replies to `/v1` requests made with one API key over the date range."""
 
     api_key_id: str
@@ -221,15 +208,6 @@ class ApiKeyUsageRow(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    estimated_replies: int = Field(
-        default=0, description="Replies whose model reported no usage (token counts estimated)."
-    )
-    estimated_prompt_tokens: int = Field(
-        default=0, description="The part of prompt_tokens that was estimated, not reported."
-    )
-    estimated_completion_tokens: int = Field(
-        default=0, description="The part of completion_tokens that was estimated, not reported."
-    )
     cost_usd: float
 
 
