@@ -8,8 +8,8 @@ gateway through the revocation stream within milliseconds and drops the entry, s
 asks auth again and is refused. While that stream is behind (just after a broker reconnect) the
 cache is not trusted: every request asks auth.
 
-Refusals are not kept: a client sending bad keys costs one indexed lookup in auth per request,
-and the per-client limits in front of the API bound how many it can send.
+Refusals are not kept: a client sending bad keys costs one indexed lookup in auth per request
+(there is no per-address limit in front of `/v1` yet).
 """
 
 from __future__ import annotations
