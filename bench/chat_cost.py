@@ -10,6 +10,9 @@ One run prints:
 - `broker_floor`: aio-pika round trips on the same RabbitMQ (bench/chat_load.py's);
 - `direct_to_model`: the same `--users` clients with the `openai` SDK streaming straight from
   mock_llm, back to back: the rate and mock_llm's CPU per request;
+- `through_litellm`: those clients through LiteLLM's proxy in front of the same mock_llm, with
+  the proxy's CPU per request (bench/litellm_proxy.py; skipped, saying how to install it, unless
+  the `[bench]` extra is installed);
 - `paced` and `saturation`: ConvoAI turns over WebSockets (chat_load.py's scenarios) with CPU-ms
   per turn of every stack process, from /proc/<pid>/stat utime+stime over the measured window.
   Processes are found by the `--port` on their command line (`convoai serve ... --port P`);
@@ -61,6 +64,8 @@ from services.runner import plan_stack
 from shared.settings import ServiceSettings
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+# What `direct_to_model`'s clients ask for (mock_llm serves any name; a proxy routes this one).
+CLIENT_MODEL = "gpt-4o-mini"
 STACK_PORTS = range(8000, 8100)
 
 
@@ -249,28 +254,42 @@ class BrokerTap:
 # --- scenarios -------------------------------------------------------------------------------
 
 
-async def direct_to_model(mock_url: str, users: int, duration_s: float, cpu: CpuWindow):
-    """The same clients streaming straight from mock_llm with the openai SDK."""
-    client = openai.AsyncOpenAI(base_url=f"{mock_url}/v1", api_key="bench", max_retries=0)
+async def direct_to_model(
+    base_url: str,
+    users: int,
+    duration_s: float,
+    cpu: CpuWindow,
+    api_key: str = "bench",
+    report: tuple[str, ...] = ("mock_llm",),
+):
+    """The same clients streaming with the openai SDK from mock_llm at `base_url`, or from a
+    proxy in front of it (bench/litellm_proxy.py); CPU per request of the processes whose names
+    start with one of `report`."""
+    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=api_key, max_retries=0)
     done = 0
     wrong = 0
+    unfinished = 0
     deadline = time.perf_counter() + duration_s
 
     async def run(index: int) -> None:
-        nonlocal done, wrong
+        nonlocal done, wrong, unfinished
         n = 0
         while time.perf_counter() < deadline:
             stream = await client.chat.completions.create(
-                model="gpt-4o-mini",
+                model=CLIENT_MODEL,
                 messages=[{"role": "user", "content": f"{chat_load.FAST_MARK} d{index} {n}"}],
                 stream=True,
             )
             text = ""
+            finish_reason = None
             async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    text += chunk.choices[0].delta.content
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish_reason = chunk.choices[0].finish_reason or finish_reason
             done += 1
             wrong += not text
+            # A stream cut short (by a proxy, say) ends without one: counted, not hidden.
+            unfinished += finish_reason is None
             n += 1
 
     cpu.start()
@@ -281,10 +300,12 @@ async def direct_to_model(mock_url: str, users: int, duration_s: float, cpu: Cpu
     await client.close()
     return {
         "concurrency": users,
+        "requests": done,
         "requests_per_s": round(done / elapsed, 1),
         "empty_replies": wrong,
+        "replies_without_finish_reason": unfinished,
         "cpu_ms_per_request": {
-            n: round(v / done, 3) for n, v in cpu.spent.items() if n.startswith("mock_llm") and done
+            n: round(v / done, 3) for n, v in cpu.spent.items() if n.startswith(report) and done
         },
     }
 
@@ -523,8 +544,8 @@ async def main() -> None:
     )
     parser.add_argument(
         "--scenarios",
-        default="floor,direct,paced,saturation,idle",
-        help="comma-separated subset of floor,direct,paced,saturation,idle",
+        default="floor,direct,litellm,paced,saturation,idle",
+        help="comma-separated subset of floor,direct,litellm,paced,saturation,idle",
     )
     args = parser.parse_args()
     scenarios = set(args.scenarios.split(","))
@@ -564,6 +585,12 @@ async def main() -> None:
         if "direct" in scenarios:
             result["direct_to_model"] = await direct_to_model(
                 mock_url, args.users, args.duration, cpu
+            )
+        if "litellm" in scenarios:
+            import litellm_proxy  # here, not at the top: it imports this module's client load
+
+            result["through_litellm"] = await litellm_proxy.through_litellm(
+                mock_url, args.users, args.duration
             )
         users = await chat_load.open_users(gateway_ws, args.users, settings)
         try:
