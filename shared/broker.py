@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import aio_pika
+import aiormq
 from faststream.rabbit import Channel, RabbitBroker
 
 from shared.confirmed_channel import ConfirmedChannel
@@ -88,6 +89,9 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
             await channel.exchange_delete(exchange.name)
 
 
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+
+
 class EventPublisher:
     """Publishes domain events to `<ns>.events`: persistent, confirmed, routing key = type.
 
@@ -113,18 +117,17 @@ class EventPublisher:
         correlation_id: str | None = None,
         headers: dict[str, Any] | None = None,
     ) -> None:
-        await self._channel.publish(
-            aio_pika.Message(
-                body,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                content_type="application/json",
-                app_id="convoai",
-                headers=headers,
-            ),
-            routing_key,
+        # AMQP properties built directly: an `aio_pika.Message` (which guards every attribute
+        # it sets) and its conversion cost more than the publish itself (yappi, CPU clock).
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            app_id="convoai",
+            headers=headers,
         )
+        await self._channel.publish(body, properties, routing_key)
 
     @property
     def channels_replaced(self) -> int:

@@ -21,6 +21,7 @@ from contextlib import suppress
 from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.channel import Channel as AmqpChannel
 
@@ -66,7 +67,9 @@ class ConfirmedChannel:
         self.channels_replaced = 0
         self.connections_replaced = 0
 
-    async def publish(self, message: aio_pika.Message, routing_key: str) -> None:
+    async def publish(
+        self, body: bytes, properties: aiormq.spec.Basic.Properties, routing_key: str
+    ) -> None:
         """Publish and wait for the broker's confirm; raise `PublishFailed` when it never came."""
         error: BaseException | None = None
         for _ in range(ATTEMPTS):
@@ -80,10 +83,10 @@ class ConfirmedChannel:
                 # chat worker's confirms took seconds (some past the timeout) while the same
                 # broker confirmed in milliseconds. Each publish still awaits its own confirm.
                 await channel.basic_publish(
-                    message.body,
+                    body,
                     exchange=self._exchange_name,
                     routing_key=routing_key,
-                    properties=message.properties,
+                    properties=properties,
                     mandatory=False,
                     timeout=self._confirm_timeout_s,
                     wait=False,

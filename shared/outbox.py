@@ -43,11 +43,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import tracing
 from shared.broker import EventPublisher
-from shared.db import transaction
+from shared.db import driver_connection, transaction
 from shared.events import Event
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,14 @@ class Outbox:
     ) -> None:
         self._table = table
         self._sessions = session_factory
+        engine = session_factory.kw.get("bind")
+        assert isinstance(engine, AsyncEngine), "the session factory must be bound to an engine"
+        self._engine = engine
+        # Forgetting published rows is the outbox's only per-event statement: one array
+        # parameter on the driver connection, in autocommit. Through an ORM session the same
+        # DELETE cost ~10 % of a gateway's CPU per chat turn (yappi, CPU clock).
+        qualified = engine.dialect.identifier_preparer.format_table(table)
+        self._forget_statement = f"DELETE FROM {qualified} WHERE event_id = ANY($1::varchar[])"  # noqa: S608
         self._publisher = publisher
         self._relay_grace = relay_grace
         self._poll_interval_s = poll_interval_s
@@ -266,10 +274,8 @@ class Outbox:
 
     async def _forget(self, event_ids: list[str]) -> None:
         try:
-            async with transaction(self._sessions) as session:
-                await session.execute(
-                    delete(self._table).where(self._table.c.event_id.in_(event_ids))
-                )
+            async with driver_connection(self._engine) as connection:
+                await connection.execute(self._forget_statement, event_ids)
         except Exception as exc:
             log.warning("outbox cleanup failed", extra={"error": repr(exc)})
         finally:

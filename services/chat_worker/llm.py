@@ -131,18 +131,25 @@ async def stream_reply(
     event stream is read here as lines of JSON. Building the SDK's typed chunk objects cost more
     CPU than everything else a reply does (measured: about half of a worker's time per reply).
     """
-    # `messages` goes in `extra_body`, the SDK's documented pass-through for body fields: as a
-    # typed argument the SDK walks every message through its TypedDict transform, which costs
-    # ~13 ms of CPU for a 30-message history (measured) and changes nothing for plain
-    # role/content dicts. The SDK still builds, authenticates, retries-classifies the request.
-    async with client.chat.completions.with_streaming_response.create(
-        model=model,
-        messages=openai.omit,  # type: ignore[call-overload]
-        extra_body={"messages": messages},
-        stream=True,
-        stream_options={"include_usage": True},
-        temperature=openai.omit if temperature is None else temperature,
-        max_tokens=openai.omit if max_tokens is None else max_tokens,
+    # The whole body goes in `extra_body`, the SDK's documented pass-through for body fields:
+    # typed arguments are walked through the SDK's TypedDict transform, which cost ~13 ms of
+    # CPU for a 30-message history and ~0.3 ms per request even for the scalar fields
+    # (measured), and changes nothing for these plain values. The SDK still builds,
+    # authenticates and sends the request and turns error statuses into its exceptions.
+    body: dict[str, object] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    async with client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+        model=openai.omit,
+        messages=openai.omit,
+        extra_body=body,
         extra_headers=tracing.inject_headers(),
     ) as response:
         done = False

@@ -107,17 +107,30 @@ class ChatReplies:
     async def _claim_and_generate(self, event: MessageSent, redelivered: bool) -> Disposition:
         # Chosen once: a claim retried after a lost connection recognises its own reply row.
         reply_id = new_id(IdKind.MESSAGE)
+        started: list[ActiveReply] = []
+        """The reply whose `reply.started` frame went out while its claim was being stored."""
+
+        def send_started_frame(claim: Claim) -> None:
+            # Before the event is staged, so clients do not wait for the database.
+            started.append(self._active(claim))
+            self.frames.publish(started[-1].started_frame())
+
         try:
-            claim = await self._db(lambda: self._claim(event, redelivered, reply_id))
+            claim = await self._db(
+                lambda: self._claim(event, redelivered, reply_id, send_started_frame)
+            )
             if claim is None:
                 return Disposition.ACK
-            reply = self._active(claim)
-            self.frames.publish(reply.started_frame())
-            if claim.attempt == 1:
-                # After the frame, so clients do not wait for it; a regenerated attempt staged
-                # its event together with its claim.
-                started = StagedEvent.of(claim.started_event())
-                await self._db(lambda: self.claims.announce_start(started))
+            if started and started[-1].message_id == claim.reply_id and claim.attempt == 1:
+                reply = started[-1]
+            else:
+                reply = self._active(claim)
+                self.frames.publish(reply.started_frame())
+            if not claim.event_staged:
+                # A first claim whose event was not staged with it (its connection was lost
+                # after the claim committed: the retry found its own reply).
+                staged = StagedEvent.of(claim.started_event())
+                await self._db(lambda: self.claims.announce_start(staged))
         except DBAPIError as exc:
             log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
             self.metrics.requeued += 1
@@ -143,14 +156,20 @@ class ChatReplies:
 
         return await self.db_retry.run(in_slot, what="reply")
 
-    async def _claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
-        request, created = await self.claims.claim_new(event, reply_id)
+    async def _claim(
+        self,
+        event: MessageSent,
+        redelivered: bool,
+        reply_id: str,
+        on_created: Callable[[Claim], None],
+    ) -> Claim | None:
+        request, claim = await self.claims.claim_new(event, reply_id, on_created)
         if request is None:
             return None
-        if created:
+        if claim is not None:
             # The request stays unacked until the final reply is stored, so if this worker dies
             # from here on, the redelivered request finds the reply and takes it over.
-            return Claim(reply_id, 1, request)
+            return claim
         # Redelivered, a duplicate delivery, or this claim's own first try whose commit
         # outlived its connection.
         async with self.outbox.unit_of_work(wait_for_publish=False) as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 import aio_pika
+import aiormq
 import pytest
 
 from shared.confirmed_channel import ConfirmedChannel, PublishFailed
@@ -33,15 +34,15 @@ async def test_a_nacked_publish_retires_the_channel_and_fails_after_one_fresh_tr
     exchange, queue = full_queue
     publisher = ConfirmedChannel(infra.amqp_url, exchange.name, connection_name="confirm-test")
     try:
-        await publisher.publish(aio_pika.Message(b"first"), "")
+        await publisher.publish(b"first", aiormq.spec.Basic.Properties(), "")
         with pytest.raises(PublishFailed, match="DeliveryError"):
-            await publisher.publish(aio_pika.Message(b"refused"), "")
+            await publisher.publish(b"refused", aiormq.spec.Basic.Properties(), "")
         assert publisher.channels_replaced == 2  # the nacking channel, then the fresh one
 
         # Room again: the next publish goes out on a new channel of the same connection.
         message = await queue.get()
         await message.ack()
-        await publisher.publish(aio_pika.Message(b"second"), "")
+        await publisher.publish(b"second", aiormq.spec.Basic.Properties(), "")
         assert (await queue.get()).body == b"second"
         assert publisher.connections_replaced == 0
     finally:
@@ -52,11 +53,11 @@ async def test_a_lost_connection_is_replaced_on_the_next_publish(infra, full_que
     exchange, queue = full_queue
     publisher = ConfirmedChannel(infra.amqp_url, exchange.name, connection_name="confirm-test")
     try:
-        await publisher.publish(aio_pika.Message(b"one"), "")
+        await publisher.publish(b"one", aiormq.spec.Basic.Properties(), "")
         await (await queue.get()).ack()
         assert publisher._connection is not None
         await publisher._connection.close()  # what a dead broker node does to it
-        await publisher.publish(aio_pika.Message(b"two"), "")
+        await publisher.publish(b"two", aiormq.spec.Basic.Properties(), "")
         assert (await queue.get()).body == b"two"
         assert publisher.connections_replaced == 1
     finally:
