@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 CHARS_PER_TOKEN = 4
 """Rough size of a token in English text; the budget only needs to be approximately right."""
@@ -11,8 +11,10 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4
 
 
-@dataclass(frozen=True)
-class Turn:
+class Turn(NamedTuple):
+    """A tuple, not a frozen dataclass: a claim builds up to 200 of them per reply, and a frozen
+    dataclass's `__init__` cost more than decoding the history (profiled)."""
+
     role: str
     content: str
 
