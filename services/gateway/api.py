@@ -255,7 +255,7 @@ class _ReplyWaiter:
         self.message_id = message_id
         self.event = asyncio.Event()
 
-    def deliver(self, frame: StreamFrame) -> None:
+    def deliver(self, frame: StreamFrame, wire: str | None = None) -> None:
         terminal = ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame
         if isinstance(frame, terminal) and frame.reply_to == self.message_id:
             self.event.set()

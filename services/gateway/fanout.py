@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 class FrameWatcher(Protocol):
-    def deliver(self, frame: StreamFrame) -> None:
-        """Called on the event loop for every frame of the watched conversation; must not block."""
+    def deliver(self, frame: StreamFrame, wire: str | None = None) -> None:
+        """Called on the event loop for every frame of the watched conversation; must not block.
+        `wire`: the frame's JSON as it arrived, for a watcher that forwards it unchanged."""
 
     def broker_recovered(self) -> None:
         """The connection came back: frames may have been lost while it was down."""
@@ -266,10 +267,13 @@ class StreamFanout:
             log.warning("undecodable stream frame dropped", extra={"bytes": len(message.body)})
             return
         self.frames_received += 1
+        # Decoded once for every watcher: a socket forwards the worker's JSON as it came rather
+        # than dumping the frame again (~10 % of the gateway's CPU per frame, profiled).
+        wire = message.body.decode()
         with tracing.consumer_span(f"{frame.type} deliver", properties.headers, traced_only=True):
             for watcher in tuple(self._watchers.get(frame.conversation_id, ())):
                 try:
-                    watcher.deliver(frame)
+                    watcher.deliver(frame, wire)
                 except Exception:
                     log.exception(
                         "frame watcher failed", extra={"conversation_id": frame.conversation_id}

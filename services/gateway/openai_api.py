@@ -200,7 +200,7 @@ class _FrameQueue:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[StreamFrame | None] = asyncio.Queue()
 
-    def deliver(self, frame: StreamFrame) -> None:
+    def deliver(self, frame: StreamFrame, wire: str | None = None) -> None:
         self.queue.put_nowait(frame)
 
     def broker_recovered(self) -> None:

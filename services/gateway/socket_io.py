@@ -74,7 +74,8 @@ class SocketIO:
     def close_code(self) -> int:
         return self._closing.code if self._closing is not None else CLOSE_GONE
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: dict[str, Any] | str) -> None:
+        """Queue `frame` (a dict, or a frame already encoded as JSON text) for the client."""
         if self._closing is not None:
             return
         outgoing = self._outgoing
@@ -83,7 +84,9 @@ class SocketIO:
         elif len(outgoing) >= self._queue_size:
             self.close(CLOSE_TRY_AGAIN_LATER, "client too slow", flush=False)
             return
-        outgoing.append(json.dumps(frame, separators=(",", ":")))
+        outgoing.append(
+            frame if isinstance(frame, str) else json.dumps(frame, separators=(",", ":"))
+        )
         self._start_writer()
 
     def error(self, code: str, message: str, **extra: Any) -> None:

@@ -68,13 +68,13 @@ class ConversationWatch:
     def __init__(
         self,
         conversation_id: str,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[dict[str, Any] | str], None],
         on_recovered: Callable[[ConversationWatch], None],
     ) -> None:
         self.conversation_id = conversation_id
         self._send = send
         self._on_recovered = on_recovered
-        self._buffer: list[StreamFrame] | None = None
+        self._buffer: list[tuple[StreamFrame, str | None]] | None = None
         self._replies: OrderedDict[str, _ReplyState] = OrderedDict()
         self._snapshot_request: str | None = None
         self._snapshots: dict[str, ReplySnapshotFrame] = {}
@@ -85,17 +85,17 @@ class ConversationWatch:
     def start_buffering(self) -> None:
         self._buffer = []
 
-    def deliver(self, frame: StreamFrame) -> None:
+    def deliver(self, frame: StreamFrame, wire: str | None = None) -> None:
         if isinstance(frame, ReplySnapshotFrame):
             self._collect_snapshot(frame)
         elif self._buffer is not None:
-            self._buffer.append(frame)
+            self._buffer.append((frame, wire))
             if isinstance(frame, ReplyStartedFrame) and frame.reply_to in self._awaiting_replies:
                 # Its frames from seq 0 on are all in the buffer: no snapshot needed for it.
                 self._awaiting_replies.discard(frame.reply_to)
                 self._check_snapshots_complete()
         else:
-            self._forward(frame)
+            self._forward(frame, wire)
 
     def broker_recovered(self) -> None:
         self._on_recovered(self)
@@ -149,8 +149,8 @@ class ConversationWatch:
         for partial in partials:
             self._remember(partial.message_id, _ReplyState(partial.attempt, partial.seq))
         buffered, self._buffer = self._buffer or [], None
-        for frame in buffered:
-            self._forward(frame)
+        for frame, wire in buffered:
+            self._forward(frame, wire)
 
     def _remember(self, message_id: str, state: _ReplyState) -> None:
         self._replies[message_id] = state
@@ -158,7 +158,7 @@ class ConversationWatch:
         while len(self._replies) > REMEMBERED_REPLIES:
             self._replies.popitem(last=False)
 
-    def _forward(self, frame: StreamFrame) -> None:
+    def _forward(self, frame: StreamFrame, wire: str | None) -> None:
         state = self._replies.get(frame.message_id)
         if isinstance(frame, ReplyStartedFrame):
             if state is not None and frame.attempt <= state.attempt:
@@ -179,4 +179,4 @@ class ConversationWatch:
             if state is not None and (state.done or frame.attempt < state.attempt):
                 return
             self._remember(frame.message_id, _ReplyState(frame.attempt, frame.seq, done=True))
-        self._send(frame.model_dump(mode="json"))
+        self._send(wire if wire is not None else frame.model_dump(mode="json"))
