@@ -36,6 +36,7 @@ from services.gateway.schemas import (
     MessageCreate,
     MessageOut,
 )
+from services.gateway.service import AcceptedMessage
 from shared.input_guards import unprocessable
 from shared.pagination import Limit, Page, Skip
 from shared.security import CurrentPrincipal
@@ -300,7 +301,7 @@ async def send_message(
             accepted = await gw.chat.send_message(
                 session, principal.user_id, conversation_id, body.content, body.client_message_id
             )
-        return _accepted(conversation_id, accepted.message, accepted.duplicate, None)
+        return _accepted(conversation_id, accepted, None)
     waiter = _ReplyWaiter("")
     watching = False
     try:
@@ -315,23 +316,23 @@ async def send_message(
             accepted = await gw.chat.send_message(
                 session, principal.user_id, conversation_id, body.content, body.client_message_id
             )
-        waiter.message_id = accepted.message.id
-        reply = await _wait_for_reply(gw, accepted.message.id, waiter)
+        waiter.message_id = accepted.message_id
+        reply = await _wait_for_reply(gw, accepted.message_id, waiter)
     finally:
         if watching:
             await gw.fanout.unwatch(conversation_id, waiter)
     if reply is not None:
         response.status_code = status.HTTP_200_OK
-    return _accepted(conversation_id, accepted.message, accepted.duplicate, reply)
+    return _accepted(conversation_id, accepted, reply)
 
 
 def _accepted(
-    conversation_id: str, message: Message, duplicate: bool, reply: Message | None
+    conversation_id: str, accepted: AcceptedMessage, reply: Message | None
 ) -> MessageAccepted:
     return MessageAccepted(
-        message_id=message.id,
+        message_id=accepted.message_id,
         conversation_id=conversation_id,
-        client_message_id=message.client_message_id,
-        duplicate=duplicate,
+        client_message_id=accepted.client_message_id,
+        duplicate=accepted.duplicate,
         reply=MessageOut.model_validate(reply) if reply is not None else None,
     )

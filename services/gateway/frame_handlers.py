@@ -65,7 +65,7 @@ async def on_send_message(socket: ChatSocket, frame: SendMessageFrame) -> None:
         {
             "type": "ack",
             "client_message_id": frame.client_message_id,
-            "message_id": accepted.message.id,
+            "message_id": accepted.message_id,
             "conversation_id": frame.conversation_id,
             "duplicate": accepted.duplicate,
         }

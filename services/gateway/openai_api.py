@@ -266,7 +266,7 @@ class _Completion:
                 accepted = await self.gw.chat.send_message(
                     session, owner, self.conversation_id, last, None, admission=self._admission()
                 )
-                self.message_id = accepted.message.id
+                self.message_id = accepted.message_id
         except LimitReached as exc:
             await self._unwatch()
             raise ApiError(

@@ -23,8 +23,6 @@ from services.chat.models import (
     Conversation,
     ConversationStatus,
     Message,
-    MessageRole,
-    MessageStatus,
 )
 from services.gateway import repository
 from services.gateway.admissions import AdmissionPolicy
@@ -70,7 +68,10 @@ def is_anonymous(owner_id: str) -> bool:
 
 @dataclass(frozen=True)
 class AcceptedMessage:
-    message: Message
+    """A user message as stored: by this request, or earlier (`duplicate`, a resend)."""
+
+    message_id: str
+    client_message_id: str | None
     duplicate: bool
 
 
@@ -343,28 +344,22 @@ class ChatService:
             admission = self._admissions.chat_message(
                 rate_key or owner_id, content, anonymous=is_anonymous(owner_id)
             )
-        message = Message(
-            id=new_id(IdKind.MESSAGE),
-            conversation_id=conversation_id,
-            role=MessageRole.USER.value,
-            content=content,
-            status=MessageStatus.COMPLETE.value,
-            client_message_id=client_message_id,
-            seq=0,
-            attempt=1,
-        )
+        # Plain values, not an ORM `Message`: the statement writes the row, and building the
+        # instrumented object cost ~3 % of a gateway's CPU per chat turn (profiled).
+        message_id = new_id(IdKind.MESSAGE)
         event = StagedEvent.of(
             MessageSent(
                 producer=PRODUCER,
                 user_id=owner_id,
                 conversation_id=conversation_id,
-                message_id=message.id,
+                message_id=message_id,
                 content_length=len(content),
             )
         )
-        outcome = await self._store_message(session, owner_id, message, event, admission)
-        # `earlier_id == message.id`: a retry found its own first try, committed after all.
-        stored = outcome.stored_id is not None or outcome.earlier_id == message.id
+        new = _NewMessage(message_id, conversation_id, content, client_message_id)
+        outcome = await self._store_message(session, owner_id, new, event, admission)
+        # `earlier_id == message_id`: a retry found its own first try, committed after all.
+        stored = outcome.stored_id is not None or outcome.earlier_id == message_id
         if (
             not stored
             and outcome.earlier_id is None
@@ -372,11 +367,11 @@ class ChatService:
         ):
             # Nothing stored and no copy seen: a concurrent resend won the unique constraint,
             # or this retry's own first try was still committing when the statement ran.
-            own = await self._find_copy(session, owner_id, conversation_id, None, message.id)
+            own = await self._find_copy(session, owner_id, conversation_id, None, message_id)
             stored = own is not None
         if stored:
             self._outbox.publish_after_commit(session, event)
-            return AcceptedMessage(message, duplicate=False)
+            return AcceptedMessage(message_id, client_message_id, duplicate=False)
         if outcome.conversation_status is None:
             raise NotFound("Conversation not found")
         if outcome.earlier_id is None and outcome.conversation_status == ConversationStatus.ENDED:
@@ -386,13 +381,13 @@ class ChatService:
         )
         if earlier is None:
             raise Conflict("message could not be stored; retry")
-        return AcceptedMessage(earlier, duplicate=True)
+        return AcceptedMessage(earlier.id, earlier.client_message_id, duplicate=True)
 
     async def _store_message(
         self,
         session: AsyncSession,
         owner_id: str,
-        message: Message,
+        message: _NewMessage,
         event: StagedEvent,
         admission: Admission,
     ) -> repository.StoreOutcome:
@@ -415,7 +410,7 @@ class ChatService:
         self,
         session: AsyncSession,
         owner_id: str,
-        message: Message,
+        message: _NewMessage,
         event: StagedEvent,
         admission: Admission,
     ) -> repository.StoreOutcome:
@@ -449,6 +444,16 @@ class ChatService:
         if client_message_id is None:
             return None
         return await repository.find_by_client_id(session, conversation_id, client_message_id)
+
+
+@dataclass(frozen=True)
+class _NewMessage:
+    """A user message `send_message` is about to store."""
+
+    id: str
+    conversation_id: str
+    content: str
+    client_message_id: str | None
 
 
 def _limit_reached(refusal: OverLimit) -> LimitReached:
