@@ -7,13 +7,13 @@ paths use SQLAlchemy in the caller's transaction.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -121,10 +121,8 @@ async def claim_request(
     )
     if row is None:
         return None, False
-    pairs = row["history"] or []
-    if isinstance(pairs, str):
-        # SQLAlchemy's pool registers a JSON codec on its connections; a bare one does not.
-        pairs = json.loads(pairs)
+    # `json` as text: the driver connection has no JSON codec (`shared.db.driver_connection`).
+    pairs = orjson.loads(row["history"]) if row["history"] else []
     history: list[Turn] = []
     for question, answer in pairs:
         history.append(Turn("user", question))
