@@ -147,7 +147,10 @@ class SocketIO:
         if self._closing is not None:
             return None
         try:
-            message = await asyncio.wait_for(self.websocket.receive(), timeout_s)
+            # `asyncio.timeout`, not `wait_for`: wait_for runs the receive in a task of its
+            # own, one more task per frame, and one more held by every idle socket.
+            async with asyncio.timeout(timeout_s):
+                message = await self.websocket.receive()
         except TimeoutError:
             self.close(CLOSE_POLICY_VIOLATION, timeout_reason)
             return None
