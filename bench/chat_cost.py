@@ -26,10 +26,11 @@ One run prints:
   tapped — the stack publishes nothing there);
 - `idle_sockets`: `--idle-sockets` authenticated sockets opened on the gateway (with
   permessage-deflate offered, as browsers do) and held by a child process: the gateway's RSS
-  before and after, KiB per socket, the open rate and the gateway's CPU per socket opened, and
+  before and after, KiB per socket, the open rate, the gateway's CPU per socket opened (the
+  client processes' too, and how busy the gateway's core was: near 1, it set the rate), and
   chat turns on another socket (of this process) while they are all open; then, for
   `--idle-hold-s`, every socket sends a `ping` frame every `--idle-ping-s` and must get its
-  `pong` (uvicorn's protocol pings, every 20 s, are answered by the client library), with the
+  `pong` (uvicorn's protocol pings, every 20 s, are answered by bench/idle_client.py), with the
   gateway's RSS after each round: it must not grow;
 - `rss_mib_at_rest` of every process before the load, and `rss_mib_after` at the end.
 
@@ -44,6 +45,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import resource
 import subprocess
 import time
 from collections import Counter
@@ -54,10 +56,10 @@ from typing import Any
 import aio_pika
 import chat_load
 import httpx
+import idle_client
 import openai
 import uvloop
 from sqlalchemy.engine import make_url
-from websockets.asyncio.client import ClientConnection, connect
 
 from services.mock_llm.settings import MockLLMSettings
 from services.runner import plan_stack
@@ -335,7 +337,8 @@ async def measured_saturation(
 class IdleSockets:
     """Idle authenticated sockets held by `clients` child processes, so the chat turns timed
     meanwhile are not slowed by the client's own event loop answering 10 000 sockets' protocol
-    pings, and opening them is not limited to one client process's CPU."""
+    pings, and opening them is not limited to one client process's CPU. Each child's CPU over the
+    opening is reported next to the gateway's: the client must cost less, or it sets the rate."""
 
     def __init__(self, gateway_ws: str, count: int, clients: int) -> None:
         self._pipes: list[Connection] = []
@@ -369,6 +372,7 @@ class IdleSockets:
             "opened": sum(a["opened"] for a in answers),
             "failures": dict(failures),
             "seconds": max(a["seconds"] for a in answers),
+            "client_cpu_ms": sum(a["cpu_ms"] for a in answers),
         }
 
     async def pongs(self) -> int:
@@ -381,6 +385,11 @@ class IdleSockets:
         return max(a["seconds"] for a in answers)
 
 
+def process_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
 def hold_idle_sockets(commands: Connection, gateway_ws: str, count: int, client: int) -> None:
     """A child process: opens `count` sockets, then pings them or closes them on command."""
     uvloop.run(_hold_idle_sockets(commands, gateway_ws, count, client))
@@ -391,28 +400,26 @@ async def _hold_idle_sockets(
 ) -> None:
     settings = ServiceSettings()
     run = f"{os.urandom(3).hex()}{client}"
-    sockets: list[ClientConnection] = []
+    opener = idle_client.IdleClient(f"{gateway_ws}/ws")
+    sockets: list[idle_client.IdleSocket] = []
     failures: Counter[str] = Counter()
     gate = asyncio.Semaphore(200)
+    # Minted before the opening is timed, as a browser's token comes from an earlier login.
+    tokens = [chat_load.access_token(settings, f"idle{run}{i:06d}"[:16]) for i in range(count)]
 
-    async def one(index: int) -> None:
+    async def one(token: str) -> None:
         async with gate:
             try:
-                socket = await connect(f"{gateway_ws}/ws", open_timeout=60, ping_interval=None)
-                token = chat_load.access_token(settings, f"idle{run}{index:06d}"[:16])
-                await socket.send(json.dumps({"type": "auth", "token": token}))
-                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "ready":
-                    pass
-                sockets.append(socket)
+                async with asyncio.timeout(60):
+                    sockets.append(await opener.open(token))
             except Exception as exc:  # counted and reported
                 failures[type(exc).__name__] += 1
 
-    async def ping(socket: ClientConnection) -> bool:
+    async def ping(socket: idle_client.IdleSocket) -> bool:
         async with gate:
             try:
-                await socket.send('{"type":"ping"}')
-                while json.loads(await asyncio.wait_for(socket.recv(), 60))["type"] != "pong":
-                    pass
+                async with asyncio.timeout(60):
+                    await socket.ping()
             except Exception:
                 return False
             return True
@@ -420,15 +427,17 @@ async def _hold_idle_sockets(
     while True:
         command = await asyncio.to_thread(commands.recv)
         started = time.perf_counter()
+        cpu_before = process_cpu_ms()
         if command == "ready":
             commands.send({})
         elif command == "open":
-            await asyncio.gather(*(one(i) for i in range(count)))
+            await asyncio.gather(*(one(t) for t in tokens))
             commands.send(
                 {
                     "opened": len(sockets),
                     "failures": dict(failures),
                     "seconds": time.perf_counter() - started,
+                    "cpu_ms": process_cpu_ms() - cpu_before,
                 }
             )
         elif command == "ping":
@@ -508,6 +517,9 @@ async def idle_sockets(
         "client_processes": clients,
         "open_per_s": round(opened / opening["seconds"], 1),
         "gateway_cpu_ms_per_open": round(open_cpu_ms / opened, 3) if opened else None,
+        "client_cpu_ms_per_open": round(opening["client_cpu_ms"] / opened, 3) if opened else None,
+        # Near 1 when the gateway's one core, not the client, sets the open rate.
+        "gateway_core_busy_while_opening": round(open_cpu_ms / 1000 / opening["seconds"], 2),
         "gateway_rss_mib_before": round(rss_before / 1024, 1),
         "gateway_rss_mib_after": round(rss_after / 1024, 1),
         "kib_per_socket": round((rss_after - rss_before) / opened, 1) if opened else None,
