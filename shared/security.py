@@ -36,6 +36,8 @@ class Principal:
     roles: frozenset[str]
     token_id: str
     issued_at: float = 0.0
+    expires_at: float = float("inf")
+    """When the token stops being valid (its `exp`): a socket closes then."""
 
     @property
     def is_admin(self) -> bool:
@@ -136,6 +138,7 @@ class TokenVerifier:
             roles=frozenset(roles),
             token_id=str(claims["jti"]),
             issued_at=float(claims["iat"]),
+            expires_at=float(claims["exp"]),
         )
         if self._revocations is not None:
             self._revocations.check(principal)

@@ -25,7 +25,6 @@ from shared.security import (
     Principal,
     RevocationStateBehind,
     RevokedToken,
-    TokenType,
 )
 
 BadFrameHandler = Callable[[BadFrame], None]
@@ -105,7 +104,7 @@ class SocketAuth:
                 self._io.error("unavailable", "catching up on revoked sessions; reconnect shortly")
                 self._io.close(CLOSE_TRY_AGAIN_LATER, "revocations catching up")
                 return False
-            self._expire_with(token)
+            self._expire_at(self.principal.expires_at)
         self._io.user_id = self.principal.user_id
         if not self._admit(self.principal):
             self._io.error("too_many_sockets", "too many open sockets; close another one first")
@@ -149,7 +148,7 @@ class SocketAuth:
             self._io.error("user_mismatch", "a socket stays with the user it authenticated as")
             return
         self.principal = principal
-        self._expire_with(frame.token)
+        self._expire_at(principal.expires_at)
         self._io.send({"type": "reauthenticated", "user_id": principal.user_id})
 
     def revoke_access(self, revoked_before: float) -> None:
@@ -162,9 +161,8 @@ class SocketAuth:
         if self._expiry is not None:
             self._expiry.cancel()
 
-    def _expire_with(self, token: str) -> None:
+    def _expire_at(self, expires_at: float) -> None:
         """Close the socket when its access token expires, unless a fresh one arrives first."""
-        expires_at = float(self._gw.verifier.decode(token, TokenType.ACCESS)["exp"])
         if self._expiry is not None:
             self._expiry.cancel()
         loop = asyncio.get_running_loop()
