@@ -185,17 +185,21 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     would otherwise fail once.
     """
     pool = await _hot_pool(engine)
-    async with pool.acquire(timeout=HOT_POOL_ACQUIRE_TIMEOUT_S) as driver:
-        try:
-            yield driver
-        except Exception as exc:
-            # asyncpg reports a connection the server closed while it sat in the pool as a
-            # plain InterfaceError ("connection is closed"), hence the `is_closed()` check.
-            if not isinstance(exc, _CONNECTION_FAILURES) and not driver.is_closed():
-                raise
-            driver.terminate()
-            await pool.expire_connections()
-            raise DatabaseConnectionLost(f"database connection lost: {exc!r}") from exc
+    # Bounded by `asyncio.timeout`, not acquire's own `timeout`, which runs it in a task.
+    async with asyncio.timeout(HOT_POOL_ACQUIRE_TIMEOUT_S):
+        driver: asyncpg.Connection = await pool.acquire()
+    try:
+        yield driver
+    except Exception as exc:
+        # asyncpg reports a connection the server closed while it sat in the pool as a
+        # plain InterfaceError ("connection is closed"), hence the `is_closed()` check.
+        if not isinstance(exc, _CONNECTION_FAILURES) and not driver.is_closed():
+            raise
+        driver.terminate()
+        await pool.expire_connections()
+        raise DatabaseConnectionLost(f"database connection lost: {exc!r}") from exc
+    finally:
+        await pool.release(driver)
 
 
 async def ping_database(engine: AsyncEngine) -> None:
