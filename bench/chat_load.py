@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import secrets
 import statistics
 import time
@@ -41,7 +42,8 @@ from typing import Any
 import aio_pika
 import httpx
 import jwt
-from websockets.asyncio.client import ClientConnection, connect
+import orjson
+from ws_client import TextSocket, connect
 
 from services.mock_llm.service import expected_reply
 from services.mock_llm.settings import MockLLMSettings
@@ -153,9 +155,15 @@ class ReplyRecord:
 
 
 class VirtualUser:
-    """One socket, one conversation; frames are matched to messages by the server's ids."""
+    """One socket, one conversation; frames are matched to messages by the server's ids.
 
-    def __init__(self, socket: ClientConnection, name: str) -> None:
+    The socket is bench/ws_client.py's: each text message it receives is handed to `_received`
+    from the socket's `data_received`, with no reader task or stream in between, as the client
+    shares the machine's cores with the stack it measures (the `websockets` client this replaced
+    spent about a third of the gateway's CPU per turn).
+    """
+
+    def __init__(self, socket: TextSocket, name: str) -> None:
         self.socket = socket
         self.name = name
         self.conversation_id = ""
@@ -164,31 +172,30 @@ class VirtualUser:
         self.early: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self.errors: list[dict[str, Any]] = []
         self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
+        socket.listen(self._received)
 
-    async def _read(self) -> None:
-        async for raw in self.socket:
-            now = time.perf_counter()
-            frame = json.loads(raw)
-            kind = frame.get("type")
-            if kind == "ack":
-                record = self.by_client_id[frame["client_message_id"]]
-                record.message_id = frame["message_id"]
-                self.by_message_id[record.message_id] = record
-                for at, early in self.early.pop(record.message_id, []):
-                    self._on_reply_frame(record, at, early)
-            elif kind and kind.startswith("reply."):
-                reply_to = frame.get("reply_to")
-                answered = self.by_message_id.get(reply_to or "")
-                if answered is None:
-                    # The reply can overtake the ack: the worker is that fast.
-                    self.early.setdefault(reply_to or "", []).append((now, frame))
-                else:
-                    self._on_reply_frame(answered, now, frame)
-            elif kind == "error":
-                self.errors.append(frame)
+    def _received(self, raw: bytes) -> None:
+        now = time.perf_counter()
+        frame = orjson.loads(raw)
+        kind = frame.get("type")
+        if kind == "ack":
+            record = self.by_client_id[frame["client_message_id"]]
+            record.message_id = frame["message_id"]
+            self.by_message_id[record.message_id] = record
+            for at, early in self.early.pop(record.message_id, []):
+                self._on_reply_frame(record, at, early)
+        elif kind and kind.startswith("reply."):
+            reply_to = frame.get("reply_to")
+            answered = self.by_message_id.get(reply_to or "")
+            if answered is None:
+                # The reply can overtake the ack: the worker is that fast.
+                self.early.setdefault(reply_to or "", []).append((now, frame))
             else:
-                self._control.put_nowait(frame)
+                self._on_reply_frame(answered, now, frame)
+        elif kind == "error":
+            self.errors.append(frame)
+        else:
+            self._control.put_nowait(frame)
 
     def _on_reply_frame(self, record: ReplyRecord, at: float, frame: dict[str, Any]) -> None:
         kind = frame["type"]
@@ -210,17 +217,17 @@ class VirtualUser:
                 return frame
 
     async def start(self, token: str) -> None:
-        await self.socket.send(json.dumps({"type": "auth", "token": token}))
+        self.socket.send_text(orjson.dumps({"type": "auth", "token": token}))
         await self.expect("ready")
-        await self.socket.send(json.dumps({"type": "start_conversation", "title": self.name}))
+        self.socket.send_text(orjson.dumps({"type": "start_conversation", "title": self.name}))
         self.conversation_id = (await self.expect("conversation.started"))["conversation_id"]
 
     async def send(self, content: str) -> ReplyRecord:
         client_id = secrets.token_hex(8)
         record = ReplyRecord(content=content, sent_at=time.perf_counter())
         self.by_client_id[client_id] = record
-        await self.socket.send(
-            json.dumps(
+        self.socket.send_text(
+            orjson.dumps(
                 {
                     "type": "send_message",
                     "conversation_id": self.conversation_id,
@@ -233,7 +240,6 @@ class VirtualUser:
 
     async def close(self) -> None:
         await self.socket.close()
-        self._reader.cancel()
 
 
 def access_token(settings: ServiceSettings, user_id: str) -> str:
@@ -257,7 +263,7 @@ async def open_users(gateway_ws: str, count: int, settings: ServiceSettings) -> 
     run = secrets.token_hex(3)
 
     async def one(index: int) -> VirtualUser:
-        socket = await connect(f"{gateway_ws}/ws", max_size=2**22, open_timeout=30)
+        socket = await connect(f"{gateway_ws}/ws", timeout=30, max_size=2**22)
         user = VirtualUser(socket, f"bench-{run}-{index}")
         await user.start(access_token(settings, f"bench{run}{index:05d}"[:16]))
         return user
@@ -330,6 +336,12 @@ async def wait_all(records: list[ReplyRecord], timeout_s: float) -> None:
 # --- scenarios -------------------------------------------------------------------------------
 
 
+def client_cpu_ms() -> float:
+    """CPU-ms (user + system) this process has spent so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
 async def warm_up(users: list[VirtualUser], mock: MockLLMSettings) -> dict[str, Any]:
     """Two unmeasured turns per user first: pooled connections (database, model HTTP) are
     opened and code paths are warm before anything is timed, as the broker floor's are."""
@@ -380,18 +392,26 @@ async def saturation(users: list[VirtualUser], duration_s: float, mock: MockLLMS
             records.append(record)
             n += 1
             try:
-                await asyncio.wait_for(record.done.wait(), 30)
+                async with asyncio.timeout(30):  # no task per turn, as wait_for's
+                    await record.done.wait()
             except TimeoutError:
                 return
 
     started = time.perf_counter()
+    cpu_before = client_cpu_ms()
     await asyncio.gather(*(run(u) for u in users))
+    client_cpu = client_cpu_ms() - cpu_before
     elapsed = time.perf_counter() - started
+    verdict = check(records, mock, FAST_TOKENS)
+    turns = verdict.complete + verdict.failed
     return {
         "concurrency": len(users),
         "turns_per_s": round(sum(r.done_at is not None for r in records) / elapsed, 1),
         **latencies(records),
-        "check": vars(check(records, mock, FAST_TOKENS)),
+        # This process's CPU (the virtual users, and whatever else runs on its event loop) per
+        # turn: it shares the machine's cores with the stack it measures.
+        "client_cpu_ms_per_turn": round(client_cpu / turns, 3) if turns else None,
+        "check": vars(verdict),
     }
 
 
