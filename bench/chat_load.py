@@ -159,8 +159,8 @@ class VirtualUser:
 
     The socket is bench/ws_client.py's: each text message it receives is handed to `_received`
     from the socket's `data_received`, with no reader task or stream in between, as the client
-    shares the machine's cores with the stack it measures (the `websockets` client this replaced
-    spent about a third of the gateway's CPU per turn).
+    shares the machine's cores with the stack it measures (per turn, the `websockets` client this
+    replaced spent twice as much CPU: a quarter to a third of the gateway's).
     """
 
     def __init__(self, socket: TextSocket, name: str) -> None:
