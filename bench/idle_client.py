@@ -2,7 +2,7 @@
 over a raw TCP connection, speaking only the part of RFC 6455 (and RFC 7692) that an idle
 authenticated chat socket uses.
 
-Why not the `websockets` client the rest of the benchmark uses: the idle-socket scenario measures
+Why not the `websockets` client (which the benchmark used before): the idle-socket scenario measures
 how fast the gateway opens sockets, but its client processes share the machine's two cores with
 the gateway, and the `websockets` asyncio client (a task, a stream reader and the sans-I/O
 protocol's generators per socket) spent about as much CPU per socket opened as the gateway
