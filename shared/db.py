@@ -153,7 +153,8 @@ async def _hot_pool(engine: AsyncEngine) -> asyncpg.Pool:
             pool = await asyncpg.create_pool(
                 asyncpg_dsn(engine.url.render_as_string(hide_password=False)),
                 min_size=0,
-                max_size=engine.pool.size(),  # type: ignore[attr-defined]
+                # The engine pool's size (a `QueuePool`); 10 for a pool without one.
+                max_size=getattr(engine.pool, "size", lambda: 10)(),
                 reset=_keep_session_state,
             )
             _hot_pools[engine.sync_engine] = pool
