@@ -285,6 +285,8 @@ class Verdict:
     inexact: int = 0
     frame_errors: int = 0
     """Replies whose frames were lost, duplicated or out of order."""
+    retried: int = 0
+    """Complete replies the worker had to retry (a `reply.retrying` notice went by)."""
 
 
 def check(records: list[ReplyRecord], mock: MockLLMSettings, tokens: int) -> Verdict:
@@ -301,7 +303,13 @@ def check(records: list[ReplyRecord], mock: MockLLMSettings, tokens: int) -> Ver
             [{"role": "user", "content": record.content}], mock, reply_tokens=tokens
         ).text
         attempt = record.terminal.get("attempt", 1)
-        frames = [f for f in record.frames if f.get("attempt", 1) == attempt]
+        # `reply.retrying` is a notice, not a step of the reply: it repeats the current seq.
+        verdict.retried += any(f["type"] == "reply.retrying" for f in record.frames)
+        frames = [
+            f
+            for f in record.frames
+            if f.get("attempt", 1) == attempt and f["type"] != "reply.retrying"
+        ]
         seqs = [f["seq"] for f in frames]
         if seqs != list(range(len(frames))) or frames[0]["type"] != "reply.started":
             verdict.frame_errors += 1
