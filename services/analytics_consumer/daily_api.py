@@ -65,30 +65,18 @@ async def ttft_daily(
     return Page(items=items, total=days, skip=skip, limit=limit)
 
 
+_DAILY_COUNTS = tuple(
+    name for name, field in DailyRow.model_fields.items() if field.annotation is int
+)
+"""The integer counts of a day's row (`DailyRow`'s int fields)."""
+
+
 def _daily_row(day: date, row: Any) -> DailyRow:
     if row is None:
+        # A day without a row: every count of the schema is 0, nothing to average.
         return DailyRow(
             date=day,
-            **dict.fromkeys(
-                (
-                    "new_users",
-                    "active_users",
-                    "logins",
-                    "failed_logins",
-                    "conversations",
-                    "user_messages",
-                    "replies_completed",
-                    "replies_failed",
-                    "replies_cancelled",
-                    "prompt_tokens",
-                    "completion_tokens",
-                    "total_tokens",
-                    "api_calls",
-                    "api_server_errors",
-                    *ESTIMATED_COLUMNS,
-                ),
-                0,
-            ),
+            **dict.fromkeys(_DAILY_COUNTS, 0),
             cost_usd=0.0,
             avg_response_time_ms=None,
         )
