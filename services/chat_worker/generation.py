@@ -91,6 +91,7 @@ class ReplyGeneration:
                             self._frames.publish(frame)
                         elif reply.needs_first_frame():
                             asyncio.get_running_loop().call_soon(flush_pending, self._frames, reply)
+                reply.end_stream()
                 return outcome
             except Exception as exc:
                 failure = classify(exc)

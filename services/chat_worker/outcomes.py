@@ -11,7 +11,6 @@ from services.chat.models import MessageStatus
 from services.chat_worker import repository
 from services.chat_worker.broadcast import FrameChannel
 from services.chat_worker.claim import PRODUCER, Claim, Superseded
-from services.chat_worker.frame_clock import flush_pending
 from services.chat_worker.llm import ModelFailure, StreamOutcome
 from services.chat_worker.metrics import observe_reply_outcome
 from services.chat_worker.reply import ActiveReply
@@ -32,7 +31,6 @@ class ReplyOutcomes:
     async def store_completed(
         self, reply: ActiveReply, claim: Claim, outcome: StreamOutcome
     ) -> None:
-        flush_pending(self._frames, reply)
         estimated = outcome.usage is None
         usage = outcome.usage or reply.estimated_usage(outcome.chunks)
         frame = reply.completed_frame(usage, outcome.finish_reason, estimated)
@@ -62,7 +60,6 @@ class ReplyOutcomes:
         )
 
     async def store_failed(self, reply: ActiveReply, claim: Claim, failure: ModelFailure) -> None:
-        flush_pending(self._frames, reply)
         frame = reply.failed_frame(failure.code, failure.message)
         duration_ms = reply.elapsed_ms()
         await self._store_outcome(
@@ -81,7 +78,6 @@ class ReplyOutcomes:
         )
 
     async def store_cancelled(self, reply: ActiveReply, claim: Claim) -> None:
-        flush_pending(self._frames, reply)
         frame = reply.cancelled_frame()
         duration_ms = reply.elapsed_ms()
         # A stopped stream never reaches its usage chunk; what the model read and wrote until

@@ -62,6 +62,7 @@ class ActiveReply:
     _pending: list[str] = field(default_factory=list)
     _pending_chars: int = 0
     _first_frame_scheduled: bool = False
+    _stream_ended: bool = False
 
     @property
     def sent_text(self) -> str:
@@ -89,6 +90,7 @@ class ActiveReply:
         self._pending.clear()
         self._pending_chars = 0
         self._first_frame_scheduled = False
+        self._stream_ended = False
         return self.started_frame()
 
     def started_frame(self) -> ReplyStartedFrame:
@@ -123,8 +125,15 @@ class ActiveReply:
     def due(self, now: float) -> bool:
         return bool(self._pending) and now - self.last_frame_at >= self.policy.interval_s
 
+    def end_stream(self) -> None:
+        """The model has said everything: text still pending leaves with the terminal frame
+        (whose `content` is the whole reply), not as a delta of its own. A fast model's whole
+        reply, or a slow one's tail, then costs one frame fewer on the broker and the socket,
+        and arrives no later than the clock's next tick would have sent it."""
+        self._stream_ended = True
+
     def flush(self, now: float | None = None) -> ReplyDeltaFrame | None:
-        if not self._pending:
+        if not self._pending or self._stream_ended:
             return None
         delta = "".join(self._pending)
         self._pending.clear()
@@ -142,9 +151,17 @@ class ActiveReply:
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
 
+    def _take_pending(self) -> None:
+        """A terminal frame's `content` is the whole text: what is pending joins it unsent."""
+        if self._pending:
+            self._sent.extend(self._pending)
+            self._pending.clear()
+            self._pending_chars = 0
+
     def completed_frame(
         self, usage: Usage, finish_reason: str | None, usage_estimated: bool = False
     ) -> ReplyCompletedFrame:
+        self._take_pending()
         self.seq += 1
         return ReplyCompletedFrame(
             **self._ids(),
@@ -157,12 +174,14 @@ class ActiveReply:
         )
 
     def failed_frame(self, code: str, message: str) -> ReplyFailedFrame:
+        self._take_pending()
         self.seq += 1
         return ReplyFailedFrame(
             **self._ids(), error=ReplyError(code=code, message=message), content=self.sent_text
         )
 
     def cancelled_frame(self) -> ReplyCancelledFrame:
+        self._take_pending()
         self.seq += 1
         return ReplyCancelledFrame(**self._ids(), content=self.sent_text)
 

@@ -219,9 +219,15 @@ def unique(label: str) -> str:
 
 
 def assert_clean_stream(turn: Turn, attempt: int = 1) -> str:
-    """The frames of `attempt`: started at 0, deltas without gaps, terminal last; its text."""
+    """The frames of `attempt`: started at 0, deltas without gaps, terminal last; the text a
+    client assembles from them. The deltas are a prefix of the terminal frame's `content`, which
+    also carries the tail that was still pending when the model's stream ended."""
     frames = [f for f in turn.received if f.attempt == attempt]
     assert isinstance(frames[0], ReplyStartedFrame) and frames[0].seq == 0
     assert [f.seq for f in frames] == list(range(len(frames)))
     assert all(isinstance(f, ReplyDeltaFrame) for f in frames[1:-1])
-    return "".join(f.delta for f in frames[1:-1] if isinstance(f, ReplyDeltaFrame))
+    streamed = "".join(f.delta for f in frames[1:-1] if isinstance(f, ReplyDeltaFrame))
+    terminal = frames[-1]
+    assert isinstance(terminal, ReplyCompletedFrame | ReplyFailedFrame | ReplyCancelledFrame)
+    assert terminal.content.startswith(streamed)
+    return streamed + terminal.content[len(streamed) :]

@@ -6,6 +6,7 @@ import time
 
 from services.chat_worker.prompt import Turn, build_prompt, estimate_tokens
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
+from shared.stream import Usage
 
 
 def test_prompt_keeps_the_newest_turns_that_fit_the_budget():
@@ -91,6 +92,42 @@ def test_terminal_frame_follows_the_last_delta_and_carries_the_whole_text():
     assert (snapshot.seq, snapshot.content) == (2, "one two")
     cancelled = reply.cancelled_frame()
     assert (cancelled.seq, cancelled.content) == (3, "one two")
+
+
+def test_text_pending_when_the_stream_ends_leaves_with_the_terminal_frame():
+    reply = _reply()
+    reply.started_frame()
+    reply.add_delta("one")
+    first = reply.flush()
+    assert first is not None and first.seq == 1
+    reply.add_delta(" two")
+    reply.add_delta(" three")
+    reply.end_stream()
+    # Neither the clock nor a scheduled first flush sends the tail as a delta of its own.
+    assert reply.flush() is None
+    assert reply.snapshot_frame("r").content == "one"
+    completed = reply.completed_frame(Usage(), "stop")
+    assert (completed.seq, completed.content) == (2, "one two three")
+
+
+def test_a_reply_that_came_in_one_read_is_one_terminal_frame():
+    reply = _reply()
+    reply.started_frame()
+    reply.add_delta("all")
+    assert reply.needs_first_frame()
+    reply.add_delta(" at once")
+    reply.end_stream()
+    assert reply.flush() is None  # the first flush, scheduled for the loop's next turn
+    completed = reply.completed_frame(Usage(), "stop")
+    assert (completed.seq, completed.content) == (1, "all at once")
+
+
+def test_a_cancelled_reply_carries_its_pending_text():
+    reply = _reply()
+    reply.started_frame()
+    reply.add_delta("so far")
+    cancelled = reply.cancelled_frame()
+    assert (cancelled.seq, cancelled.content) == (1, "so far")
 
 
 def test_restart_is_a_new_attempt_from_seq_zero():

@@ -29,11 +29,19 @@ def worker(start_service: Callable[..., ServiceProcess], mock_llm) -> Iterator[S
     process.stop()
 
 
-def assert_exact_stream(frames: list[dict[str, Any]], first_seq: int = 1) -> str:
-    """Deltas numbered first_seq, first_seq+1, ... with nothing missing or repeated; their text."""
+def assert_exact_stream(
+    frames: list[dict[str, Any]], terminal: dict[str, Any], first_seq: int = 1, before: str = ""
+) -> str:
+    """Deltas numbered first_seq, first_seq+1, ... with nothing missing or repeated, then the
+    terminal frame; the reply a client assembles. `before` (what a snapshot held) and the deltas
+    are a prefix of the terminal frame's `content`, which carries the tail still pending when
+    the model's stream ended."""
     deltas = [f for f in frames if f["type"] == "reply.delta"]
     assert [f["seq"] for f in deltas] == list(range(first_seq, first_seq + len(deltas)))
-    return "".join(f["delta"] for f in deltas)
+    assert terminal["seq"] == first_seq + len(deltas)
+    streamed = before + "".join(f["delta"] for f in deltas)
+    assert terminal["content"].startswith(streamed)
+    return streamed + terminal["content"][len(streamed) :]
 
 
 async def history(gateway: ServiceProcess, user: User, cid: str) -> list[dict[str, Any]]:
@@ -62,8 +70,7 @@ async def test_full_turn_over_websocket(gateway, worker, new_user):
     completed, frames = await socket.recv_until("reply.completed")
     assert frames[0]["type"] == "reply.started"
     assert (frames[0]["reply_to"], frames[0]["seq"]) == (ack["message_id"], 0)
-    streamed = assert_exact_stream(frames[1:])
-    assert streamed == completed["content"] == expected_reply_text(prompt)
+    assert assert_exact_stream(frames[1:], completed) == expected_reply_text(prompt)
     assert completed["message_id"] == frames[0]["message_id"]
     assert completed["usage"]["completion_tokens"] == 24
 
@@ -102,7 +109,7 @@ async def test_reply_to_a_message_sent_through_gateway_a_reaches_a_socket_on_gat
     )
     completed, frames = await watcher.recv_until("reply.completed")
     assert frames[0]["type"] == "reply.started" and frames[0]["reply_to"] == ack["message_id"]
-    assert assert_exact_stream(frames[1:]) == completed["content"] == expected_reply_text(prompt)
+    assert assert_exact_stream(frames[1:], completed) == expected_reply_text(prompt)
     await watcher.close()
     await sender.close()
 
@@ -135,8 +142,10 @@ async def test_reconnect_mid_reply_reassembles_the_exact_reply(
     assert partial is not None, "the reply finished before the reconnect; slow it down"
     assert partial["message_id"] == first["message_id"] and partial["seq"] >= 2
     completed, frames = await again.recv_until("reply.completed")
-    rest = assert_exact_stream(frames, first_seq=partial["seq"] + 1)
-    assert partial["content"] + rest == completed["content"] == expected_reply_text(prompt)
+    reply = assert_exact_stream(
+        frames, completed, first_seq=partial["seq"] + 1, before=partial["content"]
+    )
+    assert reply == expected_reply_text(prompt)
     await again.close()
 
 
