@@ -209,7 +209,9 @@ class MessageSent(Event):
 
 
 class ReplyStarted(Event):
-    """Sent when a worker has begun streaming the reply to a user message."""
+    """Sent when a worker takes over a reply another worker left unfinished: the reply starts
+    over as attempt `attempt`. A first attempt sends none: its `reply.started` frame tells the
+    clients, and its outcome event carries all analytics keeps (`ttft_ms`, `duration_ms`)."""
 
     type: Literal["reply.started"] = "reply.started"
     conversation_id: str

@@ -8,9 +8,7 @@ was left `streaming` by a dead worker is regenerated with `attempt + 1`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +21,7 @@ from services.chat_worker.settings import ChatWorkerSettings
 from services.chat_worker.worker_metrics import WorkerMetrics
 from shared.db import driver_connection
 from shared.events import MessageSent, ReplyStarted
-from shared.outbox import Outbox, StagedEvent
+from shared.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,6 @@ class Claim:
     reply_id: str
     attempt: int
     request: repository.Request
-    event_staged: bool = False
-    """Whether its `reply.started` event is already staged (with the claim, or the take-over)."""
 
     def started_event(self) -> ReplyStarted:
         return ReplyStarted(
@@ -79,17 +75,16 @@ class ReplyClaims:
         self._metrics = metrics
 
     async def claim_new(
-        self, event: MessageSent, reply_id: str, on_created: Callable[[Claim], None]
+        self, event: MessageSent, reply_id: str
     ) -> tuple[repository.Request | None, Claim | None]:
         """The request (None: no such user message) and, when its reply `reply_id` was created
-        now, the claim on it (None: the message already has a reply).
+        now, the claim on it (None: the message already has a reply). One statement.
 
-        One pooled connection: the claim statement, then — right after `on_created(claim)`,
-        which sends the `reply.started` frame without waiting for the database — the
-        `reply.started` event staged (`Claim.event_staged`) and published. A second checkout for
-        the event cost more CPU than its statement (yappi, CPU clock).
+        A first attempt stages no `reply.started` event: its `reply.started` frame tells the
+        clients, and its outcome event (`reply.completed`, `reply.failed`, `reply.cancelled`)
+        carries everything analytics keeps, `ttft_ms` and `duration_ms` included. The event
+        marks a take-over (`take_over`), which nothing else reports.
         """
-        staged: StagedEvent | None = None
         async with driver_connection(self._engine) as connection:
             request, created = await repository.claim_request(
                 connection,
@@ -99,24 +94,10 @@ class ReplyClaims:
                 default_system_prompt=self._settings.default_system_prompt,
                 worker_id=self._worker_id,
             )
-            if request is None:
-                log.info("request for a missing message dropped", extra={"id": event.message_id})
-                return None, None
-            if not created:
-                return request, None
-            claim = Claim(reply_id, 1, request)
-            on_created(claim)
-            staged = StagedEvent.of(claim.started_event())
-            await repository.stage_event(connection, staged)
-        await self._outbox.publish_committed([staged], wait=False)
-        return request, dataclasses.replace(claim, event_staged=True)
-
-    async def announce_start(self, started: StagedEvent) -> None:
-        """One statement: stage `reply.started`, then publish it. Lost only if this worker dies
-        right here; the regenerated attempt announces itself."""
-        async with driver_connection(self._engine) as connection:
-            await repository.stage_event(connection, started)
-        await self._outbox.publish_committed([started], wait=False)
+        if request is None:
+            log.info("request for a missing message dropped", extra={"id": event.message_id})
+            return None, None
+        return request, Claim(reply_id, 1, request) if created else None
 
     async def take_over(
         self,
@@ -139,7 +120,7 @@ class ReplyClaims:
                 extra={"reply": existing.id if existing else None},
             )
             return None
-        claim = Claim(existing.id, existing.attempt + 1, request, event_staged=True)
+        claim = Claim(existing.id, existing.attempt + 1, request)
         await repository.update_streaming_reply(
             session,
             claim.reply_id,

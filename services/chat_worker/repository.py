@@ -1,7 +1,7 @@
 """Queries of the chat worker on the `chat` schema.
 
-The per-reply path (claim with history, stage `reply.started`, finish) is three single
-statements on the driver connection (see `shared.db.driver_connection` for why); the rare
+The per-reply path (claim with history, finish with its event) is two single statements on
+the driver connection (see `shared.db.driver_connection` for why); the rare
 paths use SQLAlchemy in the caller's transaction.
 """
 
@@ -142,17 +142,6 @@ async def claim_request(
         max_tokens=row["max_tokens"],
     )
     return request, bool(row["inserted"])
-
-
-_STAGE_EVENT = f"""
-INSERT INTO {OUTBOX} (event_id, routing_key, correlation_id, payload, trace_context)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (event_id) DO NOTHING
-"""  # noqa: S608 (only the table name is interpolated; data are $n parameters)
-
-
-async def stage_event(connection: asyncpg.Connection, event: StagedEvent) -> None:
-    await connection.execute(_STAGE_EVENT, *event.parameters())
 
 
 @dataclass(frozen=True)

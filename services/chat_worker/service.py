@@ -5,8 +5,8 @@ request through its parts — claim (`claim.py`), generation (`generation.py`), 
 
 This is the edge of a request, so it owns the units of work: a reply streams for seconds, and
 no transaction stays open that long, so each database step is its own unit — the claim, a
-take-over, a restart, the outcome. The claim, `reply.started` and the outcome are single
-statements on the driver connection (the documented hot-path exception); the take-over and the
+take-over, a restart, the outcome. The claim and the outcome are single statements on
+the driver connection (the documented hot-path exception); the take-over and the
 restart open their session here.
 """
 
@@ -35,7 +35,7 @@ from services.chat_worker.worker_metrics import WorkerMetrics
 from shared.db_retry import DatabaseRetry
 from shared.events import MessageSent
 from shared.ids import IdKind, new_id
-from shared.outbox import Outbox, StagedEvent
+from shared.outbox import Outbox
 from shared.queue_consumer import Disposition
 from shared.stream import ControlCommand
 
@@ -107,34 +107,16 @@ class ChatReplies:
     async def _claim_and_generate(self, event: MessageSent, redelivered: bool) -> Disposition:
         # Chosen once: a claim retried after a lost connection recognises its own reply row.
         reply_id = new_id(IdKind.MESSAGE)
-        started: list[ActiveReply] = []
-        """The reply whose `reply.started` frame went out while its claim was being stored."""
-
-        def send_started_frame(claim: Claim) -> None:
-            # Before the event is staged, so clients do not wait for the database.
-            started.append(self._active(claim))
-            self.frames.publish(started[-1].started_frame())
-
         try:
-            claim = await self._db(
-                lambda: self._claim(event, redelivered, reply_id, send_started_frame)
-            )
-            if claim is None:
-                return Disposition.ACK
-            if started and started[-1].message_id == claim.reply_id and claim.attempt == 1:
-                reply = started[-1]
-            else:
-                reply = self._active(claim)
-                self.frames.publish(reply.started_frame())
-            if not claim.event_staged:
-                # A first claim whose event was not staged with it (its connection was lost
-                # after the claim committed: the retry found its own reply).
-                staged = StagedEvent.of(claim.started_event())
-                await self._db(lambda: self.claims.announce_start(staged))
+            claim = await self._db(lambda: self._claim(event, redelivered, reply_id))
         except DBAPIError as exc:
             log.warning("database unavailable, request goes back", extra={"error": repr(exc)})
             self.metrics.requeued += 1
             return Disposition.REQUEUE
+        if claim is None:
+            return Disposition.ACK
+        reply = self._active(claim)
+        self.frames.publish(reply.started_frame())
         superseded = self.active.get(reply.message_id)
         if superseded is not None and superseded.task is not None:
             # This worker's older delivery of the same request lost its channel: it stops.
@@ -156,14 +138,8 @@ class ChatReplies:
 
         return await self.db_retry.run(in_slot, what="reply")
 
-    async def _claim(
-        self,
-        event: MessageSent,
-        redelivered: bool,
-        reply_id: str,
-        on_created: Callable[[Claim], None],
-    ) -> Claim | None:
-        request, claim = await self.claims.claim_new(event, reply_id, on_created)
+    async def _claim(self, event: MessageSent, redelivered: bool, reply_id: str) -> Claim | None:
+        request, claim = await self.claims.claim_new(event, reply_id)
         if request is None:
             return None
         if claim is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -177,6 +178,18 @@ class ChatProbe:
             ),
             routing_key=event.type,
         )
+
+    async def listen_for_events(self, routing_key: str) -> asyncio.Queue[dict[str, object]]:
+        """Every `routing_key` event published from now on, decoded."""
+        received: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        queue = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self.events, routing_key)
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            received.put_nowait(json.loads(message.body))
+
+        await queue.consume(on_event, no_ack=True)
+        return received
 
     async def command(self, conversation_id: str, body: str) -> None:
         await self.control.publish(

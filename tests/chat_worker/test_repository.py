@@ -13,7 +13,7 @@ from services.chat.models import Conversation, Message, MessageRole, MessageStat
 from services.chat_worker import repository
 from services.chat_worker.repository import FinalReply, FinishOutcome
 from shared.db import create_engine, create_session_factory, driver_connection, transaction
-from shared.events import ReplyCompleted, ReplyStarted
+from shared.events import ReplyCompleted
 from shared.ids import IdKind, new_id
 from shared.outbox import StagedEvent
 
@@ -93,22 +93,6 @@ async def test_a_claim_run_twice_creates_one_reply(engine):
     async with engine.connect() as connection:
         holder = await connection.scalar(select(Message.worker_id).where(Message.id == reply_id))
     assert holder == "w"  # gateways ask this worker alone about the reply
-    started = StagedEvent.of(
-        ReplyStarted(
-            producer="test",
-            user_id=request.owner_id,
-            correlation_id=asked.id,
-            conversation_id=asked.conversation_id,
-            message_id=reply_id,
-            reply_to=asked.id,
-            model="m",
-            attempt=1,
-        )
-    )
-    async with driver_connection(engine) as connection:
-        await repository.stage_event(connection, started)
-        await repository.stage_event(connection, started)
-    assert await outbox_rows(engine, [started.event_id]) == 1
 
 
 async def test_finishing_twice_is_recognised_and_stages_one_event(engine):

@@ -60,6 +60,7 @@ async def test_kill_9_mid_stream_another_worker_regenerates_exactly_one_reply(
     content = unique("killed")
     # Only the first attempt is slow, so the regenerated one finishes quickly.
     faults(tokens_per_second=15, match=content, times=1)
+    started_events = await probe.listen_for_events("reply.started")
     turn = await probe.send(content)
     await _wait_deltas(turn, 3)
     holder = _holder(workers)
@@ -78,3 +79,8 @@ async def test_kill_9_mid_stream_another_worker_regenerates_exactly_one_reply(
     assert (reply.status, reply.attempt, reply.content) == (MessageStatus.COMPLETE, 2, expected)
     survivors = {w.instance_id for w in workers if w is not holder}
     assert reply.worker_id in survivors  # the take-over wrote its own worker
+    # The take-over is announced as an event; the first attempt sent none (its frame told the
+    # clients, and reply.completed carries what analytics keeps).
+    announced = await asyncio.wait_for(started_events.get(), 10)
+    assert (announced["message_id"], announced["attempt"]) == (reply.id, 2)
+    assert started_events.empty()

@@ -80,7 +80,6 @@ async def test_one_chat_turn_is_one_trace_across_every_process(observed: Observe
             "message.sent publish",
             "chat.requests process",
             "chat.completions",
-            "reply.started publish",
             "reply.completed publish",
             "reply.started deliver",
             "reply.completed deliver",
