@@ -49,6 +49,7 @@ import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -119,18 +120,31 @@ def rss_kib(pid: int) -> int:
 
 
 class CpuWindow:
-    """CPU-ms of each process between `start()` and `stop()`."""
+    """CPU-ms of each process between `start()` and `stop()`.
 
-    def __init__(self, processes: dict[str, int]) -> None:
+    `rescan` (optional) lists the processes again at `stop()`: one that appeared during the
+    window (a PostgreSQL backend of a pool that grew under load) counts with all its CPU, which
+    it spent inside the window. Without it such backends went uncounted, and the first run after
+    a stack's start showed PostgreSQL at a twentieth of its real cost.
+    """
+
+    def __init__(
+        self, processes: dict[str, int], rescan: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         self.processes = processes
+        self.rescan = rescan
         self.before: dict[str, float] = {}
         self.spent: dict[str, float] = {}
 
     def start(self) -> None:
+        if self.rescan is not None:
+            self.processes = self.rescan()
         self.before = {name: cpu_ms(pid) for name, pid in self.processes.items()}
 
     def stop(self) -> None:
-        self.spent = {n: cpu_ms(p) - self.before[n] for n, p in self.processes.items()}
+        # A process gone by now (a backend closed by its pool) is left out: its CPU is unknown.
+        now = self.rescan() if self.rescan is not None else self.processes
+        self.spent = {n: cpu_ms(p) - self.before.get(n, 0.0) for n, p in now.items()}
 
     def per(self, units: int) -> dict[str, Any]:
         if not units:
@@ -588,7 +602,7 @@ async def main() -> None:
     database = make_url(stack.database_url).database or ""
     processes = stack_processes(args.port_offset, database)
     gateway_pid = next(p for n, p in processes.items() if n.startswith("gateway"))
-    cpu = CpuWindow(processes)
+    cpu = CpuWindow(processes, rescan=lambda: stack_processes(args.port_offset, database))
     mock_settings = MockLLMSettings(**httpx.get(f"{mock_url}/_config").json())
     httpx.post(
         f"{mock_url}/_faults",
