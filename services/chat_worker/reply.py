@@ -128,8 +128,9 @@ class ActiveReply:
     def end_stream(self) -> None:
         """The model has said everything: text still pending leaves with the terminal frame
         (whose `content` is the whole reply), not as a delta of its own. A fast model's whole
-        reply, or a slow one's tail, then costs one frame fewer on the broker and the socket,
-        and arrives no later than the clock's next tick would have sent it."""
+        reply, or a slow one's tail, then costs one frame fewer on the broker and the socket; it
+        waits for the final store (one statement) instead of the clock's next tick (a tail) or
+        the loop's next turn (a reply that came in one read)."""
         self._stream_ended = True
 
     def flush(self, now: float | None = None) -> ReplyDeltaFrame | None:
