@@ -16,7 +16,8 @@ Scenarios, in one run (after two unmeasured warm-up turns per user):
 - broker floor: aio-pika publish → consume → reply on the same RabbitMQ, sequential (latency)
   and with `--users` round trips in flight (rate);
 - paced: `--users` users each send one message per second (`--rate`) for `--duration` s, zero
-  model delay; client-measured time to first frame (`reply.started`) and to first token;
+  model delay; client-measured time to first frame (`reply.started`) and to first text (the
+  first `reply.delta`, or the terminal frame when the whole reply came with it);
 - saturation: the same users send back to back (next message when the reply completed);
 - streaming: `--streams` conversations each get one 200-token reply at 50 tokens/s at once;
   every reply must arrive complete, exact, with no lost, duplicated or reordered frame.
