@@ -31,6 +31,30 @@ from tests.webapp.pages import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
 
+async def test_fields_filled_in_one_go_all_keep_their_values(
+    stack: Stack, browser: Browser
+) -> None:
+    # Autofill and password managers fill several fields before the form renders again. Each
+    # field's update must start from the latest form, not the one of the last render (a stale
+    # copy wiped the username and made sign-up fail at random).
+    context = await new_context(browser)
+    page = await open_app(context, stack, "#/signup")
+    await expect(page.get_by_label("Username")).to_be_visible()
+    await page.evaluate(
+        """() => {
+            for (const [name, value] of [["username", "both-kept"], ["email", "b@example.com"]]) {
+                const input = document.querySelector(`input[name=${name}]`);
+                input.value = value;
+                input.dispatchEvent(new Event("input", { bubbles: true }));
+            }
+        }"""
+    )
+    await page.get_by_label("Password", exact=True).fill("x")  # one more render
+    await expect(page.get_by_label("Username")).to_have_value("both-kept")
+    await expect(page.get_by_label("Email")).to_have_value("b@example.com")
+    await context.close()
+
+
 async def test_sign_up_chat_streams_the_mock_reply_and_survives_a_reload(
     stack: Stack, browser: Browser
 ) -> None:

@@ -102,9 +102,9 @@ export function DashboardPage() {
           onClick=${() => preset(n)}>Last ${n} days</button>`)}
       </div>
       <label>From <input type="date" value=${range.start} max=${range.end}
-        onChange=${(e) => e.target.value && setRange({ ...range, start: e.target.value })} /></label>
+        onChange=${(e) => { const start = e.target.value; if (start) setRange((r) => ({ ...r, start })); }} /></label>
       <label>To <input type="date" value=${range.end} min=${range.start} max=${daysAgo(0)}
-        onChange=${(e) => e.target.value && setRange({ ...range, end: e.target.value })} /></label>
+        onChange=${(e) => { const end = e.target.value; if (end) setRange((r) => ({ ...r, end })); }} /></label>
       ${!valid && html`<span class="error">The start must be before the end.</span>`}
     </form>
     ${error && html`<p class="error" role="alert">${error}</p>`}

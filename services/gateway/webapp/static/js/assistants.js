@@ -7,7 +7,13 @@ const BLANK = { name: "", system_prompt: "", model: "", temperature: "" };
 function AssistantForm({ initial, onSave, onCancel }) {
   const [form, setForm] = useState(initial);
   const [error, setError] = useState("");
-  const set = (key) => (e) => setForm({ ...form, [key]: e.target.value });
+  // An updater, not `{ ...form }`: two fields filled before the next render (autofill, a
+  // password manager, a fast test) would otherwise each start from the same old form, and
+  // the second would wipe the first.
+  const set = (key) => (e) => {
+    const value = e.target.value;
+    setForm((current) => ({ ...current, [key]: value }));
+  };
   const submit = async (event) => {
     event.preventDefault();
     const temperature = form.temperature === "" ? null : Number(form.temperature);

@@ -64,7 +64,13 @@ export function SignUp({ onSignedIn }) {
   const [form, setForm] = useState({ username: "", email: "", full_name: "", password: "" });
   const [error, setError] = useState("");
   const [busy, setBusy] = useState(false);
-  const set = (key) => (e) => setForm({ ...form, [key]: e.target.value });
+  // An updater, not `{ ...form }`: two fields filled before the next render (autofill, a
+  // password manager, a fast test) would otherwise each start from the same old form, and
+  // the second would wipe the first.
+  const set = (key) => (e) => {
+    const value = e.target.value;
+    setForm((current) => ({ ...current, [key]: value }));
+  };
   const rules = RULES.map((r) => ({ ...r, met: r.ok(form.password, form) }));
   const valid = rules.every((r) => r.met) && USERNAME.test(form.username) && form.email.includes("@");
   const submit = async (event) => {
