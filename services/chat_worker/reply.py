@@ -136,10 +136,7 @@ class ActiveReply:
     def flush(self, now: float | None = None) -> ReplyDeltaFrame | None:
         if not self._pending or self._stream_ended:
             return None
-        delta = "".join(self._pending)
-        self._pending.clear()
-        self._pending_chars = 0
-        self._sent.append(delta)
+        delta = self._take_pending()
         self.seq += 1
         self.last_frame_at = time.monotonic() if now is None else now
         return ReplyDeltaFrame(**self._ids(), delta=delta)
@@ -152,12 +149,15 @@ class ActiveReply:
             prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
         )
 
-    def _take_pending(self) -> None:
-        """A terminal frame's `content` is the whole text: what is pending joins it unsent."""
-        if self._pending:
-            self._sent.extend(self._pending)
-            self._pending.clear()
-            self._pending_chars = 0
+    def _take_pending(self) -> str:
+        """Move the pending text to the sent text (a delta's, or a terminal frame's `content`,
+        which is the whole text); the text moved."""
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_chars = 0
+        if text:
+            self._sent.append(text)
+        return text
 
     def completed_frame(
         self, usage: Usage, finish_reason: str | None, usage_estimated: bool = False
