@@ -110,6 +110,8 @@ def _read_pdf(data: bytes, max_pages: int) -> Document:
                 # Owner-password-only PDFs open with an empty user password.
                 unlocked = bool(reader.decrypt(""))
             except (DependencyError, PdfReadError, NotImplementedError):
+                # pypdf raises NotImplementedError for encryption schemes it does not support:
+                # such a file is refused like any other locked one, not a crash.
                 unlocked = False
             if not unlocked:
                 raise Refused(
