@@ -16,6 +16,9 @@ from services.chat_worker.settings import ChatWorkerSettings
 from shared import tracing
 from shared.stream import Usage
 
+MAX_EVENT_LINE_BYTES = 1 << 20
+"""Longest line of the model's event stream read (a chunk's JSON is a few hundred bytes)."""
+
 
 class StreamCut(Exception):
     """The model's stream ended without a finish_reason: the reply is incomplete."""
@@ -192,6 +195,10 @@ async def _event_stream_lines(response: httpx2.Response) -> AsyncIterator[bytes]
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
+        if len(pending) > MAX_EVENT_LINE_BYTES:
+            # A model server (or whatever answers at its URL) that never ends a line must not
+            # grow this buffer without bound, hundreds of replies at a time.
+            raise StreamCut(f"an event-stream line over {MAX_EVENT_LINE_BYTES} bytes")
         for line in lines:
             yield line
     if pending:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 
-from services.chat_worker.llm import _event_stream_lines
+from services.chat_worker.llm import MAX_EVENT_LINE_BYTES, StreamCut, _event_stream_lines
 
 
 async def _lines(*chunks: bytes) -> list[bytes]:
@@ -36,3 +36,9 @@ async def test_multibyte_text_split_inside_a_character_stays_whole() -> None:
     data = 'data: {"t": "ünïcödé 日本"}\n'.encode()
     cut = data.index("日".encode()) + 1
     assert await _lines(data[:cut], data[cut:]) == [data.rstrip(b"\n")]
+
+
+async def test_a_line_that_never_ends_is_cut_not_buffered_without_bound() -> None:
+    chunk = b"x" * 65536
+    with pytest.raises(StreamCut):
+        await _lines(b"data: ", *[chunk] * (MAX_EVENT_LINE_BYTES // len(chunk) + 1))
