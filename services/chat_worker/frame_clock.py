@@ -49,10 +49,21 @@ class FrameClock:
         self._outbox = outbox
         self._db_slots = db_slots
         self._persisting: asyncio.Task[None] | None = None
+        self._streaming = asyncio.Event()
+
+    def reply_started(self) -> None:
+        """A reply joined the ones in flight: the clock runs again if it was parked."""
+        self._streaming.set()
 
     async def tick_forever(self) -> None:
         last_persist = time.monotonic()
         while True:
+            if not self._active:
+                # Parked while no reply streams: an idle worker does not wake 20 times a
+                # second for nothing (measured at rest: 7.5-8.5 ms of CPU per second, 4.5
+                # parked; `ChatReplies` wakes it with each reply it starts).
+                self._streaming.clear()
+                await self._streaming.wait()
             self._policy.interval_s = frame_interval_s(
                 self._settings.frame_interval_ms / 1000,
                 len(self._active),

@@ -122,6 +122,7 @@ class ChatReplies:
             # This worker's older delivery of the same request lost its channel: it stops.
             superseded.task.cancel()
         self.active[reply.message_id] = reply
+        self.clock.reply_started()
         try:
             return await self._generate(reply, claim)
         finally:

@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 from services.chat_worker.control import EarlyCancels, apply_command, cancel_reply
-from services.chat_worker.frame_clock import flush_pending, frame_interval_s
+from services.chat_worker.frame_clock import FrameClock, flush_pending, frame_interval_s
 from services.chat_worker.reply import ActiveReply, CoalescingPolicy
+from services.chat_worker.settings import ChatWorkerSettings
 from shared.stream import CancelCommand, ResyncCommand
 
 
@@ -45,6 +46,42 @@ def test_flush_pending_sends_what_was_coalesced_once():
     flush_pending(frames, reply)
     flush_pending(frames, reply)
     assert [(f.seq, f.delta) for f in frames.published] == [(1, "ab")]
+
+
+async def test_the_clock_is_parked_while_no_reply_streams_and_runs_once_one_starts():
+    """An idle worker's clock does not tick; a reply that starts wakes it, and its coalesced
+    text then goes out on the clock's tick."""
+    frames = Frames()
+    policy = CoalescingPolicy(0.01, 1000)
+    active: dict[str, ActiveReply] = {}
+    clock = FrameClock(
+        ChatWorkerSettings(frame_interval_ms=10),
+        policy,
+        active,
+        frames,  # type: ignore[arg-type]
+        outbox=None,  # type: ignore[arg-type]  (nothing streamed long enough to persist)
+        db_slots=asyncio.Semaphore(1),
+    )
+    ticking = asyncio.create_task(clock.tick_forever())
+    await asyncio.sleep(0.05)  # the clock has started, with no reply in flight
+    try:
+        reply = ActiveReply(
+            conversation_id="c", message_id="r", reply_to="u", model="m", attempt=1, policy=policy
+        )
+        reply.started_frame()
+        reply.add_delta("first")
+        reply.flush()  # the first frame is out; the next text waits for a tick
+        reply.add_delta(" more")
+        active["r"] = reply  # behind the clock's back: a parked clock does not see it
+        await asyncio.sleep(0.2)  # twenty intervals
+        assert frames.published == []
+        clock.reply_started()
+        async with asyncio.timeout(5):
+            while not frames.published:
+                await asyncio.sleep(0.005)
+        assert [(f.seq, f.delta) for f in frames.published] == [(2, " more")]
+    finally:
+        ticking.cancel()
 
 
 async def test_cancel_hits_only_the_named_reply_once_and_resync_answers_per_reply():
