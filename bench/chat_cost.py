@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import asyncpg
 import chat_load
 import httpx
 import idle_client
@@ -565,6 +566,24 @@ async def idle_sockets(
     }
 
 
+async def database_state(database_url: str) -> dict[str, Any]:
+    """The stack's database as the run finds it. On a server with autovacuum off (this
+    machine's), every turn's updated rows stay dead until someone vacuums, and a stack that has
+    served many runs is measurably slower than a fresh one: stated, so runs compare fairly."""
+    url = make_url(database_url).set(drivername="postgresql")
+    connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        autovacuum = await connection.fetchval("SHOW autovacuum")
+        row = await connection.fetchrow(
+            "SELECT coalesce(sum(n_live_tup), 0) AS live, coalesce(sum(n_dead_tup), 0) AS dead"
+            " FROM pg_stat_user_tables"
+        )
+    finally:
+        await connection.close()
+    assert row is not None
+    return {"autovacuum": autovacuum, "live_rows": int(row["live"]), "dead_rows": int(row["dead"])}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
@@ -619,6 +638,7 @@ async def main() -> None:
         "load_average_at_start": os.getloadavg(),
         "processes": sorted(n for n in processes if not n.startswith("postgres backend")),
         "rss_mib_at_rest": memory_mib(processes),
+        "database_at_start": await database_state(stack.database_url),
     }
     try:
         if "floor" in scenarios:
