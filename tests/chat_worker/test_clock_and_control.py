@@ -55,15 +55,15 @@ async def test_the_clock_is_parked_while_no_reply_streams_and_runs_once_one_star
     policy = CoalescingPolicy(0.01, 1000)
     active: dict[str, ActiveReply] = {}
     clock = FrameClock(
-        ChatWorkerSettings(frame_interval_ms=10),
+        ChatWorkerSettings(frame_interval_ms=10, persist_interval_s=3600),
         policy,
         active,
         frames,  # type: ignore[arg-type]
-        outbox=None,  # type: ignore[arg-type]  (nothing streamed long enough to persist)
+        outbox=None,  # type: ignore[arg-type]  (partials are not stored within the test)
         db_slots=asyncio.Semaphore(1),
     )
     ticking = asyncio.create_task(clock.tick_forever())
-    await asyncio.sleep(0.05)  # the clock has started, with no reply in flight
+    await asyncio.sleep(0)  # the clock's first step: it finds no reply in flight and parks
     try:
         reply = ActiveReply(
             conversation_id="c", message_id="r", reply_to="u", model="m", attempt=1, policy=policy
