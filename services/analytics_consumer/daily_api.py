@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import HTTPException, Query, status
 
 from services.analytics_consumer import repository
 from services.analytics_consumer.api import MAX_DAYS, DbSession, readers_router
@@ -26,8 +26,7 @@ async def daily_stats(
     limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
 ) -> Page[DailyRow]:
     """One row per day, newest first, zero-filled where nothing happened."""
-    last = end or datetime.now(UTC).date()
-    first = last - timedelta(days=days - 1)
+    first, last = _window(end, days)
     stored = await repository.daily_stats(session, first, last)
     wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
     return Page(
@@ -47,8 +46,7 @@ async def ttft_daily(
     limit: Annotated[int, Query(ge=1, le=MAX_DAYS)] = MAX_DAYS,
 ) -> Page[TtftDay]:
     """Time-to-first-token p50/p95 per day, newest first (null where no reply completed)."""
-    last = end or datetime.now(UTC).date()
-    first = last - timedelta(days=days - 1)
+    first, last = _window(end, days)
     stored = await repository.ttft_by_day(session, DateRange(first, last))
     wanted = [last - timedelta(days=i) for i in range(days)][skip : skip + limit]
     items = []
@@ -63,6 +61,18 @@ async def ttft_daily(
             )
         )
     return Page(items=items, total=days, skip=skip, limit=limit)
+
+
+def _window(end: date | None, days: int) -> tuple[date, date]:
+    """The first and last day of the `days`-day window that ends on `end` (default today); 422
+    for a window that would start before the calendar's first day (found by the fuzzer)."""
+    last = end or datetime.now(UTC).date()
+    if last.toordinal() < days:  # date.min, 0001-01-01, is ordinal 1
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"a {days}-day window ending on {last} would start before 0001-01-01",
+        )
+    return last - timedelta(days=days - 1), last
 
 
 _DAILY_COUNTS = tuple(

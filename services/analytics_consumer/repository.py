@@ -41,8 +41,8 @@ class DateRange:
         return datetime.combine(self.start, datetime.min.time(), UTC)
 
     def end_before(self) -> datetime | None:
-        if self.end is None:
-            return None
+        if self.end is None or self.end == date.max:
+            return None  # the calendar's last day has no next day: nothing is excluded
         return datetime.combine(self.end + timedelta(days=1), datetime.min.time(), UTC)
 
 

@@ -118,6 +118,8 @@ def test_health_is_public(consumer):
         "/daily-stats?days=0",
         "/daily-stats?days=367",
         "/daily-stats?end=not-a-date",
+        "/daily-stats?end=0001-01-01",
+        "/ttft-daily?end=0001-01-05&days=6",
         "/users/top?by=karma",
         "/users/top?limit=0",
         "/users/list?limit=1000",
@@ -129,6 +131,24 @@ def test_bad_parameters_are_422(stack, consumer, path):
         response = client.get(path)
     assert response.status_code == 422, response.text
     assert "detail" in response.json()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/users/activities?start=0001-01-01&end=9999-12-31",
+        "/conversations?start=0001-01-01&end=9999-12-31",
+        "/models?end=9999-12-31",
+        "/api-usage?start=0001-01-01&end=9999-12-31",
+        "/daily-stats?end=9999-12-31&days=2",
+        "/ttft-daily?end=0001-01-01&days=1",
+    ],
+)
+def test_the_calendars_first_and_last_days_are_answered(stack, consumer, path):
+    """Found by the fuzzer: a window at the calendar's edge cost a 500 (date arithmetic)."""
+    with stack.client(consumer, "admin") as client:
+        response = client.get(path)
+    assert response.status_code == 200, response.text
 
 
 def test_admin_tracks_an_activity_manually(stack, consumer):
